@@ -1,0 +1,43 @@
+"""Build the Dagster Definitions of a project from its pipelines.yaml.
+
+Loading reads only that file: no network, no environment variables (credentials stay EnvVar
+references until a run starts), no cloud client imports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+
+from mixpanel_assets.assets import pipeline_assets, source_specs
+from mixpanel_assets.config import PipelinesFile, load_pipelines_file
+from mixpanel_assets.destinations.registry import build_io_manager, io_manager_key
+from mixpanel_assets.resources import source_resource
+from mixpanel_assets.schedules import pipeline_job, pipeline_schedule
+
+
+def build_definitions(config_path: str | Path, today: dt.date | None = None) -> dg.Definitions:
+    config_path = Path(config_path).resolve()
+    config = load_pipelines_file(config_path, today=today)
+    return definitions_for(config, config_path.parent, today or dt.date.today())
+
+
+def definitions_for(config: PipelinesFile, base_dir: Path, today: dt.date) -> dg.Definitions:
+    jobs, schedules = [], []
+    for pipeline in config.pipelines:
+        job = pipeline_job(pipeline, config)
+        jobs.append(job)
+        schedule = pipeline_schedule(pipeline, config, job, today)
+        if schedule is not None:
+            schedules.append(schedule)
+    resources = {"mixpanel": source_resource(config.project, base_dir)}
+    for pipeline in config.pipelines:
+        resources[io_manager_key(pipeline)] = build_io_manager(pipeline, config.project, base_dir)
+    return dg.Definitions(
+        assets=[*source_specs(config.project), *pipeline_assets(config, base_dir)],
+        jobs=jobs,
+        schedules=schedules,
+        resources=resources,
+    )

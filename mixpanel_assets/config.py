@@ -1,0 +1,323 @@
+"""pipelines.yaml: the one file a user edits, modelled and validated with pydantic.
+
+It mirrors Mixpanel's "Create Pipeline" form (name, data source, frequency, dates, sync,
+destination) so people moving off Mixpanel's add-on recognise every field. Validation runs while
+the code location loads, so an error here is the first thing a user sees: every message names the
+file, the pipeline and the field, and says how to fix it. Nothing here reads the environment;
+credentials are *names* of environment variables, resolved only when a run starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mixpanel_assets.destinations.configs import DestinationConfig
+
+ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+PIPELINE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """pipelines.yaml is wrong; the message names the file, the pipeline and the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def env_var_name(value: str | None) -> str | None:
+    if value is not None and not ENV_VAR_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not an environment variable name; pipelines.yaml holds the *name* of the "
+            "variable that carries the secret, never the secret itself"
+        )
+    return value
+
+
+class ServiceAccountCredentials(_Model):
+    """Names of the env vars carrying a Mixpanel service account (Export + Engage API auth)."""
+
+    username_env: str = "MIXPANEL_SERVICE_ACCOUNT_USERNAME"
+    secret_env: str = "MIXPANEL_SERVICE_ACCOUNT_SECRET"
+
+    _check = field_validator("username_env", "secret_env")(env_var_name)
+
+
+class MixpanelApiSource(_Model):
+    """Read the real project through the Raw Event Export API and the Engage API."""
+
+    type: Literal["mixpanel"]
+    credentials: ServiceAccountCredentials = ServiceAccountCredentials()
+    # Overrides for tests and proxies; normally derived from project.residency.
+    export_url: str | None = None
+    engage_url: str | None = None
+    timeout_seconds: float = Field(300.0, gt=0)
+    max_retries: int = Field(6, ge=0, le=20)
+
+
+class LocalFilesSource(_Model):
+    """A folder of export-format JSONL(.gz) files, e.g. saved Export API responses."""
+
+    type: Literal["local"]
+    path: str
+    profiles_path: str | None = None  # JSONL of Engage results ({"$distinct_id", "$properties"})
+
+
+class DemoSource(_Model):
+    """Deterministic synthetic events, so the embedded default runs with no credentials."""
+
+    type: Literal["demo"]
+    seed: int = 42
+    events_per_hour: int = Field(400, ge=1, le=1_000_000)
+    users: int = Field(300, ge=1)
+
+
+SourceConfig = Annotated[Union[MixpanelApiSource, LocalFilesSource, DemoSource], Field(discriminator="type")]
+
+
+class ExportApiLimits(_Model):
+    """Mixpanel's documented Raw Export API limits, enforced client-side across runs."""
+
+    queries_per_hour: int = Field(60, ge=1)
+    queries_per_second: int = Field(3, ge=1)
+    max_concurrent: int = Field(100, ge=1)
+
+
+class BadLinePolicy(_Model):
+    """How many malformed export lines a run tolerates before it fails (they are always reported)."""
+
+    max_fraction: float = Field(0.001, ge=0, le=1)
+    max_count: int | None = Field(None, ge=0)
+
+
+class Limits(_Model):
+    """Mixpanel's pipeline limits. Self-hosting removes the reason for some; lift them here."""
+
+    enforce_mixpanel_limits: bool = True
+    max_recurring_event_pipelines: int = 2
+    max_backfill_months: int = 6
+
+
+class StateConfig(_Model):
+    """Where small per-partition state (identity links) lives; shared by all runs of a project."""
+
+    path: str = ".mixpanel_assets/state"
+
+
+class ProjectConfig(_Model):
+    id: int = Field(gt=0)
+    residency: Literal["US", "EU", "IN"] = "US"
+    timezone: str = "UTC"
+    # Projects created before 2023-01-01 store event times shifted to the project timezone and
+    # read the Export API's from_date/to_date in that timezone too.
+    legacy_project_timezone_dates: bool = False
+    identity_merge: Literal["simplified", "original"] = "simplified"
+    source: SourceConfig
+    export_api: ExportApiLimits = ExportApiLimits()
+    bad_lines: BadLinePolicy = BadLinePolicy()
+    limits: Limits = Limits()
+    state: StateConfig = StateConfig()
+    max_concurrent_runs: int = Field(1, ge=1)  # Mixpanel: one pipeline step per project at a time
+    export_workers: int = Field(2, ge=1, le=64)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r}; use an IANA name such as 'UTC' or 'America/Los_Angeles'")
+        return value
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+class PipelineConfig(_Model):
+    name: str
+    data_source: Literal["events", "people", "identity"]
+    frequency: Literal["hourly", "daily"] = "daily"
+    from_date: dt.date | None = None
+    to_date: dt.date | None = None
+    created: dt.date | None = None  # the day the pipeline was set up; anchors the backfill limit
+    sync: bool = True
+    events: tuple[str, ...] | None = None
+    where: str | None = None
+    destination: DestinationConfig
+    backfill_partitions_per_run: int | None = Field(None, ge=1, le=10_000)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not PIPELINE_NAME.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid pipeline name: use lower-case letters, digits and '_', "
+                "starting with a letter (it becomes a Dagster asset key prefix)"
+            )
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _non_empty_events(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and (not value or any(not e for e in value)):
+            raise ValueError("the events allow-list must be absent or a list of non-empty event names")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PipelineConfig":
+        if self.data_source == "events":
+            if self.from_date is None:
+                raise ValueError("from_date is required for an events pipeline (the first day to export)")
+            if self.to_date is not None and self.to_date < self.from_date:
+                raise ValueError(f"to_date {self.to_date} is before from_date {self.from_date}")
+        else:
+            for field in ("events", "where"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"{field} applies only to events pipelines, not to {self.data_source}")
+        return self
+
+    @property
+    def recurring(self) -> bool:
+        return self.to_date is None
+
+
+class PipelinesFile(_Model):
+    project: ProjectConfig
+    pipelines: tuple[PipelineConfig, ...] = Field(min_length=1)
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        for pipeline in self.pipelines:
+            if pipeline.name == name:
+                return pipeline
+        raise KeyError(name)
+
+    @property
+    def event_pipelines(self) -> tuple[PipelineConfig, ...]:
+        return tuple(p for p in self.pipelines if p.data_source == "events")
+
+
+def load_pipelines_file(path: str | Path, today: dt.date | None = None) -> PipelinesFile:
+    """Read and validate pipelines.yaml; every error names the file, pipeline and field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (the pipelines configuration)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_pipelines(raw, source=str(path), today=today)
+
+
+def parse_pipelines(raw: Any, source: str = "pipelines.yaml", today: dt.date | None = None) -> PipelinesFile:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with 'project' and 'pipelines' at the top level")
+    try:
+        parsed = PipelinesFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc, raw, source)) from None
+    problems = _cross_pipeline_problems(parsed, today or dt.date.today())
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
+    return parsed
+
+
+def _describe_validation_error(exc: ValidationError, raw: dict, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        where = _location(loc, raw)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling against the README's configuration reference)"
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        lines.append(f"{source}: {where}: {message}")
+    return "\n".join(lines)
+
+
+def _location(loc: list, raw: dict) -> str:
+    """Turn pydantic's ('pipelines', 2, 'destination', 'local', 'path') into a readable place."""
+    parts: list[str] = []
+    if loc[:1] == ["pipelines"] and len(loc) > 1 and isinstance(loc[1], int):
+        index = loc[1]
+        try:
+            name = raw["pipelines"][index].get("name")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            name = None
+        parts.append(f"pipeline {name!r}" if name else f"pipeline #{index + 1}")
+        loc = loc[2:]
+    # Drop discriminator tags pydantic inserts for tagged unions (e.g. 'local', 'demo').
+    fields = [str(p) for p in loc if not (isinstance(p, str) and p in _UNION_TAGS)]
+    if fields:
+        parts.append("field " + ".".join(fields))
+    return ", ".join(parts) or "top level"
+
+
+_UNION_TAGS = {"mixpanel", "local", "demo", "duckdb", "s3", "gcs", "azure", "bigquery", "snowflake", "redshift"}
+
+
+def _cross_pipeline_problems(parsed: PipelinesFile, today: dt.date) -> list[str]:
+    problems: list[str] = []
+    names = [p.name for p in parsed.pipelines]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"pipeline {name!r}, field name: used by more than one pipeline; names must be unique")
+    events = parsed.event_pipelines
+    if any(p.data_source == "identity" for p in parsed.pipelines) and not events:
+        problems.append(
+            "identity pipelines compute mappings from the identity links in exported events; "
+            "add an events pipeline for the same project"
+        )
+    limits = parsed.project.limits
+    if not limits.enforce_mixpanel_limits:
+        return problems
+    lift = "(Mixpanel's limit; set project.limits.enforce_mixpanel_limits: false to lift it)"
+    recurring = [p for p in events if p.recurring]
+    if len(recurring) > limits.max_recurring_event_pipelines:
+        problems.append(
+            f"pipelines {[p.name for p in recurring]}: more than {limits.max_recurring_event_pipelines} "
+            f"recurring events pipelines (no to_date) {lift}"
+        )
+    frequencies = [p.frequency for p in recurring]
+    if len(frequencies) != len(set(frequencies)):
+        problems.append(f"pipelines {[p.name for p in recurring]}, field frequency: recurring events pipelines must have different frequencies {lift}")
+    for i, a in enumerate(events):
+        for b in events[i + 1 :]:
+            if a.destination.location_key() == b.destination.location_key() and _overlap(a, b):
+                problems.append(
+                    f"pipelines {a.name!r} and {b.name!r}, field destination: both export events to "
+                    f"{a.destination.describe()} for overlapping dates {lift}"
+                )
+    for p in events:
+        anchor = p.created or today
+        earliest = _months_before(anchor, limits.max_backfill_months)
+        if p.from_date and p.from_date < earliest:
+            problems.append(
+                f"pipeline {p.name!r}, field from_date: {p.from_date} is more than {limits.max_backfill_months} months "
+                f"before {'created ' if p.created else 'today '}{anchor} {lift}; or set the pipeline's "
+                "'created' date to the day it was set up"
+            )
+    return problems
+
+
+def _overlap(a: PipelineConfig, b: PipelineConfig) -> bool:
+    far = dt.date.max
+    return a.from_date <= (b.to_date or far) and b.from_date <= (a.to_date or far)
+
+
+def _months_before(day: dt.date, months: int) -> dt.date:
+    year, month = divmod(day.year * 12 + day.month - 1 - months, 12)
+    month += 1
+    for d in (day.day, 30, 29, 28):
+        try:
+            return dt.date(year, month, d)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")

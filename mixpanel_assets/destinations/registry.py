@@ -1,0 +1,38 @@
+"""From a pipeline's `destination:` block to its IO manager and the names it shows in the UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mixpanel_assets.config import PipelineConfig, ProjectConfig
+from mixpanel_assets.destinations.configs import DuckDBDestination, LocalDestination
+from mixpanel_assets.destinations.io_managers import DuckDBIOManager, LocalFolderIOManager, MixpanelIOManager
+from mixpanel_assets.resources import resolve_path
+
+
+def io_manager_key(pipeline: PipelineConfig) -> str:
+    return f"{pipeline.name}__io_manager"
+
+
+def build_io_manager(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Path) -> MixpanelIOManager:
+    dest = pipeline.destination
+    common = dict(pipeline=pipeline.name, project_id=project.id, workers=project.export_workers)
+    if isinstance(dest, LocalDestination):
+        return LocalFolderIOManager(
+            **common, path=str(resolve_path(base_dir, dest.path)), prefix=dest.prefix, format=dest.format,
+            compression=dest.effective_compression, max_file_mb=dest.max_file_mb,
+        )
+    if isinstance(dest, DuckDBDestination):
+        return DuckDBIOManager(**common, path=str(resolve_path(base_dir, dest.path)), schema_name=dest.schema_name)
+    raise TypeError(f"no IO manager for destination type {dest.type!r}")
+
+
+def table_location(pipeline: PipelineConfig, project: ProjectConfig, table: str, base_dir: Path) -> str:
+    """The physical place of a table, for the `dagster/table_name` metadata shown in the catalog."""
+    dest = pipeline.destination
+    if isinstance(dest, LocalDestination):
+        root = resolve_path(base_dir, dest.path)
+        return "/".join(p for p in (str(root), dest.prefix, str(project.id), table) if p)
+    if isinstance(dest, DuckDBDestination):
+        return f"{Path(dest.path).stem}.{dest.schema_name}.{table}"
+    raise TypeError(f"no table location for destination type {dest.type!r}")

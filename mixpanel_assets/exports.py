@@ -1,0 +1,143 @@
+"""The work of each asset, kept apart from the Dagster decorators so it reads (and tests) plainly.
+
+`export_events` turns a run's partitions into Export API queries (one per local day at most),
+stages the rows, stores each partition's identity links, and returns the staged windows for the
+destination's IO manager. `export_people` and `export_identity` stage whole tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zoneinfo
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from mixpanel_assets.identity import resolve
+from mixpanel_assets.mixpanel.errors import MixpanelStreamError
+from mixpanel_assets.mixpanel.sources import EventSource, Span
+from mixpanel_assets.partitions import PartitionWindow, query_spans
+from mixpanel_assets.records import IDENTITY_COLUMNS, MAX_REPORTED_BAD_LINES, BadLine, identity_row, profile_row
+from mixpanel_assets.staging import (
+    BadInputError,
+    ExportStreamError,
+    StagedEvents,
+    StagedTable,
+    stage_events,
+    stage_table,
+)
+from mixpanel_assets.state import StateStore
+
+STREAM_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class EventsExportSpec:
+    pipeline: str
+    timezone: str
+    events: tuple[str, ...] | None = None
+    where: str | None = None
+    legacy_timezone: str | None = None
+    workers: int = 2
+    max_bad_fraction: float = 0.001
+    max_bad_count: int | None = None
+    staging_dir: str | None = None
+    max_days_per_query: int = 1
+
+
+def _chunks_for_spans(source: EventSource, spans, spec: EventsExportSpec) -> Iterator[bytes]:
+    for start, end, _ in spans:
+        yield from source.event_chunks(Span(start, end), spec.events, spec.where)
+        yield b"\n"
+
+
+def export_events(source: EventSource, windows: list[PartitionWindow], spec: EventsExportSpec,
+                  state: StateStore | None, log: logging.Logger) -> StagedEvents:
+    """Stage the events of `windows` (retrying a cut stream), and record their identity links."""
+    spans = query_spans(windows, zoneinfo.ZoneInfo(spec.timezone), spec.max_days_per_query)
+    client_filter = spec.events if (spec.events and not source.filters_events_server_side()) else None
+    describe = f"pipeline {spec.pipeline!r}: {source.description}, partitions {windows[0].partition_key}" + (
+        f"..{windows[-1].partition_key}" if len(windows) > 1 else ""
+    )
+    for attempt in range(1, STREAM_ATTEMPTS + 1):
+        queries_before = source.queries
+        started = time.monotonic()
+        try:
+            staged = stage_events(
+                _chunks_for_spans(source, spans, spec),
+                [w.window for w in windows],
+                [w.partition_key for w in windows],
+                staging_root=spec.staging_dir,
+                workers=spec.workers,
+                events_filter=client_filter,
+                legacy_timezone=spec.legacy_timezone,
+                max_bad_fraction=spec.max_bad_fraction,
+                max_bad_count=spec.max_bad_count,
+                describe_source=describe,
+            )
+        except (ExportStreamError, MixpanelStreamError) as exc:
+            if attempt == STREAM_ATTEMPTS:
+                raise
+            log.warning(f"{exc}; exporting the span again (attempt {attempt + 1} of {STREAM_ATTEMPTS})")
+            time.sleep(min(30, 2**attempt))
+            continue
+        staged.queries = source.queries - queries_before
+        elapsed = max(time.monotonic() - started, 1e-6)
+        log.info(
+            f"{describe}: {staged.lines} lines, {staged.rows} rows after removing {staged.duplicates} duplicates, "
+            f"{staged.bad_lines} bad lines, {staged.outside_window} outside the windows; "
+            f"{staged.lines / elapsed:,.0f} lines/s with {spec.workers} workers, {staged.queries} source queries"
+        )
+        if staged.bad_examples:
+            log.warning("malformed lines skipped:\n" + "\n".join(f"  line {n}: {why}" for n, why in staged.bad_examples))
+        by_key = {w.partition_key: w for w in windows}
+        for staged_window in staged.windows:
+            staged_window.info = by_key[staged_window.partition_key]
+            if state is not None:
+                state.write_links(spec.pipeline, staged_window.partition_key, staged_window.links)
+        return staged
+    raise AssertionError("unreachable")
+
+
+def export_people(source: EventSource, staging_dir: str | None, max_bad_fraction: float,
+                  log: logging.Logger) -> StagedTable:
+    """Stage all profiles; malformed profiles are counted and reported like bad event lines."""
+    counts = {"read": 0, "bad": 0}
+    examples: list[tuple[int, str]] = []
+
+    def rows() -> Iterator[bytes]:
+        for n, line in enumerate(source.profile_lines(), start=1):
+            counts["read"] += 1
+            try:
+                yield profile_row(line)[1]
+            except BadLine as exc:
+                counts["bad"] += 1
+                if len(examples) < MAX_REPORTED_BAD_LINES:
+                    examples.append((n, f"{exc}: {line[:80]!r}"))
+
+    staged = stage_table(rows(), "mp_people_data", staging_root=staging_dir)
+    if counts["bad"] > max_bad_fraction * max(counts["read"], 1):
+        staged.cleanup()
+        detail = "\n".join(f"  profile {n}: {why}" for n, why in examples)
+        raise BadInputError(
+            f"{source.description}: {counts['bad']} of {counts['read']} profiles are malformed, more than "
+            f"project.bad_lines allows; nothing was written. First ones:\n{detail}"
+        )
+    staged.extra_metadata = {"profiles_read": counts["read"], "bad_profiles": counts["bad"]}
+    if examples:
+        log.warning("malformed profiles skipped:\n" + "\n".join(f"  profile {n}: {why}" for n, why in examples))
+    return staged
+
+
+def export_identity(state: StateStore, event_pipelines: list[str], system: str, staging_dir: str | None) -> StagedTable:
+    """Resolve all stored identity links of the project's events pipelines into mappings."""
+    resolution = resolve(state.iter_links(event_pipelines), system)
+    rows = (identity_row(a, b) for a, b in resolution.rows())
+    staged = stage_table(rows, "mp_identity_mappings_data", staging_root=staging_dir)
+    staged.extra_metadata = {
+        "links": resolution.links,
+        "conflicts": resolution.conflicts,
+        "identity_merge": system,
+        "columns": [c for c, _ in IDENTITY_COLUMNS],
+    }
+    return staged

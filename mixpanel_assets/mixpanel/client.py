@@ -1,0 +1,253 @@
+"""HTTP client for Mixpanel's Raw Event Export API and Engage (profiles) API.
+
+Behaviour follows MIXPANEL_SPEC.md sections 4 and 5:
+- residency hosts (US / EU / IN), service-account basic auth plus `project_id`;
+- the export body is streamed (gzip on the wire, decompressed with ISA-L) and handed on in
+  chunks, never held whole; a body that is cut, or ends with Mixpanel's literal
+  "export terminated early" line, raises MixpanelStreamError so nothing partial is loaded;
+- 429 and 5xx are retried with exponential backoff, honouring Retry-After; every attempt takes
+  a token from the shared RateBudget first (60 queries/hour, 3/second);
+- 400/401/402/403/404 raise at once with Mixpanel's message; credentials never appear in errors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import requests
+from isal import isal_zlib
+
+from mixpanel_assets.mixpanel.errors import (
+    MixpanelAPIError,
+    MixpanelAuthError,
+    MixpanelRateLimited,
+    MixpanelStreamError,
+)
+from mixpanel_assets.mixpanel.rate_budget import RateBudget
+
+HOSTS = {
+    "US": ("https://data.mixpanel.com", "https://mixpanel.com"),
+    "EU": ("https://data-eu.mixpanel.com", "https://eu.mixpanel.com"),
+    "IN": ("https://data-in.mixpanel.com", "https://in.mixpanel.com"),
+}
+EXPORT_PATH = "/api/2.0/export"
+ENGAGE_PATH = "/api/query/engage"
+CHUNK = 1 << 20
+ENGAGE_PAGE_SIZE = 1000
+TERMINATED = b"terminated early"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportQuery:
+    from_date: dt.date
+    to_date: dt.date
+    events: tuple[str, ...] | None = None
+    where: str | None = None
+
+    def describe(self) -> str:
+        span = f"{self.from_date}" if self.from_date == self.to_date else f"{self.from_date}..{self.to_date}"
+        return f"Export API query for {span}" + (f" where {self.where}" if self.where else "")
+
+
+class MixpanelClient:
+    def __init__(
+        self,
+        project_id: int,
+        username: str,
+        secret: str,
+        residency: str = "US",
+        export_url: str | None = None,
+        engage_url: str | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 6,
+        export_budget: RateBudget | None = None,
+        engage_budget: RateBudget | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        backoff_base: float = 2.0,
+    ):
+        data_host, query_host = HOSTS[residency]
+        self.project_id = project_id
+        self.export_url = (export_url or data_host).rstrip("/") + EXPORT_PATH
+        self.engage_url = (engage_url or query_host).rstrip("/") + ENGAGE_PATH
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.export_budget = export_budget or RateBudget(None, 60, 3)
+        self.engage_budget = engage_budget or RateBudget(None, 60, 5)
+        self.sleep = sleep
+        self.backoff_base = backoff_base
+        self.session = requests.Session()
+        self.session.auth = (username, secret)
+        self.session.headers["User-Agent"] = "mixpanel-assets"
+        self.queries = 0  # HTTP requests sent, retries included
+
+    def close(self) -> None:
+        self.session.close()
+
+    # --- Raw Event Export API -------------------------------------------------------------
+
+    def export_chunks(self, query: ExportQuery) -> Iterator[bytes]:
+        """Yield the decompressed response body of one export query in ~1 MB chunks."""
+        params = {
+            "project_id": str(self.project_id),
+            "from_date": query.from_date.isoformat(),
+            "to_date": query.to_date.isoformat(),
+        }
+        if query.events:
+            params["event"] = json.dumps(list(query.events))
+        if query.where:
+            params["where"] = query.where
+        response = self._request(
+            "GET", self.export_url, self.export_budget, query.describe(), params=params,
+            headers={"Accept-Encoding": "gzip"}, stream=True,
+        )
+        with response:
+            yield from _body_chunks(response, query.describe())
+
+    # --- Engage API ---------------------------------------------------------------------------
+
+    def profiles(self, where: str | None = None) -> Iterator[dict]:
+        """Yield every profile ({"$distinct_id", "$properties"}), paging by session_id."""
+        page = 0
+        session_id = None
+        while True:
+            data = {"page": str(page), "page_size": str(ENGAGE_PAGE_SIZE)}
+            if session_id:
+                data["session_id"] = session_id
+            if where:
+                data["where"] = where
+            what = f"Engage API page {page}"
+            response = self._request(
+                "POST", self.engage_url, self.engage_budget, what,
+                params={"project_id": str(self.project_id)}, data=data,
+            )
+            try:
+                body = response.json()
+            except ValueError:
+                raise MixpanelAPIError(f"{what}: response is not JSON: {response.text[:200]!r}", response.status_code)
+            if body.get("status") not in (None, "ok"):
+                raise MixpanelAPIError(f"{what}: Mixpanel says {body.get('error') or body.get('status')!r}")
+            results = body.get("results") or []
+            yield from results
+            page_size = int(body.get("page_size") or ENGAGE_PAGE_SIZE)
+            if len(results) < page_size:
+                return
+            session_id = body.get("session_id") or session_id
+            page = int(body.get("page", page)) + 1
+
+    # --- shared request loop ------------------------------------------------------------------
+
+    def _request(self, method: str, url: str, budget: RateBudget, what: str, **kwargs) -> requests.Response:
+        attempt = 0
+        while True:
+            budget.acquire()
+            self.queries += 1
+            try:
+                response = self.session.request(method, url, timeout=(30, self.timeout), **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt >= self.max_retries:
+                    raise MixpanelAPIError(
+                        f"{what}: cannot reach {url} after {attempt + 1} attempts: {type(exc).__name__}",
+                        retryable=True,
+                    ) from None
+                self._wait(attempt, None, what, f"{type(exc).__name__}")
+                attempt += 1
+                continue
+            status = response.status_code
+            if status == 200:
+                return response
+            message = _error_message(response)
+            response.close()
+            if status == 429 or status >= 500:
+                if attempt >= self.max_retries:
+                    if status == 429:
+                        raise MixpanelRateLimited(f"{what}: still rate-limited after {attempt + 1} attempts: {message}")
+                    raise MixpanelAPIError(
+                        f"{what}: HTTP {status} after {attempt + 1} attempts: {message}", status, retryable=True
+                    )
+                self._wait(attempt, response.headers.get("Retry-After"), what, f"HTTP {status}")
+                attempt += 1
+                continue
+            raise _status_error(status, message, what, self.project_id)
+
+    def _wait(self, attempt: int, retry_after: str | None, what: str, reason: str) -> None:
+        delay = None
+        if retry_after:
+            try:
+                delay = float(retry_after)
+            except ValueError:
+                delay = None
+        if delay is None:
+            delay = self.backoff_base * (2**attempt) * (0.5 + random.random() / 2)
+        delay = min(delay, 600.0)
+        log.warning("%s: %s, retrying in %.1f s (attempt %d of %d)", what, reason, delay, attempt + 2, self.max_retries + 1)
+        self.sleep(delay)
+
+
+def _body_chunks(response: requests.Response, what: str) -> Iterator[bytes]:
+    """Decompress as we read; fail loudly on a cut body or a 'terminated early' trailer."""
+    gzipped = "gzip" in response.headers.get("Content-Encoding", "").lower()
+    decompressor = isal_zlib.decompressobj(47) if gzipped else None  # 47: gzip or zlib header
+    tail = b""
+    received = 0
+    try:
+        while True:
+            chunk = response.raw.read(CHUNK, decode_content=False)
+            if not chunk:
+                break
+            received += len(chunk)
+            if decompressor is not None:
+                chunk = decompressor.decompress(chunk)
+                if not chunk:
+                    continue
+            tail = (tail + chunk)[-256:]
+            yield chunk
+    except (requests.RequestException, OSError, isal_zlib.error) as exc:
+        raise MixpanelStreamError(f"{what}: the response stream broke after {received} bytes ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # urllib3 ProtocolError / IncompleteRead are not RequestExceptions
+        if type(exc).__module__.startswith("urllib3") or type(exc).__name__ in ("IncompleteRead", "ProtocolError"):
+            raise MixpanelStreamError(f"{what}: the response stream broke after {received} bytes ({type(exc).__name__})") from None
+        raise
+    if decompressor is not None:
+        rest = decompressor.flush()
+        if rest:
+            tail = (tail + rest)[-256:]
+            yield rest
+        if not decompressor.eof:
+            raise MixpanelStreamError(f"{what}: the gzip stream ended before its end marker after {received} bytes (cut connection)")
+    if TERMINATED in tail.rstrip().rsplit(b"\n", 1)[-1]:
+        raise MixpanelStreamError(f"{what}: Mixpanel ended the export with 'export terminated early'; the window is incomplete")
+
+
+def _error_message(response: requests.Response) -> str:
+    text = response.text[:500]
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip() or response.reason or ""
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("message") or body)
+    return text.strip()
+
+
+def _status_error(status: int, message: str, what: str, project_id: int) -> MixpanelAPIError:
+    hint = {
+        400: "Mixpanel rejected the request",
+        401: "the service account credentials were refused; check the username/secret env vars named in pipelines.yaml",
+        402: "Mixpanel requires a paid plan for this request",
+        403: f"the service account may not read project {project_id}; give it access to this project in Mixpanel",
+        404: f"project {project_id} or the endpoint was not found; check project.id and project.residency",
+    }.get(status, "unexpected response")
+    text = f"{what}: HTTP {status}: {message!r} ({hint})"
+    if status == 401 or status == 403 or (status == 400 and "authenticate" in message.lower()):
+        if status == 400:
+            text = f"{what}: HTTP 400: {message!r} (the service account credentials were refused; check the env vars named in pipelines.yaml)"
+        return MixpanelAuthError(text, status)
+    return MixpanelAPIError(text, status)

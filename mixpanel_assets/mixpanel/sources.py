@@ -1,0 +1,174 @@
+"""Where events and profiles come from: the Mixpanel APIs, a folder of files, or demo data.
+
+Every source answers the same two questions, so the assets never care which one is configured:
+`event_chunks(span)` yields raw Export-API-format JSON lines (as byte chunks) covering a UTC
+span, and `profile_lines()` yields Engage-format profiles as JSON lines. Rows outside the run's
+windows are filtered (and counted) later, in staging, so sources may return more than asked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from mixpanel_assets.mixpanel.client import ExportQuery, MixpanelClient
+
+UTC = dt.timezone.utc
+
+
+@dataclass(frozen=True)
+class Span:
+    """A UTC interval [start, end) to fetch with one query."""
+
+    start: dt.datetime
+    end: dt.datetime
+
+
+class EventSource:
+    description = "source"
+    queries = 0
+
+    def event_chunks(self, span: Span, events: tuple[str, ...] | None = None, where: str | None = None) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def profile_lines(self) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def filters_events_server_side(self) -> bool:
+        """True when `events` is applied by the source itself (the Export API's `event` param)."""
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class MixpanelApiSource(EventSource):
+    """The real project: one Export API query per span, Engage pages for profiles."""
+
+    def __init__(self, client: MixpanelClient, timezone: str = "UTC", legacy_project_timezone_dates: bool = False):
+        self.client = client
+        self.tz = zoneinfo.ZoneInfo(timezone)
+        self.legacy = legacy_project_timezone_dates
+        self.description = f"Mixpanel project {client.project_id}"
+
+    @property
+    def queries(self) -> int:  # type: ignore[override]
+        return self.client.queries
+
+    def export_query(self, span: Span, events=None, where=None) -> ExportQuery:
+        """Map a UTC span to the Export API's inclusive from_date/to_date (+ a time filter).
+
+        from_date/to_date are UTC days for projects created since 2023 and project-timezone days
+        for older ones. When the span is not whole days in that zone, a `where` filter on
+        `$time` keeps the response to the span, so an hourly partition does not download a day.
+        """
+        zone = self.tz if self.legacy else UTC
+        start_local = span.start.astimezone(zone)
+        end_local = span.end.astimezone(zone)
+        last = end_local - dt.timedelta(microseconds=1)
+        from_date, to_date = start_local.date(), last.date()
+        aligned = start_local.timetz().replace(tzinfo=None) == dt.time(0) and end_local.timetz().replace(tzinfo=None) == dt.time(0)
+        clauses = []
+        if where:
+            clauses.append(f"({where})")
+        if not aligned and not self.legacy:
+            clauses.append(
+                f'properties["$time"] >= datetime({int(span.start.timestamp())}) and '
+                f'properties["$time"] < datetime({int(span.end.timestamp())})'
+            )
+        return ExportQuery(from_date, to_date, tuple(events) if events else None, " and ".join(clauses) or None)
+
+    def event_chunks(self, span, events=None, where=None):
+        return self.client.export_chunks(self.export_query(span, events, where))
+
+    def filters_events_server_side(self) -> bool:
+        return True
+
+    def profile_lines(self):
+        for profile in self.client.profiles():
+            yield orjson.dumps(profile)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+_DATE_IN_NAME = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
+
+
+class LocalFilesSource(EventSource):
+    """A folder of export-format JSONL files (.jsonl/.json/.ndjson, optionally .gz or .zst).
+
+    Files whose names start with a date (e.g. `2024-11-22.jsonl.gz`) are read only for spans
+    that can contain that day (±1 day for time zones); other files are read for every span.
+    """
+
+    SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz", ".jsonl.zst", ".json.zst")
+
+    def __init__(self, path: str | Path, profiles_path: str | Path | None = None):
+        self.path = Path(path)
+        self.profiles_path = Path(profiles_path) if profiles_path else None
+        self.description = f"local files in {self.path}"
+
+    def files(self) -> list[Path]:
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"local source folder {self.path} does not exist (project.source.path in pipelines.yaml)")
+        return sorted(p for p in self.path.rglob("*") if p.is_file() and p.name.endswith(self.SUFFIXES))
+
+    def event_chunks(self, span, events=None, where=None):
+        first = span.start.date() - dt.timedelta(days=1)
+        last = span.end.date() + dt.timedelta(days=1)
+        for path in self.files():
+            match = _DATE_IN_NAME.match(path.name)
+            if match:
+                try:
+                    day = dt.date(*map(int, match.groups()))
+                except ValueError:
+                    day = None
+                if day is not None and not (first <= day <= last):
+                    continue
+            yield from read_file_chunks(path)
+            yield b"\n"  # a file without a final newline must not merge with the next file's first line
+
+    def profile_lines(self):
+        if self.profiles_path is None:
+            return
+        for chunk_line in _lines(read_file_chunks(self.profiles_path)):
+            if chunk_line.strip():
+                yield chunk_line
+
+
+def read_file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    name = path.name
+    if name.endswith(".gz"):
+        from isal import igzip
+
+        stream = igzip.open(path, "rb")
+    elif name.endswith(".zst"):
+        import zstandard
+
+        stream = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    else:
+        stream = open(path, "rb")
+    with stream:
+        while True:
+            chunk = stream.read(size)
+            if not chunk:
+                return
+            yield chunk
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    rest = b""
+    for chunk in chunks:
+        data = rest + chunk
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        yield from lines
+    if rest:
+        yield rest

@@ -1,0 +1,101 @@
+"""Partitions and export windows, all in the project timezone (DESIGN.md: one timezone rule).
+
+A partition is a window of project-local time; `time` values stay UTC. Folder dates, warehouse
+partition dates and partition keys all read the same local calendar, so "2024-11-22" means the
+same events everywhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass
+
+import dagster as dg
+
+from mixpanel_assets.config import PipelineConfig, ProjectConfig
+from mixpanel_assets.records import Window
+
+UTC = dt.timezone.utc
+HOURLY_FMT = "%Y-%m-%d-%H:%M"
+HOURLY_FMT_WITH_OFFSET = "%Y-%m-%d-%H:%M%z"  # non-UTC zones: the repeated DST hour needs an offset
+
+
+def events_partitions_def(pipeline: PipelineConfig, project: ProjectConfig) -> dg.TimeWindowPartitionsDefinition:
+    end_date = None
+    if pipeline.to_date is not None:
+        end_date = (pipeline.to_date + dt.timedelta(days=1)).isoformat()  # Dagster's end_date is exclusive
+    if pipeline.frequency == "hourly":
+        fmt = HOURLY_FMT if project.timezone == "UTC" else HOURLY_FMT_WITH_OFFSET
+        start = dt.datetime.combine(pipeline.from_date, dt.time(0), tzinfo=project.tz)
+        return dg.HourlyPartitionsDefinition(
+            start_date=start.strftime(fmt), end_date=_end_for(end_date, fmt, project), timezone=project.timezone, fmt=fmt
+        )
+    return dg.DailyPartitionsDefinition(
+        start_date=pipeline.from_date.isoformat(), end_date=end_date, timezone=project.timezone
+    )
+
+
+def _end_for(end_date: str | None, fmt: str, project: ProjectConfig) -> str | None:
+    if end_date is None:
+        return None
+    return dt.datetime.combine(dt.date.fromisoformat(end_date), dt.time(0), tzinfo=project.tz).strftime(fmt)
+
+
+@dataclass(frozen=True)
+class PartitionWindow:
+    """One partition's window, in UTC for fetching and in local time for paths and labels."""
+
+    partition_key: str
+    start: dt.datetime  # UTC
+    end: dt.datetime  # UTC
+    local_start: dt.datetime  # project timezone
+    grain: str  # "hourly" | "daily"
+
+    @property
+    def window(self) -> Window:
+        return Window(self.start.timestamp(), self.end.timestamp())
+
+    @property
+    def local_date(self) -> dt.date:
+        return self.local_start.date()
+
+    def folder_parts(self) -> tuple[str, ...]:
+        """YYYY/MM/DD for days, YYYY/MM/DD/HH for hours (HH_2 for the repeated DST hour)."""
+        d = self.local_start
+        parts = (f"{d.year:04d}", f"{d.month:02d}", f"{d.day:02d}")
+        if self.grain == "hourly":
+            hour = f"{d.hour:02d}"
+            if d.fold:
+                hour += "_2"
+            parts += (hour,)
+        return parts
+
+
+def windows_for_keys(partitions_def: dg.TimeWindowPartitionsDefinition, keys: list[str], grain: str) -> list[PartitionWindow]:
+    tz = zoneinfo.ZoneInfo(partitions_def.timezone)
+    windows = []
+    for key in keys:
+        tw = partitions_def.time_window_for_partition_key(key)
+        start = tw.start.astimezone(UTC)
+        end = tw.end.astimezone(UTC)
+        local = start.astimezone(tz)
+        windows.append(PartitionWindow(key, start, end, local, grain))
+    return sorted(windows, key=lambda w: w.start)
+
+
+def query_spans(windows: list[PartitionWindow], tz: zoneinfo.ZoneInfo, max_days: int = 1) -> list[tuple[dt.datetime, dt.datetime, list[PartitionWindow]]]:
+    """Group a run's windows into Export API queries: contiguous windows, at most `max_days` local days each.
+
+    A backfill run of 24 hourly partitions costs one query, not 24; the API allows 60 an hour.
+    """
+    spans: list[tuple[dt.datetime, dt.datetime, list[PartitionWindow]]] = []
+    for w in windows:
+        if spans:
+            start, end, members = spans[-1]
+            first_day = members[0].local_start.date()
+            if w.start == end and (w.local_start.date() - first_day).days < max_days:
+                spans[-1] = (start, w.end, members + [w])
+                continue
+        spans.append((w.start, w.end, [w]))
+    return spans

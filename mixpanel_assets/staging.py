@@ -1,0 +1,507 @@
+"""Stage an export: stream source lines into deduplicated, per-window rows on local disk.
+
+The three steps, each with memory that does not grow with the size of the day:
+
+1. Parse. The source's byte stream is cut into ~4 MB blocks at line ends; worker processes parse
+   them (block_worker.py), write each block's rows per window to the staging folder, and return
+   one 40-byte dedup-key record per row.
+2. Deduplicate. Key records are spread over 64 bucket files by hash, so one bucket at a time
+   fits in memory; within a bucket, duplicates of Mixpanel's key (event, distinct_id, time,
+   $insert_id) are found by sorting. The copy with the latest mp_processing_time_ms is kept
+   (Mixpanel shows the latest ingested copy); ties keep the first in stream order.
+3. Write parts. Per window, the staged blocks minus their duplicates are compressed into part
+   files in parallel (`StagedWindow.write_parts`), ready for any destination.
+
+Staging on disk also means a destination that fails and is retried reads the staged rows again
+instead of spending another Export API query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mixpanel_assets.block_worker import FLAG_NO_DEDUP, BlockSpec, block_path, process_block, write_part
+from mixpanel_assets.parts import EXTENSIONS, PartFile
+from mixpanel_assets.records import MAX_REPORTED_BAD_LINES, BlockResult, Window
+from mixpanel_assets.workers import InlineExecutor, process_pool
+
+BLOCK_BYTES = 4 << 20
+N_BUCKETS = 64
+_KEY_FIELDS = 5  # hash_hi, hash_lo, processing_time_ms, row, flags (uint64 each), from the worker
+_BUCKET_DTYPE = np.dtype(
+    [("hi", "<u8"), ("lo", "<u8"), ("proc", "<u8"), ("win", "<u4"), ("blk", "<u4"), ("row", "<u4"), ("flags", "<u4")]
+)
+
+
+class ExportStreamError(RuntimeError):
+    """The source stream was cut or ended with Mixpanel's 'export terminated early' line."""
+
+
+class BadInputError(ValueError):
+    """More malformed lines than the project's bad-line policy allows."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Order-independent summary of a window's deduplicated events, comparable across exports.
+
+    Additive, so hourly windows combine into the fingerprint of their day: the data-sync sensor
+    compares a day's fingerprint from a fresh export probe with the one recorded at export time.
+    """
+
+    rows: int = 0
+    key_sum: int = 0  # sum of the 64-bit dedup-key hashes of kept rows, mod 2**64
+    max_processing_time_ms: int = 0
+
+    def __add__(self, other: "Fingerprint") -> "Fingerprint":
+        return Fingerprint(
+            self.rows + other.rows,
+            (self.key_sum + other.key_sum) & ((1 << 64) - 1),
+            max(self.max_processing_time_ms, other.max_processing_time_ms),
+        )
+
+    def token(self) -> str:
+        return f"{self.rows}-{self.key_sum:016x}-{self.max_processing_time_ms}"
+
+    @classmethod
+    def from_token(cls, token: str) -> "Fingerprint":
+        rows, key_sum, proc = token.split("-")
+        return cls(int(rows), int(key_sum, 16), int(proc))
+
+
+@dataclass
+class Segment:
+    """One staged block's rows for one window, and which of them are duplicates to drop."""
+
+    path: Path
+    rows: int
+    raw_bytes: int
+    drop_rows: np.ndarray | None = None
+
+
+@dataclass
+class StagedRows:
+    """Staged row blocks on local disk (minus duplicates), ready to become part files."""
+
+    segments: list[Segment] = field(default_factory=list)
+    rows_read: int = 0
+    duplicates: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.rows_read - self.duplicates
+
+    def content_token(self) -> str:
+        raise NotImplementedError
+
+    def part_stem(self, fmt: str = "json") -> str:
+        """Part names depend only on content: a rerun with the same data rewrites the same names."""
+        digest = hashlib.sha1(f"{self.content_token()}|{fmt}".encode()).hexdigest()[:10]
+        return f"part-{digest}"
+
+    def write_parts(self, out_dir: Path, *, fmt: str = "json", compression: str = "gzip",
+                    max_bytes: int = 256 << 20, workers: int = 1, table: str = "mp_master_event") -> list[PartFile]:
+        """Compress the kept rows into part files of at most ~max_bytes (uncompressed) each."""
+        plans: list[list[tuple[str, np.ndarray | None]]] = []
+        current: list[tuple[str, np.ndarray | None]] = []
+        size = 0
+        for seg in self.segments:
+            if seg.rows == 0:
+                continue
+            if current and size + seg.raw_bytes > max_bytes:
+                plans.append(current)
+                current, size = [], 0
+            current.append((str(seg.path), seg.drop_rows))
+            size += seg.raw_bytes
+        if current:
+            plans.append(current)
+        executor: Executor = process_pool(workers) if len(plans) > 1 else InlineExecutor()
+        stem = self.part_stem(fmt)
+        futures = [
+            executor.submit(write_part, plan, str(out_dir), stem, i, compression, fmt, table)
+            for i, plan in enumerate(plans)
+        ]
+        parts = []
+        for future in futures:
+            path, rows, raw, size = future.result()
+            if path:
+                parts.append(PartFile(Path(path), rows, raw, size))
+        return parts
+
+    def iter_rows(self) -> Iterator[bytes]:
+        """The kept rows as JSON lines (tests, checks and small destinations)."""
+        from mixpanel_assets.block_worker import filtered_lines
+
+        for seg in self.segments:
+            data, _ = filtered_lines(seg.path, seg.drop_rows)
+            yield from data.splitlines()
+
+
+@dataclass
+class StagedWindow(StagedRows):
+    """One partition window of an events export."""
+
+    window: Window = Window(0.0, 0.0)
+    partition_key: str | None = None
+    fingerprint: Fingerprint = Fingerprint()
+    links: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    info: object = None  # the Dagster-side PartitionWindow, set by the asset
+
+    def content_token(self) -> str:
+        return f"{self.window.start}-{self.window.end}-{self.fingerprint.token()}"
+
+
+@dataclass
+class StagedTable(StagedRows):
+    """A whole table (people or identity mappings), replaced as a unit at the destination."""
+
+    table: str = ""
+    staging_dir: Path | None = None
+    digest: str = ""
+    extra_metadata: dict = field(default_factory=dict)
+
+    def content_token(self) -> str:
+        return f"{self.table}-{self.rows}-{self.digest}"
+
+    def cleanup(self) -> None:
+        if self.staging_dir is not None:
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+
+def stage_table(lines: Iterable[bytes], table: str, *, staging_root: str | Path | None = None,
+                block_bytes: int = BLOCK_BYTES) -> StagedTable:
+    """Stage already-transformed row lines of a whole table in blocks (bounded memory)."""
+    staging_dir = Path(tempfile.mkdtemp(prefix=f"mp-{table}-", dir=staging_root))
+    staged = StagedTable(table=table, staging_dir=staging_dir)
+    digest = hashlib.sha1()
+    buffer: list[bytes] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal buffer, size
+        if not buffer:
+            return
+        data = b"\n".join(buffer) + b"\n"
+        path = block_path(staging_dir, 0, len(staged.segments))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        digest.update(data)
+        staged.segments.append(Segment(path, len(buffer), len(data)))
+        staged.rows_read += len(buffer)
+        buffer, size = [], 0
+
+    try:
+        for line in lines:
+            buffer.append(line)
+            size += len(line) + 1
+            if size >= block_bytes:
+                flush()
+        flush()
+    except BaseException:
+        staged.cleanup()
+        raise
+    staged.digest = digest.hexdigest()
+    return staged
+
+
+@dataclass
+class StagedEvents:
+    """The result of staging one run: its windows, counts for metadata, and where it lives."""
+
+    staging_dir: Path
+    windows: list[StagedWindow]
+    lines: int = 0
+    bad_lines: int = 0
+    bad_examples: list[tuple[int, str]] = field(default_factory=list)
+    outside_window: int = 0
+    source_bytes: int = 0
+    queries: int = 0
+    workers: int = 1
+    owns_dir: bool = True
+
+    @property
+    def rows(self) -> int:
+        return sum(w.rows for w in self.windows)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(w.duplicates for w in self.windows)
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        total = Fingerprint()
+        for w in self.windows:
+            total = total + w.fingerprint
+        return total
+
+    def cleanup(self) -> None:
+        if self.owns_dir:
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+
+def split_blocks(chunks: Iterable[bytes], block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, int, bytes]]:
+    """Regroup arbitrary byte chunks into (block_id, first_line_no, block) cut at line ends.
+
+    Cut points depend only on the byte stream, so the same data always gives the same blocks,
+    which keeps part contents (and so their names) deterministic.
+    """
+    pending: list[bytes] = []
+    pending_size = 0
+    block_id = 0
+    line_no = 1
+    for chunk in chunks:
+        if not chunk:
+            continue
+        pending.append(chunk)
+        pending_size += len(chunk)
+        while pending_size >= block_bytes:
+            data = b"".join(pending)
+            cut = data.find(b"\n", block_bytes - 1) + 1
+            if cut == 0:
+                pending, pending_size = [data], len(data)
+                break
+            block, rest = data[:cut], data[cut:]
+            yield block_id, line_no, block
+            block_id += 1
+            line_no += block.count(b"\n")
+            pending, pending_size = ([rest], len(rest)) if rest else ([], 0)
+    if pending:
+        data = b"".join(pending)
+        if data:
+            yield block_id, line_no, data
+
+
+class _KeyBuckets:
+    """Dedup-key records spread over bucket files by hash, buffered to keep writes large."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.buffers: list[list[np.ndarray]] = [[] for _ in range(N_BUCKETS)]
+        self.buffered = 0
+
+    def add(self, window: int, block: int, packed: bytes) -> None:
+        raw = np.frombuffer(packed, dtype="<u8").reshape(-1, _KEY_FIELDS)
+        records = np.empty(len(raw), dtype=_BUCKET_DTYPE)
+        records["hi"], records["lo"], records["proc"] = raw[:, 0], raw[:, 1], raw[:, 2]
+        records["row"], records["flags"] = raw[:, 3], raw[:, 4]
+        records["win"], records["blk"] = window, block
+        bucket_of = (records["hi"] >> np.uint64(58)).astype(np.intp)
+        order = np.argsort(bucket_of, kind="stable")
+        bucket_sorted = bucket_of[order]
+        bounds = np.searchsorted(bucket_sorted, np.arange(N_BUCKETS + 1))
+        for b in range(N_BUCKETS):
+            lo, hi = bounds[b], bounds[b + 1]
+            if hi > lo:
+                self.buffers[b].append(records[order[lo:hi]])
+        self.buffered += records.nbytes
+        if self.buffered > 32 << 20:
+            self.flush()
+
+    def flush(self) -> None:
+        for b, chunks in enumerate(self.buffers):
+            if chunks:
+                with open(self.directory / f"bucket{b:02d}.bin", "ab") as f:
+                    for chunk in chunks:
+                        f.write(chunk.tobytes())
+                chunks.clear()
+        self.buffered = 0
+
+    def buckets(self) -> Iterator[np.ndarray]:
+        self.flush()
+        for b in range(N_BUCKETS):
+            path = self.directory / f"bucket{b:02d}.bin"
+            if path.exists():
+                yield np.fromfile(path, dtype=_BUCKET_DTYPE)
+                path.unlink()
+
+
+def _deduplicate(buckets: _KeyBuckets, n_windows: int):
+    """Find duplicates bucket by bucket; return drops per (window, block) and window fingerprints."""
+    drops: dict[tuple[int, int], list[np.ndarray]] = {}
+    counts = np.zeros(n_windows, dtype=np.int64)
+    key_sums = np.zeros(n_windows, dtype=np.uint64)
+    max_proc = np.zeros(n_windows, dtype=np.uint64)
+    dup_counts = np.zeros(n_windows, dtype=np.int64)
+    for records in buckets.buckets():
+        dedupable = (records["flags"] & FLAG_NO_DEDUP) == 0
+        cand = records[dedupable]
+        # Sort so each key's group is contiguous with its preferred copy first: latest
+        # processing time, then earliest position in the stream.
+        order = np.lexsort((cand["row"], cand["blk"], ~cand["proc"], cand["lo"], cand["hi"]))
+        cand = cand[order]
+        same_as_previous = np.zeros(len(cand), dtype=bool)
+        if len(cand) > 1:
+            same_as_previous[1:] = (cand["hi"][1:] == cand["hi"][:-1]) & (cand["lo"][1:] == cand["lo"][:-1])
+        dropped = cand[same_as_previous]
+        kept = np.concatenate([cand[~same_as_previous], records[~dedupable]])
+        if len(dropped):
+            np.add.at(dup_counts, dropped["win"].astype(np.intp), 1)
+            for (win, blk) in set(zip(dropped["win"].tolist(), dropped["blk"].tolist())):
+                mask = (dropped["win"] == win) & (dropped["blk"] == blk)
+                drops.setdefault((win, blk), []).append(dropped["row"][mask])
+        if len(kept):
+            wins = kept["win"].astype(np.intp)
+            np.add.at(counts, wins, 1)
+            with np.errstate(over="ignore"):
+                np.add.at(key_sums, wins, kept["lo"])
+            np.maximum.at(max_proc, wins, kept["proc"])
+    merged = {k: np.sort(np.concatenate(v)) for k, v in drops.items()}
+    fingerprints = [
+        Fingerprint(int(counts[w]), int(key_sums[w]), int(max_proc[w])) for w in range(n_windows)
+    ]
+    return merged, fingerprints, dup_counts
+
+
+def stage_events(
+    chunks: Iterable[bytes],
+    windows: list[Window],
+    partition_keys: list[str | None],
+    *,
+    staging_root: str | Path | None = None,
+    workers: int = 1,
+    events_filter: Iterable[str] | None = None,
+    legacy_timezone: str | None = None,
+    max_bad_fraction: float = 0.001,
+    max_bad_count: int | None = None,
+    write_rows: bool = True,
+    block_bytes: int = BLOCK_BYTES,
+    describe_source: str = "the export",
+) -> StagedEvents:
+    """Stream `chunks` (raw export JSON lines) into deduplicated rows for each window.
+
+    Raises ExportStreamError if the stream reports it was cut, BadInputError if malformed lines
+    exceed the policy; in both cases nothing is left on disk.
+    """
+    ordered = sorted(range(len(windows)), key=lambda i: windows[i].start)
+    windows = [windows[i] for i in ordered]
+    partition_keys = [partition_keys[i] for i in ordered]
+    staging_dir = Path(tempfile.mkdtemp(prefix="mp-stage-", dir=staging_root))
+    staged = StagedEvents(
+        staging_dir,
+        [StagedWindow(window=w, partition_key=k) for w, k in zip(windows, partition_keys)],
+        workers=workers,
+    )
+    spec = BlockSpec(
+        window_starts=tuple(w.start for w in windows),
+        window_ends=tuple(w.end for w in windows),
+        staging_dir=str(staging_dir),
+        events_filter=frozenset(events_filter) if events_filter is not None else None,
+        legacy_timezone=legacy_timezone,
+        write_rows=write_rows,
+    )
+    buckets = _KeyBuckets(staging_dir / "keys")
+    terminated = False
+    try:
+        for block_id, result in _run_blocks(chunks, spec, workers, block_bytes, staged):
+            terminated |= result.terminated_early
+            _absorb(staged, buckets, block_id, result, spec)
+        if terminated:
+            raise ExportStreamError(
+                f"{describe_source} ended with Mixpanel's 'export terminated early' line after "
+                f"{staged.lines} events; the window is incomplete and nothing was written"
+            )
+        _check_bad_lines(staged, max_bad_fraction, max_bad_count, describe_source)
+        drops, fingerprints, dup_counts = _deduplicate(buckets, len(windows))
+        for w, window in enumerate(staged.windows):
+            window.fingerprint = fingerprints[w]
+            window.duplicates = int(dup_counts[w])
+            for seg_block, seg in _segments_with_blocks(window):
+                seg.drop_rows = drops.get((w, seg_block))
+    except BaseException:
+        staged.cleanup()
+        raise
+    shutil.rmtree(staging_dir / "keys", ignore_errors=True)
+    return staged
+
+
+def _segments_with_blocks(window: StagedWindow):
+    for seg in window.segments:
+        yield int(seg.path.stem[1:]), seg
+
+
+def _run_blocks(chunks, spec: BlockSpec, workers: int, block_bytes: int, staged: StagedEvents):
+    """Yield (block_id, BlockResult) in stream order, parsing in a pool once there is >1 block."""
+    blocks = _counting(split_blocks(chunks, block_bytes), staged)
+    first = next(blocks, None)
+    if first is None:
+        return
+    second = next(blocks, None)
+    if second is None or workers <= 1:
+        yield first[0], process_block(first[2], first[0], first[1], spec)
+        if second is not None:
+            yield second[0], process_block(second[2], second[0], second[1], spec)
+        for block_id, line_no, block in blocks:
+            yield block_id, process_block(block, block_id, line_no, spec)
+        return
+    pool = process_pool(workers)
+    in_flight: list[tuple[int, Future]] = []
+    limit = workers * 2
+    for block_id, line_no, block in _chain(first, second, blocks):
+        in_flight.append((block_id, pool.submit(process_block, block, block_id, line_no, spec)))
+        if len(in_flight) >= limit:
+            done_id, future = in_flight.pop(0)
+            yield done_id, future.result()
+    for done_id, future in in_flight:
+        yield done_id, future.result()
+
+
+def _chain(first, second, rest):
+    yield first
+    yield second
+    yield from rest
+
+
+def _counting(blocks, staged: StagedEvents):
+    for item in blocks:
+        staged.source_bytes += len(item[2])
+        yield item
+
+
+def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block_id: int, result: BlockResult, spec: BlockSpec) -> None:
+    staged.lines += result.lines
+    staged.bad_lines += result.bad_lines
+    staged.outside_window += result.outside_window
+    room = MAX_REPORTED_BAD_LINES - len(staged.bad_examples)
+    if room > 0:
+        staged.bad_examples.extend(result.bad_examples[:room])
+    for w, window in enumerate(staged.windows):
+        rows = result.rows_per_window[w]
+        if not rows:
+            continue
+        window.rows_read += rows
+        window.segments.append(
+            Segment(block_path(spec.staging_dir, w, block_id), rows, result.bytes_per_window[w])
+        )
+        buckets.add(w, block_id, result.keys_per_window[w])
+        links = window.links
+        for link, time in result.links_per_window[w].items():
+            seen = links.get(link)
+            if seen is None or time < seen:
+                links[link] = time
+
+
+def _check_bad_lines(staged: StagedEvents, max_fraction: float, max_count: int | None, source: str) -> None:
+    if not staged.bad_lines:
+        return
+    total = staged.lines
+    too_many = staged.bad_lines > max_count if max_count is not None else staged.bad_lines > max_fraction * total
+    if too_many:
+        examples = "\n".join(f"  line {n}: {why}" for n, why in staged.bad_examples)
+        limit = f"max_count {max_count}" if max_count is not None else f"max_fraction {max_fraction}"
+        raise BadInputError(
+            f"{source}: {staged.bad_lines} of {total} lines are not valid Mixpanel export events, more than "
+            f"project.bad_lines allows ({limit}); nothing was written. First bad lines:\n{examples}"
+        )
+
+
+def part_extension(fmt: str, compression: str) -> str:
+    return EXTENSIONS[(fmt, compression)]

@@ -1,0 +1,59 @@
+"""Small per-partition state shared by all runs of a project: the identity links of each export.
+
+Identity mappings are recomputed from every exported partition's links, so a run must not have
+to rescan all events: each events export stores its partitions' links here (a few KB to MB per
+day), and a re-exported (synced) partition overwrites its own file. Files are replaced
+atomically (write to a temporary name, then rename), so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import orjson
+from isal import igzip
+
+Link = tuple[str, str, str]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def _safe(name: str) -> str:
+    return _UNSAFE.sub(lambda m: f"~{ord(m.group()):02x}", name)
+
+
+class StateStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _links_dir(self, pipeline: str) -> Path:
+        return self.root / "identity_links" / _safe(pipeline)
+
+    def write_links(self, pipeline: str, partition_key: str, links: dict[Link, float]) -> Path:
+        directory = self._links_dir(pipeline)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{_safe(partition_key)}.jsonl.gz"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with igzip.open(tmp, "wb", compresslevel=1) as f:
+            for (kind, a, b), time in sorted(links.items()):
+                f.write(orjson.dumps([kind, a, b, time]) + b"\n")
+        os.replace(tmp, path)
+        return path
+
+    def link_files(self, pipelines: Iterable[str]) -> list[Path]:
+        files: list[Path] = []
+        for pipeline in pipelines:
+            directory = self._links_dir(pipeline)
+            if directory.is_dir():
+                files.extend(sorted(p for p in directory.iterdir() if p.name.endswith(".jsonl.gz")))
+        return files
+
+    def iter_links(self, pipelines: Iterable[str]) -> Iterator[tuple[str, str, str, float]]:
+        for path in self.link_files(pipelines):
+            with igzip.open(path, "rb") as f:
+                for line in f:
+                    kind, a, b, time = orjson.loads(line)
+                    yield kind, a, b, time
