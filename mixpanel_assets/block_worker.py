@@ -58,7 +58,7 @@ def block_path(staging_dir: str | Path, window_index: int, block_id: int) -> Pat
     return Path(staging_dir) / f"w{window_index:05d}" / f"b{block_id:07d}.jsonl"
 
 
-def process_block(block: bytes, block_id: int, first_line_no: int, spec: BlockSpec) -> BlockResult:
+def process_block(block: bytes, block_id: int, first_line_no: int, spec: BlockSpec, origin: str = "") -> BlockResult:
     """Parse every line of `block` and sort the rows into the run's windows.
 
     Rows go to one staging file per window; for each row the worker also returns its dedup-key
@@ -89,7 +89,8 @@ def process_block(block: bytes, block_id: int, first_line_no: int, spec: BlockSp
                 continue
             result.bad_lines += 1
             if len(result.bad_examples) < MAX_REPORTED_BAD_LINES:
-                result.bad_examples.append((line_no, f"{exc}: {line[:80]!r}"))
+                where = f"{origin} line {line_no}" if origin else f"line {line_no}"
+                result.bad_examples.append((where, f"{exc}: {line[:80]!r}"))
             continue
         if events_filter is not None and name not in events_filter:
             result.outside_window += 1

@@ -48,7 +48,6 @@ class EventsExportSpec:
 def _chunks_for_spans(source: EventSource, spans, spec: EventsExportSpec) -> Iterator[bytes]:
     for start, end, _ in spans:
         yield from source.event_chunks(Span(start, end), spec.events, spec.where)
-        yield b"\n"
 
 
 def export_events(source: EventSource, windows: list[PartitionWindow], spec: EventsExportSpec,
@@ -89,7 +88,7 @@ def export_events(source: EventSource, windows: list[PartitionWindow], spec: Eve
             f"{staged.lines / elapsed:,.0f} lines/s with {spec.workers} workers, {staged.queries} source queries"
         )
         if staged.bad_examples:
-            log.warning("malformed lines skipped:\n" + "\n".join(f"  line {n}: {why}" for n, why in staged.bad_examples))
+            log.warning("malformed lines skipped:\n" + "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples))
         by_key = {w.partition_key: w for w in windows}
         for staged_window in staged.windows:
             staged_window.info = by_key[staged_window.partition_key]

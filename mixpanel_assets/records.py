@@ -51,6 +51,14 @@ LINK_REKEY = "rekey"  # a re-keyed export row: $distinct_id_before_identity -> d
 MAX_REPORTED_BAD_LINES = 20
 
 
+class Origin(str):
+    """A marker a source yields between byte chunks: the following lines come from this input.
+
+    Lets bad-line reports say "2024-11-22.jsonl line 501" instead of a position in a
+    concatenation of every file.
+    """
+
+
 class BadLine(ValueError):
     """A line that is not a Mixpanel export event; carries a reason a user can act on."""
 
@@ -74,7 +82,7 @@ class BlockResult:
     keys_per_window: list[bytes] = field(default_factory=list)
     outside_window: int = 0
     bad_lines: int = 0
-    bad_examples: list[tuple[int, str]] = field(default_factory=list)
+    bad_examples: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
     # (kind, a, b) -> earliest event time seen; per window, so a re-exported window replaces them.
     links_per_window: list[dict[tuple[str, str, str], float]] = field(default_factory=list)
     terminated_early: bool = False

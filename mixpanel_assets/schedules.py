@@ -15,7 +15,6 @@ import dagster as dg
 
 from mixpanel_assets.assets import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
 from mixpanel_assets.config import PipelineConfig, PipelinesFile
-from mixpanel_assets.partitions import events_partitions_def
 
 TABLE = {"events": EVENTS_TABLE, "people": PEOPLE_TABLE, "identity": IDENTITY_TABLE}
 
@@ -29,7 +28,6 @@ def pipeline_job(pipeline: PipelineConfig, config: PipelinesFile) -> dg.Unresolv
     return dg.define_asset_job(
         job_name(pipeline),
         selection=dg.AssetSelection.assets(dg.AssetKey([pipeline.name, TABLE[pipeline.data_source]])),
-        partitions_def=events_partitions_def(pipeline, project) if pipeline.data_source == "events" else None,
         tags={"mixpanel/project": str(project.id), "mixpanel/pipeline": pipeline.name},
         description=f"Export {pipeline.data_source} of Mixpanel project {project.id} to {pipeline.destination.describe()}.",
     )

@@ -30,7 +30,7 @@ import numpy as np
 
 from mixpanel_assets.block_worker import FLAG_NO_DEDUP, BlockSpec, block_path, process_block, write_part
 from mixpanel_assets.parts import EXTENSIONS, PartFile
-from mixpanel_assets.records import MAX_REPORTED_BAD_LINES, BlockResult, Window
+from mixpanel_assets.records import MAX_REPORTED_BAD_LINES, BlockResult, Origin, Window
 from mixpanel_assets.workers import InlineExecutor, process_pool
 
 BLOCK_BYTES = 4 << 20
@@ -220,7 +220,7 @@ class StagedEvents:
     windows: list[StagedWindow]
     lines: int = 0
     bad_lines: int = 0
-    bad_examples: list[tuple[int, str]] = field(default_factory=list)
+    bad_examples: list[tuple[str, str]] = field(default_factory=list)
     outside_window: int = 0
     source_bytes: int = 0
     queries: int = 0
@@ -247,17 +247,29 @@ class StagedEvents:
             shutil.rmtree(self.staging_dir, ignore_errors=True)
 
 
-def split_blocks(chunks: Iterable[bytes], block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, int, bytes]]:
-    """Regroup arbitrary byte chunks into (block_id, first_line_no, block) cut at line ends.
+def split_blocks(chunks: Iterable[bytes], block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, str, int, bytes]]:
+    """Regroup arbitrary byte chunks into (block_id, origin, first_line_no, block) cut at line ends.
 
     Cut points depend only on the byte stream, so the same data always gives the same blocks,
-    which keeps part contents (and so their names) deterministic.
+    which keeps part contents (and so their names) deterministic. An `Origin` item in `chunks`
+    starts a new input: line numbers restart at 1 and no block spans two inputs.
     """
     pending: list[bytes] = []
     pending_size = 0
     block_id = 0
     line_no = 1
+    origin = ""
     for chunk in chunks:
+        if isinstance(chunk, Origin):
+            if pending:
+                data = b"".join(pending)
+                if not data.endswith(b"\n"):
+                    data += b"\n"
+                yield block_id, origin, line_no, data
+                block_id += 1
+                pending, pending_size = [], 0
+            origin, line_no = str(chunk), 1
+            continue
         if not chunk:
             continue
         pending.append(chunk)
@@ -269,14 +281,14 @@ def split_blocks(chunks: Iterable[bytes], block_bytes: int = BLOCK_BYTES) -> Ite
                 pending, pending_size = [data], len(data)
                 break
             block, rest = data[:cut], data[cut:]
-            yield block_id, line_no, block
+            yield block_id, origin, line_no, block
             block_id += 1
             line_no += block.count(b"\n")
             pending, pending_size = ([rest], len(rest)) if rest else ([], 0)
     if pending:
         data = b"".join(pending)
         if data:
-            yield block_id, line_no, data
+            yield block_id, origin, line_no, data
 
 
 class _KeyBuckets:
@@ -436,17 +448,14 @@ def _run_blocks(chunks, spec: BlockSpec, workers: int, block_bytes: int, staged:
         return
     second = next(blocks, None)
     if second is None or workers <= 1:
-        yield first[0], process_block(first[2], first[0], first[1], spec)
-        if second is not None:
-            yield second[0], process_block(second[2], second[0], second[1], spec)
-        for block_id, line_no, block in blocks:
-            yield block_id, process_block(block, block_id, line_no, spec)
+        for block_id, origin, line_no, block in _chain(first, second, blocks):
+            yield block_id, process_block(block, block_id, line_no, spec, origin)
         return
     pool = process_pool(workers)
     in_flight: list[tuple[int, Future]] = []
     limit = workers * 2
-    for block_id, line_no, block in _chain(first, second, blocks):
-        in_flight.append((block_id, pool.submit(process_block, block, block_id, line_no, spec)))
+    for block_id, origin, line_no, block in _chain(first, second, blocks):
+        in_flight.append((block_id, pool.submit(process_block, block, block_id, line_no, spec, origin)))
         if len(in_flight) >= limit:
             done_id, future = in_flight.pop(0)
             yield done_id, future.result()
@@ -456,13 +465,14 @@ def _run_blocks(chunks, spec: BlockSpec, workers: int, block_bytes: int, staged:
 
 def _chain(first, second, rest):
     yield first
-    yield second
+    if second is not None:
+        yield second
     yield from rest
 
 
 def _counting(blocks, staged: StagedEvents):
     for item in blocks:
-        staged.source_bytes += len(item[2])
+        staged.source_bytes += len(item[3])
         yield item
 
 
@@ -495,7 +505,7 @@ def _check_bad_lines(staged: StagedEvents, max_fraction: float, max_count: int |
     total = staged.lines
     too_many = staged.bad_lines > max_count if max_count is not None else staged.bad_lines > max_fraction * total
     if too_many:
-        examples = "\n".join(f"  line {n}: {why}" for n, why in staged.bad_examples)
+        examples = "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples)
         limit = f"max_count {max_count}" if max_count is not None else f"max_fraction {max_fraction}"
         raise BadInputError(
             f"{source}: {staged.bad_lines} of {total} lines are not valid Mixpanel export events, more than "

@@ -69,9 +69,10 @@ class DemoSource(EventSource):
 
     def _pick(self, rng: random.Random, hour_index: int):
         users = self._users
-        if rng.random() < 0.15:  # an anonymous visitor who never signs up
-            device = _hex(rng, 16)
-            return None, device, rng.choice(CITIES), rng.choice(BROWSERS)
+        if rng.random() < 0.15:  # an anonymous visitor who never signs up (a pool of 2 per user)
+            visitor = rng.randrange(2 * len(users))
+            device = _hex(_rng(self.seed, "visitor", visitor), 16)
+            return None, device, CITIES[visitor % len(CITIES)], BROWSERS[visitor % len(BROWSERS)]
         user = rng.choices(users, weights=[u["weight"] for u in users])[0]
         device = user["devices"][0]
         if len(user["devices"]) > 1 and hour_index >= user["signup"] + user["second_device_after"] - 2 and rng.random() < 0.5:

@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 
 from mixpanel_assets.mixpanel.client import ExportQuery, MixpanelClient
+from mixpanel_assets.records import Origin
 
 UTC = dt.timezone.utc
 
@@ -85,7 +86,9 @@ class MixpanelApiSource(EventSource):
         return ExportQuery(from_date, to_date, tuple(events) if events else None, " and ".join(clauses) or None)
 
     def event_chunks(self, span, events=None, where=None):
-        return self.client.export_chunks(self.export_query(span, events, where))
+        query = self.export_query(span, events, where)
+        yield Origin(query.describe())
+        yield from self.client.export_chunks(query)
 
     def filters_events_server_side(self) -> bool:
         return True
@@ -118,7 +121,11 @@ class LocalFilesSource(EventSource):
     def files(self) -> list[Path]:
         if not self.path.is_dir():
             raise FileNotFoundError(f"local source folder {self.path} does not exist (project.source.path in pipelines.yaml)")
-        return sorted(p for p in self.path.rglob("*") if p.is_file() and p.name.endswith(self.SUFFIXES))
+        profiles = self.profiles_path.resolve() if self.profiles_path else None
+        return sorted(
+            p for p in self.path.rglob("*")
+            if p.is_file() and p.name.endswith(self.SUFFIXES) and p.resolve() != profiles
+        )
 
     def event_chunks(self, span, events=None, where=None):
         first = span.start.date() - dt.timedelta(days=1)
@@ -132,8 +139,8 @@ class LocalFilesSource(EventSource):
                     day = None
                 if day is not None and not (first <= day <= last):
                     continue
+            yield Origin(str(path.relative_to(self.path)))
             yield from read_file_chunks(path)
-            yield b"\n"  # a file without a final newline must not merge with the next file's first line
 
     def profile_lines(self):
         if self.profiles_path is None:

@@ -1,0 +1,44 @@
+# Two commands matter (README.md):
+#   make demo   set up, export the embedded default (demo -> ./export + ./warehouse.duckdb), open the UI
+#   make test   set up everything the tests need, then run them (this is what .ci/run calls)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 3000
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: setup run demo ui test setup-test check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e ".[test,dev]"
+	touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+
+run: setup  ## export the newest partitions of every pipeline in pipelines.yaml
+	$(BIN)/python -m mixpanel_assets.cli demo
+
+ui: setup  ## the Dagster UI and daemon, on 127.0.0.1 only
+	$(BIN)/dg dev -h $(HOST) -p $(PORT)
+
+demo: run ui
+
+check: setup  ## definitions load and validate, as the UI would load them
+	$(BIN)/dg check defs
+
+setup-test: setup
+
+test: setup-test
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .dagster_home export warehouse.duckdb warehouse.duckdb.lock .mixpanel_assets

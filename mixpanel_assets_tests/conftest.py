@@ -1,0 +1,27 @@
+import dagster as dg
+import pytest
+
+
+@pytest.fixture
+def instance():
+    """A throwaway SQLite-backed Dagster instance, so tests can read the event log."""
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+import subprocess
+import sys
+from pathlib import Path
+
+SHARED_TOOLS = Path(__file__).resolve().parents[2] / "shared" / "tools"
+
+
+@pytest.fixture(scope="session")
+def generated_day(tmp_path_factory) -> Path:
+    """20,000 realistic export lines of 2024-11-22 (UTC) from ../shared/tools/gen_mixpanel_export.py."""
+    out = tmp_path_factory.mktemp("gen") / "2024-11-22.jsonl"
+    subprocess.run(
+        [sys.executable, str(SHARED_TOOLS / "gen_mixpanel_export.py"), "-n", "20000", "-o", str(out), "--seed", "7"],
+        check=True, capture_output=True,
+    )
+    return out
