@@ -25,3 +25,20 @@ def generated_day(tmp_path_factory) -> Path:
         check=True, capture_output=True,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def fake_mixpanel_server():
+    """One fake Mixpanel (Export + Engage APIs) on 127.0.0.1 for the session; see fake_mixpanel.py."""
+    from mixpanel_assets_tests.fake_mixpanel import FakeMixpanel
+
+    with FakeMixpanel() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_mixpanel(fake_mixpanel_server):
+    """The session's fake Mixpanel, emptied: no data, faults, sessions or logged requests."""
+    fake_mixpanel_server.reset()
+    yield fake_mixpanel_server
+    fake_mixpanel_server.reset()

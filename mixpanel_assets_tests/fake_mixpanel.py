@@ -1,0 +1,970 @@
+"""A fake Mixpanel that speaks the Raw Event Export API and the Engage API over real HTTP.
+
+Why it exists: the client, the assets and the data-sync sensor must be proven against the wire
+protocol (Basic auth, chunked gzip streams, paging, error bodies, cut connections), not against
+mocks of our own code. It follows MIXPANEL_SPEC.md sections 4 and 5 and binds to 127.0.0.1 on a
+free port, in a thread of the test process.
+
+    from mixpanel_assets_tests.fake_mixpanel import FakeMixpanel, cut_stream, rate_limited
+
+    with FakeMixpanel() as mp:                      # or the `fake_mixpanel` pytest fixture
+        mp.add_events(lines_or_dicts)                 # export-format events of the project
+        mp.add_events(late, ingested_at_ms=...)       # late arrival / back-dated /import
+        mp.delete_distinct_ids(["u1"])                # a GDPR deletion (events and profile)
+        mp.add_profiles([{"$distinct_id": "u1", "$properties": {...}}])
+        mp.queue_fault(rate_limited(retry_after=2))   # the next export request gets a 429
+        mp.queue_fault(cut_stream(), times=2)         # ...and the two after it are cut mid-body
+        client = MixpanelClient(PROJECT_ID, USERNAME, SECRET, export_url=mp.url, engage_url=mp.url)
+        assert len(mp.export_requests()) == 1         # the request log counts queries
+
+Behaviour worth knowing:
+- Export: `GET /api/2.0/export`, Basic auth (service account) plus `project_id`; dates are UTC days
+  of each event's `time` (for legacy projects store the shifted local epoch, as Mixpanel does);
+  `event` (JSON array), `where` (see `parse_where`), `limit`, `time_in_ms`; lines in time order,
+  duplicates included; chunked, gzip when asked for and the body is over 1400 bytes.
+- Engage: `POST /api/query/engage` (and the older `/api/2.0/engage`), form fields `page`,
+  `session_id`, `page_size` (capped by `engage_page_size`), `where`, `distinct_id(s)`,
+  `output_properties`; a session keeps the page-0 snapshot so paging is stable under changes.
+- Faults are queued per API and consumed one per request in arrival order, whatever the request
+  (a request that fails auth still consumes one). Several faults queued together apply to the same
+  request: the first status fault wins; body faults (cut, terminated early, malformed, split) combine.
+- `today` (default: the real UTC date) bounds `to_date`; `enforce_rate_limits` turns on 429s at
+  3 queries/second and 60/hour per project (Engage: 60/hour), off by default.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import datetime as dt
+import json
+import math
+import random
+import re
+import socket
+import string
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+
+PROJECT_ID = 4242
+USERNAME = "fake-sa.1a2b3c.mp-service-account"
+SECRET = "fake-secret-do-not-log-7f3e9c"
+
+EXPORT_PATH = "/api/2.0/export"
+ENGAGE_PATHS = ("/api/query/engage", "/api/2.0/engage")
+GZIP_MIN_BYTES = 1400  # Mixpanel compresses only bodies above this size
+WIRE_CHUNK = 64 << 10
+MAX_LIMIT = 100_000
+TERMINATED_LINE = b"export terminated early\n"
+DAY = 86400
+
+INVALID_CREDENTIALS = {"error": "Invalid credentials", "status": "error"}
+UNABLE_TO_AUTHENTICATE = {"error": "Unable to authenticate request", "status": "error"}
+DEFAULT_ERROR_BODIES: dict[int, object] = {
+    400: {"error": "Bad request", "status": "error"},
+    402: {"error": "Your plan does not include API access. Upgrade your plan to use this endpoint.", "status": "error"},
+    403: {"error": "Permission denied: the service account has no access to this project.", "status": "error"},
+    404: {"error": "Not found", "status": "error"},
+    500: "Internal Server Error",
+    502: "<html><body><h1>502 Bad Gateway</h1></body></html>",
+    503: "Service Unavailable: back-end server is at capacity",
+}
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scripted misbehaviour; build them with the functions below, not by hand."""
+
+    kind: str  # "status" | "cut" | "terminated" | "malformed" | "split"
+    status: int = 200
+    body: object = None
+    headers: tuple[tuple[str, str], ...] = ()
+    after: int | None = None  # cut: wire-body bytes sent; terminated: event lines sent (None = half)
+    lines: tuple[bytes, ...] = ()
+    index: int = 0
+
+
+def http_error(status: int, body: object = None, headers: dict[str, str] | None = None) -> Fault:
+    """Answer with `status` and a Mixpanel-like body (a dict is sent as JSON, a str as text)."""
+    return Fault("status", status, DEFAULT_ERROR_BODIES.get(status, "") if body is None else body,
+                 tuple((headers or {}).items()))
+
+
+def rate_limited(retry_after: float | str | None = 1, project_id: int = PROJECT_ID) -> Fault:
+    """429 with Mixpanel's 'Query rate limit exceeded' text and (unless None) a Retry-After header."""
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+    return http_error(429, _rate_limit_body(project_id, 60), headers)
+
+
+def server_error(status: int = 500) -> Fault:
+    """500/502/503 with the kind of body a load balancer or the API sends."""
+    return http_error(status)
+
+
+def unable_to_authenticate() -> Fault:
+    """The 400 Mixpanel sends instead of 401 for some bad or expired credentials."""
+    return http_error(400, UNABLE_TO_AUTHENTICATE)
+
+
+def cut_stream(after_bytes: int | None = None) -> Fault:
+    """Send `after_bytes` of the (possibly gzip) body, default half, then drop the connection.
+
+    The chunk in flight promises more bytes than arrive, as when a proxy or the API dies.
+    Works for Engage too (the JSON body is cut short of its Content-Length).
+    """
+    return Fault("cut", after=after_bytes)
+
+
+def terminated_early(after_lines: int | None = None) -> Fault:
+    """A 200 stream that stops after `after_lines` events (default half) with 'export terminated early'."""
+    return Fault("terminated", after=after_lines)
+
+
+def malformed_lines(lines: Iterable[bytes | str] = (b'{"event": "Broken", "properties": {"time": 1',), at: int = 0) -> Fault:
+    """Insert raw lines (no trailing newline needed) before the event with index `at`."""
+    raw = tuple((line.encode() if isinstance(line, str) else line).rstrip(b"\n") for line in lines)
+    return Fault("malformed", lines=raw, index=at)
+
+
+def split_line(index: int = 0) -> Fault:
+    """Split the line of event `index` in two at its middle (Mixpanel occasionally does this)."""
+    return Fault("split", index=index)
+
+
+# --- the `where` expression subset -----------------------------------------------------------
+
+
+class WhereError(ValueError):
+    """The `where` expression is outside the supported subset or malformed (answered with 400)."""
+
+
+_UNDEFINED = object()
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
+    | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
+    | (?P<op>==|!=|<=|>=|<|>|\(|\)|\[|\])
+    | (?P<name>[A-Za-z_][A-Za-z_0-9]*)
+    )""",
+    re.VERBOSE,
+)
+_REFS = ("properties", "event", "user")
+_COMPARE: dict[str, Callable[[object, object], bool]] = {
+    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+}
+
+Record = tuple[dict, float]  # (properties, time in seconds)
+Node = Callable[[Record], object]
+
+
+def parse_where(text: str) -> Node:
+    """Compile a segmentation expression to a function of (properties, time); no eval anywhere.
+
+    Supported: `properties["x"]` (also `event["x"]`, `user["x"]`; `"$time"` is the event's
+    time), string/number/true/false literals, `datetime(<epoch seconds>)` and
+    `datetime("YYYY-MM-DDTHH:MM:SS")` (UTC), `defined(properties["x"])`, `==, !=, <, <=, >, >=`,
+    `and`, `or`, `not`, parentheses. An undefined property compares unequal to everything.
+    """
+    tokens = _tokenize(text)
+    parser = _Parser(tokens, text)
+    node = parser.expression()
+    if parser.pos != len(tokens):
+        raise WhereError(f"unexpected {tokens[parser.pos][1]!r} in where expression {text!r}")
+    return node
+
+
+def _tokenize(text: str) -> list[tuple[str, object]]:
+    tokens: list[tuple[str, object]] = []
+    pos = 0
+    text = text.rstrip()
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if not match or match.end() == pos:
+            raise WhereError(f"cannot parse where expression {text!r} at position {pos}")
+        pos = match.end()
+        kind = match.lastgroup
+        value = match.group(kind)
+        if kind == "num":
+            tokens.append(("lit", float(value) if any(c in value for c in ".eE") else int(value)))
+        elif kind == "str":
+            tokens.append(("lit", _unquote(value)))
+        elif kind == "op":
+            tokens.append(("op", value))
+        else:
+            tokens.append(("name", value))
+    return tokens
+
+
+def _unquote(token: str) -> str:
+    inner = token[1:-1]
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), inner)
+
+
+class _Parser:
+    def __init__(self, tokens: list[tuple[str, object]], text: str):
+        self.tokens = tokens
+        self.text = text
+        self.pos = 0
+
+    def peek(self) -> tuple[str, object] | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take(self, kind: str, value: object = None) -> object:
+        token = self.peek()
+        if token is None or token[0] != kind or (value is not None and token[1] != value):
+            found = "the end" if token is None else repr(token[1])
+            raise WhereError(f"expected {value or kind} but found {found} in where expression {self.text!r}")
+        self.pos += 1
+        return token[1]
+
+    def accept(self, kind: str, value: object) -> bool:
+        if self.peek() == (kind, value):
+            self.pos += 1
+            return True
+        return False
+
+    def expression(self) -> Node:
+        node = self.conjunction()
+        while self.accept("name", "or"):
+            left, right = node, self.conjunction()
+            node = lambda r, a=left, b=right: _truthy(a(r)) or _truthy(b(r))  # noqa: E731
+        return node
+
+    def conjunction(self) -> Node:
+        node = self.negation()
+        while self.accept("name", "and"):
+            left, right = node, self.negation()
+            node = lambda r, a=left, b=right: _truthy(a(r)) and _truthy(b(r))  # noqa: E731
+        return node
+
+    def negation(self) -> Node:
+        if self.accept("name", "not"):
+            inner = self.negation()
+            return lambda r: not _truthy(inner(r))
+        return self.comparison()
+
+    def comparison(self) -> Node:
+        left = self.operand()
+        token = self.peek()
+        if token and token[0] == "op" and token[1] in _COMPARE:
+            self.pos += 1
+            right = self.operand()
+            return lambda r, op=token[1]: _compare(op, left(r), right(r))
+        return left
+
+    def operand(self) -> Node:
+        token = self.peek()
+        if token is None:
+            raise WhereError(f"where expression {self.text!r} ends too early")
+        kind, value = token
+        if kind == "lit":
+            self.pos += 1
+            return lambda r: value
+        if kind == "op" and value == "(":
+            self.pos += 1
+            node = self.expression()
+            self.take("op", ")")
+            return node
+        if kind == "name" and value in ("true", "false"):
+            self.pos += 1
+            return lambda r: value == "true"
+        if kind == "name" and value in _REFS:
+            return self.reference()
+        if kind == "name" and value == "defined":
+            self.pos += 1
+            self.take("op", "(")
+            ref = self.reference()
+            self.take("op", ")")
+            return lambda r: ref(r) is not _UNDEFINED
+        if kind == "name" and value == "datetime":
+            self.pos += 1
+            self.take("op", "(")
+            arg = self.take("lit")
+            self.take("op", ")")
+            seconds = _datetime_seconds(arg, self.text)
+            return lambda r: seconds
+        raise WhereError(f"unsupported {value!r} in where expression {self.text!r}")
+
+    def reference(self) -> Node:
+        self.take("name")
+        self.take("op", "[")
+        name = self.take("lit")
+        self.take("op", "]")
+        if not isinstance(name, str):
+            raise WhereError(f"property names are strings, not {name!r}, in where expression {self.text!r}")
+        if name == "$time":
+            return lambda r: r[1]
+        return lambda r: r[0].get(name, _UNDEFINED)
+
+
+def _datetime_seconds(arg: object, text: str) -> float:
+    if isinstance(arg, (int, float)):
+        return arg
+    try:
+        moment = dt.datetime.fromisoformat(str(arg))
+    except ValueError:
+        raise WhereError(f"bad datetime({arg!r}) in where expression {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.timestamp()
+
+
+def _truthy(value: object) -> bool:
+    return value is not _UNDEFINED and bool(value)
+
+
+def _compare(op: str, a: object, b: object) -> bool:
+    if a is _UNDEFINED or b is _UNDEFINED:
+        return op == "!="
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    if numbers or (type(a) is type(b) and isinstance(a, str)):
+        return _COMPARE[op](a, b)
+    if op in ("==", "!="):
+        return _COMPARE[op](a, b)
+    return False
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Project:
+    events: list[tuple[float, int, dict]] = field(default_factory=list)  # (time, seq, event)
+    profiles: dict[str, dict] = field(default_factory=dict)  # distinct_id -> $properties
+    sessions: dict[str, list[dict]] = field(default_factory=dict)
+    spent: dict[str, deque] = field(default_factory=dict)  # api -> monotonic stamps (rate limits)
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake saw it; `status` is what it answered (None while streaming)."""
+
+    api: str  # "export" | "engage" | "other"
+    method: str
+    path: str
+    params: dict[str, str]
+    form: dict[str, str]
+    user: str | None
+    at: float  # wall clock, epoch seconds
+    status: int | None = None
+    faults: tuple[str, ...] = ()
+
+
+def _as_event(item: dict | bytes | str) -> dict:
+    if isinstance(item, (bytes, str)):
+        return orjson.loads(item)
+    return copy.deepcopy(item)
+
+
+def _event_time(event: dict) -> float:
+    try:
+        value = event["properties"]["time"]
+    except (KeyError, TypeError):
+        raise ValueError(f"an export event needs properties.time: {event!r}") from None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"properties.time must be epoch seconds, got {value!r}")
+    return float(value)
+
+
+class FakeMixpanel:
+    """The fake server plus its in-memory data; see the module docstring for the whole API."""
+
+    def __init__(self, project_id: int = PROJECT_ID, username: str = USERNAME, secret: str = SECRET, *,
+                 today: dt.date | None = None, engage_page_size: int = 1000, enforce_rate_limits: bool = False):
+        self.project_id = project_id
+        self.username = username
+        self.secret = secret
+        self._defaults = dict(today=today, engage_page_size=engage_page_size, enforce_rate_limits=enforce_rate_limits)
+        self._lock = threading.RLock()
+        self._seq = 0
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.reset()
+
+    # lifecycle
+
+    def reset(self) -> None:
+        """Forget data, faults, sessions and the request log; restore the constructor's settings."""
+        with self._lock:
+            self._projects: dict[int, _Project] = {self.project_id: _Project()}
+            self._faults: dict[str, deque[tuple[Fault, ...]]] = {"export": deque(), "engage": deque()}
+            self._requests: list[RecordedRequest] = []
+            self.today: dt.date | None = self._defaults["today"]
+            self.engage_page_size: int = self._defaults["engage_page_size"]
+            self.enforce_rate_limits: bool = self._defaults["enforce_rate_limits"]
+            self.export_limits = (3, 60)  # per second, per hour (Raw Export API)
+            self.engage_limits = (5, 60)  # Query API: 60/hour; 5 is its concurrency cap, used per second here
+            self.auth_failure_status = 401  # set 400 to answer bad credentials like "Unable to authenticate"
+
+    def start(self) -> "FakeMixpanel":
+        if self._server is None:
+            server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+            server.block_on_close = False  # idle keep-alive connections must not hold up stop()
+            server.fake = self  # type: ignore[attr-defined]
+            self._server = server
+            self._thread = threading.Thread(target=server.serve_forever, name="fake-mixpanel", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=10)
+            self._server = self._thread = None
+
+    def __enter__(self) -> "FakeMixpanel":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the fake Mixpanel server is not started")
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        """Base URL for both `export_url` and `engage_url` (the client appends the API paths)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def source_config(self, username_env: str = "MIXPANEL_SERVICE_ACCOUNT_USERNAME",
+                      secret_env: str = "MIXPANEL_SERVICE_ACCOUNT_SECRET") -> dict:
+        """The `project.source` block of a pipelines.yaml pointing at this server."""
+        return {"type": "mixpanel", "export_url": self.url, "engage_url": self.url,
+                "credentials": {"username_env": username_env, "secret_env": secret_env}}
+
+    # data
+
+    def add_project(self, project_id: int) -> None:
+        with self._lock:
+            self._projects.setdefault(project_id, _Project())
+
+    def _project(self, project_id: int | None) -> _Project:
+        pid = self.project_id if project_id is None else project_id
+        if pid not in self._projects:
+            raise KeyError(f"the fake has no project {pid}; call add_project({pid}) first")
+        return self._projects[pid]
+
+    def add_events(self, events: Iterable[dict | bytes | str], ingested_at_ms: int | None = None,
+                   project_id: int | None = None) -> int:
+        """Store events (dicts or JSON lines); returns how many.
+
+        `ingested_at_ms` overrides `mp_processing_time_ms` on every event: that is how a test
+        models a late arrival or a back-dated /import into a day already exported. Events that
+        carry no `mp_processing_time_ms` at all get the current time. Events are copied.
+        """
+        now_ms = int(time.time() * 1000)
+        stored = []
+        for item in events:
+            event = _as_event(item)
+            seconds = _event_time(event)
+            props = event["properties"]
+            if ingested_at_ms is not None:
+                props["mp_processing_time_ms"] = int(ingested_at_ms)
+            else:
+                props.setdefault("mp_processing_time_ms", now_ms)
+            stored.append((seconds, event))
+        with self._lock:
+            project = self._project(project_id)
+            for seconds, event in stored:
+                self._seq += 1
+                project.events.append((seconds, self._seq, event))
+        return len(stored)
+
+    def delete_events(self, predicate: Callable[[dict], bool], project_id: int | None = None) -> int:
+        """Remove every event for which `predicate(event)` is true; returns how many."""
+        with self._lock:
+            project = self._project(project_id)
+            before = len(project.events)
+            project.events = [entry for entry in project.events if not predicate(entry[2])]
+            return before - len(project.events)
+
+    def delete_distinct_ids(self, distinct_ids: Iterable[str], project_id: int | None = None) -> int:
+        """A GDPR-style deletion: the users' events and profiles go; returns the events removed."""
+        ids = set(distinct_ids)
+        removed = self.delete_events(lambda e: e["properties"].get("distinct_id") in ids, project_id)
+        self.delete_profiles(ids, project_id)
+        return removed
+
+    def events(self, project_id: int | None = None) -> list[dict]:
+        """Copies of all stored events in export order (time, then arrival)."""
+        with self._lock:
+            entries = sorted(self._project(project_id).events, key=lambda e: (e[0], e[1]))
+            return [copy.deepcopy(e[2]) for e in entries]
+
+    def add_profiles(self, profiles: Iterable[dict | bytes | str], project_id: int | None = None) -> int:
+        """Upsert Engage-format profiles ({"$distinct_id", "$properties"}); properties are replaced."""
+        count = 0
+        with self._lock:
+            project = self._project(project_id)
+            for item in profiles:
+                profile = _as_event(item)
+                project.profiles[str(profile["$distinct_id"])] = dict(profile.get("$properties") or {})
+                count += 1
+        return count
+
+    def delete_profiles(self, distinct_ids: Iterable[str], project_id: int | None = None) -> int:
+        with self._lock:
+            project = self._project(project_id)
+            return sum(project.profiles.pop(str(i), None) is not None for i in distinct_ids)
+
+    def profiles(self, project_id: int | None = None) -> list[dict]:
+        with self._lock:
+            return [{"$distinct_id": k, "$properties": copy.deepcopy(v)}
+                    for k, v in self._project(project_id).profiles.items()]
+
+    # faults and the request log
+
+    def queue_fault(self, *faults: Fault, api: str = "export", times: int = 1) -> None:
+        """The next `times` requests to `api` ("export" or "engage") each get all of `faults`."""
+        if api not in ("export", "engage"):
+            raise ValueError(f"api must be 'export' or 'engage', not {api!r}")
+        with self._lock:
+            for _ in range(times):
+                self._faults[api].append(tuple(faults))
+
+    def pending_faults(self, api: str = "export") -> int:
+        with self._lock:
+            return len(self._faults[api])
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def export_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.api == "export"]
+
+    def engage_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.api == "engage"]
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    # used by the handler
+
+    def _record(self, request: RecordedRequest, faults: tuple[Fault, ...] = ()) -> RecordedRequest:
+        with self._lock:
+            request.faults = tuple(f.kind for f in faults)
+            self._requests.append(request)
+        return request
+
+    def _next_faults(self, api: str) -> tuple[Fault, ...]:
+        with self._lock:
+            queue = self._faults.get(api)
+            return queue.popleft() if queue else ()
+
+    def _today(self) -> dt.date:
+        return self.today or dt.datetime.now(dt.timezone.utc).date()
+
+    def _check_rate(self, api: str, project_id: int) -> float | None:
+        """Seconds until the next query is allowed, or None when it fits (and is then counted)."""
+        if not self.enforce_rate_limits:
+            return None
+        per_second, per_hour = self.export_limits if api == "export" else self.engage_limits
+        with self._lock:
+            stamps = self._projects[project_id].spent.setdefault(api, deque())
+            now = time.monotonic()
+            while stamps and now - stamps[0] >= 3600:
+                stamps.popleft()
+            if len(stamps) >= per_hour:
+                return stamps[-per_hour] + 3600 - now
+            recent = [t for t in stamps if now - t < 1.0]
+            if len(recent) >= per_second:
+                return recent[-per_second] + 1.0 - now
+            stamps.append(now)
+            return None
+
+    def _select_events(self, project_id: int, from_day: int, to_day: int, names: set[str] | None,
+                       where: Node | None, limit: int | None) -> list[dict]:
+        with self._lock:
+            entries = [e for e in self._projects[project_id].events if from_day <= math.floor(e[0] / DAY) <= to_day]
+        entries.sort(key=lambda e: (e[0], e[1]))
+        selected = []
+        for seconds, _, event in entries:
+            if names is not None and event.get("event") not in names:
+                continue
+            if where is not None and not _truthy(where((event["properties"], seconds))):
+                continue
+            selected.append(event)
+            if limit is not None and len(selected) >= limit:
+                break
+        return selected
+
+    def _engage_snapshot(self, project_id: int, where: Node | None, ids: set[str] | None) -> list[dict]:
+        with self._lock:
+            items = [(k, copy.deepcopy(v)) for k, v in self._projects[project_id].profiles.items()]
+        return [
+            {"$distinct_id": k, "$properties": v} for k, v in items
+            if (ids is None or k in ids) and (where is None or _truthy(where((v, 0.0))))
+        ]
+
+
+def _rate_limit_body(project_id: int, per_hour: int) -> dict:
+    return {"request": EXPORT_PATH, "error": (
+        f"Query rate limit exceeded for project_id: {project_id}. 1/100 queries running concurrently and "
+        f"{per_hour + 1}/{per_hour} queries running in the last hour. Please try again later.")}
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # chunked responses and keep-alive, like the real API
+    server_version = "fake-mixpanel"
+    timeout = 30  # idle keep-alive connections end on their own
+
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+        pass
+
+    def do_GET(self):
+        self._dispatch()
+
+    def do_POST(self):
+        self._dispatch()
+
+    @property
+    def fake(self) -> FakeMixpanel:
+        return self.server.fake  # type: ignore[attr-defined]
+
+    def _dispatch(self) -> None:
+        url = urlsplit(self.path)
+        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        form = {}
+        if raw and "json" not in (self.headers.get("Content-Type") or ""):
+            form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+        user, password = self._basic_auth()
+        api = "export" if url.path == EXPORT_PATH else "engage" if url.path in ENGAGE_PATHS else "other"
+        faults = self.fake._next_faults(api) if api != "other" else ()
+        record = self.fake._record(RecordedRequest(api, self.command, url.path, params, form, user, time.time()), faults)
+        try:
+            if api == "other":
+                return self._send(record, 404, {"error": f"unknown path {url.path}", "status": "error"})
+            if api == "export" and self.command != "GET":
+                return self._send(record, 405, {"error": "use GET for /api/2.0/export", "status": "error"})
+            status_fault = next((f for f in faults if f.kind == "status"), None)
+            if status_fault is not None:
+                return self._send(record, status_fault.status, status_fault.body, dict(status_fault.headers))
+            fields = {**params, **form}
+            project_id = self._authorised_project(user, password, fields.get("project_id"))
+            if project_id is None:
+                body = UNABLE_TO_AUTHENTICATE if self.fake.auth_failure_status == 400 else INVALID_CREDENTIALS
+                return self._send(record, self.fake.auth_failure_status, body)
+            wait = self.fake._check_rate(api, project_id)
+            if wait is not None:
+                per_hour = (self.fake.export_limits if api == "export" else self.fake.engage_limits)[1]
+                return self._send(record, 429, _rate_limit_body(project_id, per_hour),
+                                  {"Retry-After": str(max(1, math.ceil(wait)))})
+            if api == "export":
+                self._export(record, project_id, params, faults)
+            else:
+                self._engage(record, project_id, fields, faults)
+        except _BadRequest as exc:
+            self._send(record, 400, {"error": exc.message, "status": "error"})
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _basic_auth(self) -> tuple[str | None, str | None]:
+        header = self.headers.get("Authorization") or ""
+        if not header.lower().startswith("basic "):
+            return None, None
+        value = header[6:].strip()
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            decoded = value  # Mixpanel also takes the plain "user:secret" text
+        user, _, password = decoded.partition(":")
+        return user, password
+
+    def _authorised_project(self, user: str | None, password: str | None, project_id: str | None) -> int | None:
+        fake = self.fake
+        if user != fake.username or password != fake.secret:
+            return None
+        try:
+            pid = int(project_id or "")
+        except ValueError:
+            return None
+        return pid if pid in fake._projects else None
+
+    # export
+
+    def _export(self, record: RecordedRequest, project_id: int, params: dict[str, str], faults: tuple[Fault, ...]) -> None:
+        from_date = _date_param(params, "from_date")
+        to_date = _date_param(params, "to_date")
+        if from_date > to_date:
+            raise _BadRequest(f"from_date {from_date} is after to_date {to_date}")
+        if to_date > self.fake._today():
+            raise _BadRequest("to_date cannot be later than today")
+        names = None
+        if params.get("event"):
+            try:
+                names = json.loads(params["event"])
+            except ValueError:
+                raise _BadRequest(f"event must be a JSON array of event names, got {params['event']!r}") from None
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise _BadRequest(f"event must be a JSON array of event names, got {params['event']!r}")
+            names = set(names)
+        where = None
+        if params.get("where"):
+            try:
+                where = parse_where(params["where"])
+            except WhereError as exc:
+                raise _BadRequest(str(exc)) from None
+        limit = None
+        if params.get("limit"):
+            try:
+                limit = int(params["limit"])
+            except ValueError:
+                raise _BadRequest(f"limit must be an integer, got {params['limit']!r}") from None
+            if not 0 < limit <= MAX_LIMIT:
+                raise _BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
+        in_ms = params.get("time_in_ms", "").lower() == "true"
+        day = lambda d: (d - dt.date(1970, 1, 1)).days  # noqa: E731
+        events = self.fake._select_events(project_id, day(from_date), day(to_date), names, where, limit)
+        lines = _export_lines(events, in_ms, faults)
+        gzip_ok = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
+        cut = next((f for f in faults if f.kind == "cut"), None)
+        self._stream(record, lines, gzip_ok, cut)
+
+    def _stream(self, record: RecordedRequest, lines: Iterator[bytes], gzip_ok: bool, cut: Fault | None) -> None:
+        head: list[bytes] = []
+        size = 0
+        for line in lines:
+            head.append(line)
+            size += len(line)
+            if size > GZIP_MIN_BYTES:
+                break
+        use_gzip = gzip_ok and size > GZIP_MIN_BYTES
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        if use_gzip:
+            self.send_header("Content-Encoding", "gzip")
+        if cut is not None:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        record.status = 200
+        pieces = _wire_pieces(head, lines, use_gzip)
+        if cut is None:
+            for piece in pieces:
+                self._chunk(piece)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return
+        body = b"".join(pieces)
+        sent = len(body) // 2 if cut.after is None else min(cut.after, max(len(body) - 1, 0))
+        if sent:
+            self._chunk(body[:sent])
+        rest = body[sent:]
+        if rest:  # promise the rest, deliver a little of it, then hang up
+            self.wfile.write(f"{len(rest):x}\r\n".encode() + rest[: len(rest) // 4])
+        self._hang_up()
+
+    def _chunk(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    def _hang_up(self) -> None:
+        self.close_connection = True
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # engage
+
+    def _engage(self, record: RecordedRequest, project_id: int, fields: dict[str, str], faults: tuple[Fault, ...]) -> None:
+        fake = self.fake
+        try:
+            page = int(fields.get("page") or 0)
+            page_size = int(fields.get("page_size") or 1000)
+        except ValueError:
+            raise _BadRequest("page and page_size must be integers") from None
+        if page < 0 or page_size < 1:
+            raise _BadRequest("page must be >= 0 and page_size >= 1")
+        page_size = min(page_size, fake.engage_page_size)
+        session_id = fields.get("session_id") or None
+        if page > 0 and not session_id:
+            raise _BadRequest("session_id is required when page > 0 (pass the session_id of the first page)")
+        project = fake._projects[project_id]
+        if session_id:
+            with fake._lock:
+                results = project.sessions.get(session_id)
+            if results is None:
+                raise _BadRequest("request for page in uncached query for params: unknown or expired session_id")
+        else:
+            where = None
+            if fields.get("where"):
+                try:
+                    where = parse_where(fields["where"])
+                except WhereError as exc:
+                    raise _BadRequest(str(exc)) from None
+            ids = None
+            if fields.get("distinct_ids"):
+                try:
+                    ids = {str(i) for i in json.loads(fields["distinct_ids"])}
+                except (ValueError, TypeError):
+                    raise _BadRequest("distinct_ids must be a JSON array") from None
+            elif fields.get("distinct_id"):
+                ids = {fields["distinct_id"]}
+            results = fake._engage_snapshot(project_id, where, ids)
+            session_id = f"{int(time.time())}-{''.join(random.choices(string.ascii_uppercase, k=6))}"
+            with fake._lock:
+                project.sessions[session_id] = results
+        selected = results[page * page_size:(page + 1) * page_size]
+        if fields.get("output_properties"):
+            keep = set(json.loads(fields["output_properties"]))
+            selected = [{"$distinct_id": p["$distinct_id"],
+                         "$properties": {k: v for k, v in p["$properties"].items() if k in keep}} for p in selected]
+        body = {"page": page, "page_size": page_size, "session_id": session_id, "status": "ok",
+                "total": len(results), "results": selected}
+        cut = next((f for f in faults if f.kind == "cut"), None)
+        if cut is None:
+            return self._send(record, 200, body)
+        data = orjson.dumps(body)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        record.status = 200
+        self.wfile.write(data[: len(data) // 2 if cut.after is None else min(cut.after, len(data) - 1)])
+        self._hang_up()
+
+    # plain responses
+
+    def _send(self, record: RecordedRequest, status: int, body: object, headers: dict[str, str] | None = None) -> None:
+        if isinstance(body, (dict, list)):
+            data, ctype = orjson.dumps(body), "application/json"
+        else:
+            data, ctype = str(body or "").encode(), "text/plain; charset=utf-8"
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+        record.status = status
+
+
+def _date_param(params: dict[str, str], name: str) -> dt.date:
+    value = params.get(name)
+    if not value:
+        raise _BadRequest(f"{name} is a required parameter (yyyy-mm-dd)")
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise _BadRequest(f"{name} {value!r} is not a date in the format yyyy-mm-dd")
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise _BadRequest(f"{name} {value!r} is not a valid date") from None
+
+
+def _export_lines(events: list[dict], in_ms: bool, faults: tuple[Fault, ...]) -> Iterator[bytes]:
+    """The body's lines, with the scripted body faults (insertions, splits, early end) applied."""
+    inserts: dict[int, list[bytes]] = {}
+    splits = set()
+    stop = None
+    for fault in faults:
+        if fault.kind == "malformed":
+            inserts.setdefault(fault.index, []).extend(fault.lines)
+        elif fault.kind == "split":
+            splits.add(fault.index)
+        elif fault.kind == "terminated":
+            stop = len(events) // 2 if fault.after is None else fault.after
+    for i, event in enumerate(events):
+        if stop is not None and i >= stop:
+            break
+        for raw in inserts.get(i, ()):
+            yield raw + b"\n"
+        if in_ms:
+            event = {**event, "properties": {**event["properties"], "time": int(round(event["properties"]["time"] * 1000))}}
+        line = orjson.dumps(event)
+        if i in splits:
+            middle = len(line) // 2
+            yield line[:middle] + b"\n"
+            yield line[middle:] + b"\n"
+        else:
+            yield line + b"\n"
+    for index in sorted(k for k in inserts if k >= len(events)):
+        for raw in inserts[index]:
+            yield raw + b"\n"
+    if stop is not None:
+        yield TERMINATED_LINE
+
+
+def _wire_pieces(head: list[bytes], rest: Iterator[bytes], use_gzip: bool) -> Iterator[bytes]:
+    """The body as it goes on the wire, in pieces of about WIRE_CHUNK bytes."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if use_gzip else None
+    buffer = bytearray()
+    for line in _chain(head, rest):
+        buffer += compressor.compress(line) if compressor else line
+        if len(buffer) >= WIRE_CHUNK:
+            yield bytes(buffer)
+            buffer.clear()
+    if compressor:
+        buffer += compressor.flush()
+    if buffer:
+        yield bytes(buffer)
+
+
+def _chain(first: list[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield from first
+    yield from rest
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the fake by hand: `python -m mixpanel_assets_tests.fake_mixpanel --events day.jsonl`."""
+    import argparse
+    import gzip as gzip_module
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", action="append", default=[], help="export-format JSONL (.gz ok)")
+    parser.add_argument("--profiles", help="Engage-format JSONL")
+    args = parser.parse_args(argv)
+    fake = FakeMixpanel()
+    for path in args.events:
+        opener = gzip_module.open if path.endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            fake.add_events(line for line in handle if line.strip())
+    if args.profiles:
+        with open(args.profiles, "rb") as handle:
+            fake.add_profiles(line for line in handle if line.strip())
+    with fake:
+        print(f"fake Mixpanel on {fake.url}: project {fake.project_id}, username {fake.username!r}, "
+              f"secret {fake.secret!r}; Ctrl-C to stop", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
