@@ -359,7 +359,9 @@ class RecordedRequest:
     form: dict[str, str]
     user: str | None
     at: float  # wall clock, epoch seconds
+    headers: dict[str, str] = field(default_factory=dict)  # request headers, Authorization left out
     status: int | None = None
+    content_encoding: str | None = None  # of the response body ("gzip" or None)
     faults: tuple[str, ...] = ()
 
 
@@ -661,7 +663,9 @@ class _Handler(BaseHTTPRequestHandler):
         user, password = self._basic_auth()
         api = "export" if url.path == EXPORT_PATH else "engage" if url.path in ENGAGE_PATHS else "other"
         faults = self.fake._next_faults(api) if api != "other" else ()
-        record = self.fake._record(RecordedRequest(api, self.command, url.path, params, form, user, time.time()), faults)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
+        record = self.fake._record(
+            RecordedRequest(api, self.command, url.path, params, form, user, time.time(), headers), faults)
         try:
             if api == "other":
                 return self._send(record, 404, {"error": f"unknown path {url.path}", "status": "error"})
@@ -765,6 +769,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         if use_gzip:
             self.send_header("Content-Encoding", "gzip")
+            record.content_encoding = "gzip"
         if cut is not None:
             self.send_header("Connection", "close")
         self.end_headers()

@@ -67,6 +67,12 @@ class RateBudget:
             now = self.clock()
             return sum(1 for t in self._load() if now - t < HOUR)
 
+    def recorded(self) -> list[float]:
+        """Times of the queries of the last hour, by every user of this budget (for reports and tests)."""
+        with self._locked():
+            now = self.clock()
+            return [t for t in self._load() if now - t < HOUR]
+
     def _delay(self, stamps: list[float], now: float) -> float:
         if len(stamps) >= self.per_hour:
             return stamps[-self.per_hour] + HOUR - now + 0.01
