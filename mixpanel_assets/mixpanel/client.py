@@ -13,6 +13,7 @@ Behaviour follows MIXPANEL_SPEC.md sections 4 and 5:
 from __future__ import annotations
 
 import datetime as dt
+import email.utils
 import json
 import logging
 import random
@@ -44,6 +45,13 @@ TERMINATED = b"terminated early"
 
 log = logging.getLogger(__name__)
 
+_TRANSPORT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
 
 @dataclass(frozen=True)
 class ExportQuery:
@@ -73,6 +81,8 @@ class MixpanelClient:
         sleep: Callable[[float], None] = time.sleep,
         backoff_base: float = 2.0,
     ):
+        if residency not in HOSTS:
+            raise ValueError(f"unknown Mixpanel residency {residency!r}; use one of {', '.join(HOSTS)}")
         data_host, query_host = HOSTS[residency]
         self.project_id = project_id
         self.export_url = (export_url or data_host).rstrip("/") + EXPORT_PATH
@@ -151,10 +161,12 @@ class MixpanelClient:
             self.queries += 1
             try:
                 response = self.session.request(method, url, timeout=(30, self.timeout), **kwargs)
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except _TRANSPORT_ERRORS as exc:
+                # A non-streamed body (Engage) is read inside request(), so a connection cut
+                # mid-body surfaces here as ChunkedEncodingError and is retried like a refused one.
                 if attempt >= self.max_retries:
                     raise MixpanelAPIError(
-                        f"{what}: cannot reach {url} after {attempt + 1} attempts: {type(exc).__name__}",
+                        f"{what}: no complete answer from {url} after {attempt + 1} attempts: {type(exc).__name__}",
                         retryable=True,
                     ) from None
                 self._wait(attempt, None, what, f"{type(exc).__name__}")
@@ -178,17 +190,29 @@ class MixpanelClient:
             raise _status_error(status, message, what, self.project_id)
 
     def _wait(self, attempt: int, retry_after: str | None, what: str, reason: str) -> None:
-        delay = None
-        if retry_after:
-            try:
-                delay = float(retry_after)
-            except ValueError:
-                delay = None
+        delay = _retry_after_seconds(retry_after)
         if delay is None:
             delay = self.backoff_base * (2**attempt) * (0.5 + random.random() / 2)
         delay = min(delay, 600.0)
         log.warning("%s: %s, retrying in %.1f s (attempt %d of %d)", what, reason, delay, attempt + 2, self.max_retries + 1)
         self.sleep(delay)
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After is either seconds or an HTTP date (RFC 9110); anything else means 'use backoff'."""
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max((when - dt.datetime.now(dt.timezone.utc)).total_seconds(), 0.0)
 
 
 def _body_chunks(response: requests.Response, what: str) -> Iterator[bytes]:
@@ -246,6 +270,13 @@ def _status_error(status: int, message: str, what: str, project_id: int) -> Mixp
         404: f"project {project_id} or the endpoint was not found; check project.id and project.residency",
     }.get(status, "unexpected response")
     text = f"{what}: HTTP {status}: {message!r} ({hint})"
+    if status == 400 and "later than today" in message.lower():
+        # Mixpanel checks to_date against its own calendar day, which can lag the UTC date of a
+        # window that just ended (projects west of UTC); the same query succeeds a few hours later.
+        return MixpanelAPIError(
+            f"{what}: HTTP 400: {message!r} (the window's last UTC date has not begun in Mixpanel's "
+            "calendar yet; the run can be retried later)", status, retryable=True,
+        )
     if status == 401 or status == 403 or (status == 400 and "authenticate" in message.lower()):
         if status == 400:
             text = f"{what}: HTTP 400: {message!r} (the service account credentials were refused; check the env vars named in pipelines.yaml)"
