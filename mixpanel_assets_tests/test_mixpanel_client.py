@@ -478,3 +478,42 @@ def test_the_fakes_where_evaluator_supports_the_segmentation_subset(expression, 
 def test_the_fakes_where_evaluator_rejects_what_it_does_not_understand(expression):
     with pytest.raises(WhereError):
         parse_where(expression)
+
+
+# --- the fake's data changes (the data-sync tests rely on them) --------------------------------------
+
+
+def test_late_and_back_dated_events_carry_their_arrival_time_into_the_next_export(fake_mixpanel):
+    fake_mixpanel.add_events(day_events(30))
+    client = client_for(fake_mixpanel)
+    before = export_lines(client, the_day())
+    late = {"event": "Imported", "properties": {"time": epoch("2024-11-22T05:00:00"), "distinct_id": "late",
+                                                "$insert_id": "late-1", "mp_processing_time_ms": 1}}
+    arrival = epoch("2024-11-25T09:00:00") * 1000
+    fake_mixpanel.add_events([late], ingested_at_ms=arrival)
+    after = [orjson.loads(line) for line in export_lines(client, the_day())]
+    (imported,) = [e for e in after if e["event"] == "Imported"]
+    assert len(after) == len(before) + 1 and imported["properties"]["mp_processing_time_ms"] == arrival
+    assert late["properties"]["mp_processing_time_ms"] == 1  # the caller's dict was copied, not changed
+
+
+def test_a_gdpr_deletion_removes_the_users_events_and_profile(fake_mixpanel):
+    events = day_events(60)
+    fake_mixpanel.add_events(events)
+    fake_mixpanel.add_profiles([{"$distinct_id": "u3", "$properties": {}}, {"$distinct_id": "u4", "$properties": {}}])
+    removed = fake_mixpanel.delete_distinct_ids(["u3"])
+    assert removed == sum(e["properties"]["distinct_id"] == "u3" for e in events) > 0
+    lines = [orjson.loads(line) for line in export_lines(client_for(fake_mixpanel), the_day())]
+    assert len(lines) == len(events) - removed and all(e["properties"]["distinct_id"] != "u3" for e in lines)
+    assert [p["$distinct_id"] for p in client_for(fake_mixpanel).profiles()] == ["u4"]
+
+
+def test_the_fake_applies_limit_and_time_in_ms_like_the_export_api(fake_mixpanel):
+    fake_mixpanel.add_events(day_events(30))
+    auth = (USERNAME, SECRET)
+    params = {"project_id": PROJECT_ID, "from_date": "2024-11-22", "to_date": "2024-11-22", "limit": 5, "time_in_ms": "true"}
+    response = requests.get(fake_mixpanel.url + "/api/2.0/export", params=params, auth=auth, timeout=30)
+    rows = [orjson.loads(line) for line in response.content.splitlines()]
+    assert len(rows) == 5 and rows[0]["properties"]["time"] == epoch("2024-11-22T00:00:00") * 1000
+    too_many = requests.get(fake_mixpanel.url + "/api/2.0/export", params={**params, "limit": 100_001}, auth=auth, timeout=30)
+    assert too_many.status_code == 400
