@@ -1,6 +1,8 @@
 import dagster as dg
 import pytest
 
+# moto_server, gcs_server, azurite_server: session-scoped emulators (see emulators/fixtures.py).
+pytest_plugins = ["mixpanel_assets_tests.emulators.fixtures"]
 
 @pytest.fixture
 def instance():

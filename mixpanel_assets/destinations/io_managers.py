@@ -107,3 +107,99 @@ class DuckDBIOManager(MixpanelIOManager):
         from mixpanel_assets.destinations.duckdb import DuckDBDestination
 
         return DuckDBDestination(self.pipeline, self.project_id, self.path, self.schema_name, self.workers, log)
+
+
+class _CloudObjectStoreIOManager(MixpanelIOManager):
+    """S3, GCS and Azure Blob: the local folder's layout and replace protocol over a cloud client.
+
+    The client is built, and its SDK imported, only when a run writes; credential fields hold
+    dg.EnvVar references that Dagster resolves at that moment. Bucket access is checked once
+    before any part is written, and a missing bucket, denied access or rejected credentials fail
+    the step without retries (see destinations/cloud.py).
+    """
+
+    prefix: str = ""
+    format: str = "json"
+    compression: str = "gzip"
+    max_file_mb: int = 256
+    credentials_from: str = ""  # where credentials come from (env var *names*), for error messages
+
+    @abstractmethod
+    def open_bucket(self): ...
+
+    def destination(self, log) -> Destination:
+        from mixpanel_assets.destinations.cloud import open_destination
+
+        return open_destination(self, log)
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        from mixpanel_assets.destinations.cloud import permanent_failures
+
+        with permanent_failures(obj):
+            super().handle_output(context, obj)
+
+
+class S3IOManager(_CloudObjectStoreIOManager):
+    """Mixpanel's bucket layout in S3, through dagster-aws' S3Resource client."""
+
+    bucket: str
+    region: str | None = None
+    endpoint_url: str | None = None
+    profile: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    role_arn: str | None = None
+    external_id: str | None = None
+    server_side_encryption: str | None = None
+    kms_key_id: str | None = None
+
+    def open_bucket(self):
+        from mixpanel_assets.destinations.s3 import S3Bucket
+
+        return S3Bucket.connect(
+            self.bucket, region=self.region, endpoint_url=self.endpoint_url, profile=self.profile,
+            access_key_id=self.access_key_id, secret_access_key=self.secret_access_key,
+            session_token=self.session_token, role_arn=self.role_arn, external_id=self.external_id,
+            credentials_from=self.credentials_from or "the default AWS credential chain",
+            server_side_encryption=self.server_side_encryption, kms_key_id=self.kms_key_id,
+        )
+
+
+class GCSIOManager(_CloudObjectStoreIOManager):
+    """Mixpanel's bucket layout in GCS, through dagster-gcp's GCSResource client (or a key / emulator)."""
+
+    bucket: str
+    project: str | None = None
+    credentials: str | None = None  # service-account key JSON or path, from the env var credentials_env
+    credentials_env: str | None = None
+    endpoint_url: str | None = None
+
+    def open_bucket(self):
+        from mixpanel_assets.destinations.gcs import GCSBucket
+
+        return GCSBucket.connect(self.bucket, project=self.project, credentials=self.credentials,
+                                 credentials_env=self.credentials_env, endpoint_url=self.endpoint_url)
+
+
+class AzureBlobIOManager(_CloudObjectStoreIOManager):
+    """Mixpanel's bucket layout in an Azure Blob container."""
+
+    container: str
+    account_url: str | None = None
+    connection_string: str | None = None
+    account_key: str | None = None
+    sas_token: str | None = None
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+
+    def open_bucket(self):
+        from mixpanel_assets.destinations.azure import AzureBlobBucket
+
+        return AzureBlobBucket.connect(
+            self.container, account_url=self.account_url, connection_string=self.connection_string,
+            account_key=self.account_key, sas_token=self.sas_token, tenant_id=self.tenant_id,
+            client_id=self.client_id, client_secret=self.client_secret,
+            credentials_from=self.credentials_from or "DefaultAzureCredential",
+        )
