@@ -35,7 +35,13 @@ demo: run ui
 check: setup  ## definitions load and validate, as the UI would load them
 	$(BIN)/dg check defs
 
-setup-test: setup
+# Azurite (Azure Blob emulator) for the Azure destination tests; npm and Node come from Debian if missing.
+node_modules/.bin/azurite-blob: package.json
+	command -v npm >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null)
+	npm install --no-audit --no-fund --no-package-lock --loglevel=error
+	touch $@
+
+setup-test: setup node_modules/.bin/azurite-blob
 
 test: setup-test
 	$(BIN)/python -m pytest
