@@ -74,7 +74,8 @@ class Sleeps(list):
 
 def client_for(fake: FakeMixpanel, sleeps: Sleeps | None = None, secret: str = SECRET, **kwargs) -> MixpanelClient:
     return MixpanelClient(
-        PROJECT_ID, USERNAME, secret, export_url=fake.url, engage_url=fake.url, sleep=sleeps if sleeps is not None else Sleeps(),
+        PROJECT_ID, USERNAME, secret, export_url=fake.url, engage_url=fake.url,
+        sleep=sleeps if sleeps is not None else Sleeps(),
         export_budget=RateBudget(None, 10_000, 10_000), engage_budget=RateBudget(None, 10_000, 10_000), **kwargs,
     )
 
@@ -112,7 +113,8 @@ def test_the_gzip_body_on_the_wire_is_one_valid_gzip_member_of_json_lines(fake_m
     # The fake itself, read with plain requests, so the client is not the only judge of the format.
     fake_mixpanel.add_events(day_events(300))
     response = requests.get(
-        fake_mixpanel.url + "/api/2.0/export", auth=(USERNAME, SECRET), stream=True, headers={"Accept-Encoding": "gzip"},
+        fake_mixpanel.url + "/api/2.0/export", auth=(USERNAME, SECRET), stream=True,
+        headers={"Accept-Encoding": "gzip"},
         params={"project_id": PROJECT_ID, "from_date": "2024-11-22", "to_date": "2024-11-22"}, timeout=30,
     )
     assert response.headers["Content-Encoding"] == "gzip" and response.headers["Transfer-Encoding"] == "chunked"
@@ -124,7 +126,8 @@ def test_event_and_where_filters_are_sent_to_and_applied_by_the_server(fake_mixp
     events = day_events(240)
     fake_mixpanel.add_events(events)
     start, end = epoch("2024-11-22T06:00:00"), epoch("2024-11-22T12:00:00")
-    where = f'properties["$time"] >= datetime({start}) and properties["$time"] < datetime({end}) and properties["plan"] == "pro"'
+    where = (f'properties["$time"] >= datetime({start}) and properties["$time"] < datetime({end}) '
+             'and properties["plan"] == "pro"')
     lines = export_lines(client_for(fake_mixpanel), the_day(events=("Purchase", "Signed Up"), where=where))
     expected = [e for e in events if e["event"] in ("Purchase", "Signed Up") and start <= e["properties"]["time"] < end
                 and e["properties"]["plan"] == "pro"]
@@ -227,7 +230,8 @@ def test_a_stream_ending_with_export_terminated_early_raises_a_stream_error(fake
     ("someone-else", SECRET, PROJECT_ID),
     (USERNAME, SECRET, 999),
 ], ids=["wrong-secret", "wrong-user", "wrong-project"])
-def test_refused_credentials_raise_an_auth_error_that_names_the_fix_and_hides_the_secret(fake_mixpanel, username, secret, project_id):
+def test_refused_credentials_raise_an_auth_error_that_names_the_fix_and_hides_the_secret(
+        fake_mixpanel, username, secret, project_id):
     client = MixpanelClient(project_id, username, secret, export_url=fake_mixpanel.url, engage_url=fake_mixpanel.url,
                             sleep=Sleeps())
     with pytest.raises(MixpanelAuthError) as caught:
@@ -260,7 +264,8 @@ def test_engage_with_refused_credentials_raises_an_auth_error_without_the_secret
     (403, "Permission denied", f"may not read project {PROJECT_ID}", MixpanelAuthError),
     (404, "Not found", f"project {PROJECT_ID} or the endpoint was not found", MixpanelAPIError),
 ])
-def test_402_403_404_fail_at_once_with_mixpanels_text_and_a_hint(fake_mixpanel, status, mixpanel_text, hint, error_type):
+def test_402_403_404_fail_at_once_with_mixpanels_text_and_a_hint(
+        fake_mixpanel, status, mixpanel_text, hint, error_type):
     fake_mixpanel.queue_fault(http_error(status))
     with pytest.raises(error_type) as caught:
         export_lines(client_for(fake_mixpanel), the_day())
@@ -295,7 +300,8 @@ def test_a_to_date_after_mixpanels_today_is_retryable_because_the_day_will_come(
 
 
 def profiles(n: int) -> list[dict]:
-    return [{"$distinct_id": f"user-{i:03d}", "$properties": {"$email": f"user{i}@example.com", "n": i}} for i in range(n)]
+    return [{"$distinct_id": f"user-{i:03d}", "$properties": {"$email": f"user{i}@example.com", "n": i}}
+            for i in range(n)]
 
 
 def test_engage_pages_through_every_profile_passing_the_session_id_on(fake_mixpanel):
@@ -389,7 +395,8 @@ def test_residency_selects_mixpanels_hosts(residency, export_host, engage_host):
 
 
 def test_explicit_urls_override_the_residency_hosts():
-    client = MixpanelClient(1, "user", "secret", residency="EU", export_url="http://127.0.0.1:9/", engage_url="http://127.0.0.1:8")
+    client = MixpanelClient(1, "user", "secret", residency="EU",
+                            export_url="http://127.0.0.1:9/", engage_url="http://127.0.0.1:8")
     assert client.export_url == "http://127.0.0.1:9/api/2.0/export"
     assert client.engage_url == "http://127.0.0.1:8/api/query/engage"
 
@@ -429,7 +436,8 @@ def test_an_hour_is_one_date_with_a_time_filter_and_keeps_the_pipelines_filters(
     span = local_span("UTC", "2024-11-22T13:00", "2024-11-22T14:00")
     query = source().export_query(span, events=["Purchase"], where='properties["plan"] == "pro"')
     assert (query.from_date, query.to_date, query.events) == (DAY, DAY, ("Purchase",))
-    assert query.where == (f'(properties["plan"] == "pro") and properties["$time"] >= datetime({epoch("2024-11-22T13:00:00")})'
+    assert query.where == (f'(properties["plan"] == "pro") and '
+                           f'properties["$time"] >= datetime({epoch("2024-11-22T13:00:00")})'
                            f' and properties["$time"] < datetime({epoch("2024-11-22T14:00:00")})')
 
 
@@ -448,7 +456,8 @@ def test_event_chunks_of_a_project_day_return_exactly_that_days_events_from_the_
     times = [orjson.loads(line)["properties"]["time"] for line in b"".join(chunks[1:]).splitlines()]
     assert times and all(span.start.timestamp() <= t < span.end.timestamp() for t in times)
     everything = fake_mixpanel.events()
-    assert len(times) == sum(span.start.timestamp() <= e["properties"]["time"] < span.end.timestamp() for e in everything)
+    in_span = [e for e in everything if span.start.timestamp() <= e["properties"]["time"] < span.end.timestamp()]
+    assert len(times) == len(in_span)
     assert src.queries == 1
 
 
@@ -474,7 +483,9 @@ def test_the_fakes_where_evaluator_supports_the_segmentation_subset(expression, 
     assert bool(parse_where(expression)((props, 120.0))) is expected
 
 
-@pytest.mark.parametrize("expression", ['properties["a"] ==', '__import__("os")', 'properties[1] == 1', '(properties["a"]'])
+@pytest.mark.parametrize("expression", [
+    'properties["a"] ==', '__import__("os")', 'properties[1] == 1', '(properties["a"]',
+])
 def test_the_fakes_where_evaluator_rejects_what_it_does_not_understand(expression):
     with pytest.raises(WhereError):
         parse_where(expression)
@@ -511,9 +522,11 @@ def test_a_gdpr_deletion_removes_the_users_events_and_profile(fake_mixpanel):
 def test_the_fake_applies_limit_and_time_in_ms_like_the_export_api(fake_mixpanel):
     fake_mixpanel.add_events(day_events(30))
     auth = (USERNAME, SECRET)
-    params = {"project_id": PROJECT_ID, "from_date": "2024-11-22", "to_date": "2024-11-22", "limit": 5, "time_in_ms": "true"}
+    params = {"project_id": PROJECT_ID, "from_date": "2024-11-22", "to_date": "2024-11-22",
+              "limit": 5, "time_in_ms": "true"}
     response = requests.get(fake_mixpanel.url + "/api/2.0/export", params=params, auth=auth, timeout=30)
     rows = [orjson.loads(line) for line in response.content.splitlines()]
     assert len(rows) == 5 and rows[0]["properties"]["time"] == epoch("2024-11-22T00:00:00") * 1000
-    too_many = requests.get(fake_mixpanel.url + "/api/2.0/export", params={**params, "limit": 100_001}, auth=auth, timeout=30)
+    too_many = requests.get(fake_mixpanel.url + "/api/2.0/export", params={**params, "limit": 100_001},
+                            auth=auth, timeout=30)
     assert too_many.status_code == 400

@@ -53,7 +53,8 @@ def query(db, sql: str):
         return conn.execute(sql).fetchall()
 
 
-def test_a_los_angeles_day_exports_exactly_the_sources_deduplicated_rows_of_that_local_day(tmp_path, mixpanel, day_lines, instance):
+def test_a_los_angeles_day_exports_exactly_the_sources_deduplicated_rows_of_that_local_day(
+        tmp_path, mixpanel, day_lines, instance):
     defs = definitions(tmp_path, project(mixpanel, "America/Los_Angeles"), [DAILY_DB])
     result = run_partition(defs, "daily_db_job", instance, "2024-11-22")
     # The Los Angeles day 2024-11-22 is 08:00Z on the 22nd to 08:00Z on the 23rd.
@@ -88,7 +89,8 @@ def test_a_24_hour_range_run_sends_one_export_request_and_fills_every_hour(tmp_p
 
 
 @pytest.mark.parametrize("fault", [cut_stream, terminated_early], ids=["cut-mid-body", "terminated-early"])
-def test_a_broken_stream_is_retried_inside_the_run_and_the_result_is_exact(tmp_path, mixpanel, day_lines, instance, fault):
+def test_a_broken_stream_is_retried_inside_the_run_and_the_result_is_exact(
+        tmp_path, mixpanel, day_lines, instance, fault):
     mixpanel.queue_fault(fault())
     defs = definitions(tmp_path, project(mixpanel), [DAILY_DB])
     result = run_partition(defs, "daily_db_job", instance, "2024-11-22")
@@ -108,7 +110,8 @@ def test_a_broken_stream_is_retried_inside_the_run_and_the_result_is_exact(tmp_p
     assert len(warnings) == 1
 
 
-def test_refused_credentials_fail_the_run_for_good_and_the_secret_appears_nowhere_in_its_logs(tmp_path, mixpanel, instance, monkeypatch):
+def test_refused_credentials_fail_the_run_for_good_and_the_secret_appears_nowhere_in_its_logs(
+        tmp_path, mixpanel, instance, monkeypatch):
     planted = "planted-secret-5c1e0b7a9d"
     monkeypatch.setenv(SECRET_ENV, planted)
     defs = definitions(tmp_path, project(mixpanel), [DAILY_DB])
