@@ -411,6 +411,7 @@ class FakeMixpanel:
             self.export_limits = (3, 60)  # per second, per hour (Raw Export API)
             self.engage_limits = (5, 60)  # Query API: 60/hour; 5 is its concurrency cap, used per second here
             self.auth_failure_status = 401  # set 400 to answer bad credentials like "Unable to authenticate"
+            self.clock: Callable[[], float] = time.monotonic  # of the rate limits; freeze it for exact tests
 
     def start(self) -> "FakeMixpanel":
         if self._server is None:
@@ -584,7 +585,7 @@ class FakeMixpanel:
         per_second, per_hour = self.export_limits if api == "export" else self.engage_limits
         with self._lock:
             stamps = self._projects[project_id].spent.setdefault(api, deque())
-            now = time.monotonic()
+            now = self.clock()
             while stamps and now - stamps[0] >= 3600:
                 stamps.popleft()
             if len(stamps) >= per_hour:

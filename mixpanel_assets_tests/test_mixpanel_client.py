@@ -362,18 +362,9 @@ def test_engage_page_beyond_zero_without_session_id_is_refused_by_the_server(fak
 # --- limits and hosts --------------------------------------------------------------------------------
 
 
-def test_the_clients_budget_keeps_a_burst_inside_the_servers_enforced_limit(fake_mixpanel):
-    fake_mixpanel.enforce_rate_limits = True
-    fake_mixpanel.add_events(day_events(3))
-    client = MixpanelClient(PROJECT_ID, USERNAME, SECRET, export_url=fake_mixpanel.url, engage_url=fake_mixpanel.url,
-                            export_budget=RateBudget(None, 60, 3), sleep=Sleeps())
-    for _ in range(4):
-        export_lines(client, the_day())
-    assert [r.status for r in fake_mixpanel.export_requests()] == [200] * 4
-
-
 def test_the_fake_enforces_three_queries_a_second_when_asked(fake_mixpanel):
     fake_mixpanel.enforce_rate_limits = True
+    fake_mixpanel.clock = lambda: 5000.0  # every request in the same instant
     auth = (USERNAME, SECRET)
     params = {"project_id": PROJECT_ID, "from_date": "2024-11-22", "to_date": "2024-11-22"}
     statuses = [requests.get(fake_mixpanel.url + "/api/2.0/export", params=params, auth=auth, timeout=30)
@@ -381,6 +372,20 @@ def test_the_fake_enforces_three_queries_a_second_when_asked(fake_mixpanel):
     assert [r.status_code for r in statuses[:3]] == [200] * 3
     assert statuses[3].status_code == 429 and int(statuses[3].headers["Retry-After"]) >= 1
     assert "Query rate limit exceeded" in statuses[3].text
+
+
+def test_the_fake_enforces_sixty_queries_an_hour_and_says_when_to_come_back(fake_mixpanel):
+    fake_mixpanel.enforce_rate_limits = True
+    now = [5000.0]
+    fake_mixpanel.clock = lambda: now[0]
+    auth = (USERNAME, SECRET)
+    params = {"project_id": PROJECT_ID, "from_date": "2024-11-22", "to_date": "2024-11-22"}
+    with requests.Session() as session:
+        for _ in range(60):
+            assert session.get(fake_mixpanel.url + "/api/2.0/export", params=params, auth=auth, timeout=30).ok
+            now[0] += 2
+        refused = session.get(fake_mixpanel.url + "/api/2.0/export", params=params, auth=auth, timeout=30)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) == 3600 - 120
 
 
 @pytest.mark.parametrize("residency, export_host, engage_host", [
