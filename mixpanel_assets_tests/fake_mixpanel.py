@@ -28,6 +28,7 @@ Behaviour worth knowing:
 - Faults are queued per API and consumed one per request in arrival order, whatever the request
   (a request that fails auth still consumes one). Several faults queued together apply to the same
   request: the first status fault wins; body faults (cut, terminated early, malformed, split) combine.
+- `gzip_member_bytes` makes a gzip body several concatenated members, as streaming servers emit.
 - `today` (default: the real UTC date) bounds `to_date`; `enforce_rate_limits` turns on 429s at
   3 queries/second and 60/hour per project (Engage: 60/hour), off by default.
 """
@@ -412,6 +413,7 @@ class FakeMixpanel:
             self.engage_limits = (5, 60)  # Query API: 60/hour; 5 is its concurrency cap, used per second here
             self.auth_failure_status = 401  # set 400 to answer bad credentials like "Unable to authenticate"
             self.clock: Callable[[], float] = time.monotonic  # of the rate limits; freeze it for exact tests
+            self.gzip_member_bytes: int | None = None  # start a new gzip member every N body bytes
 
     def start(self) -> "FakeMixpanel":
         if self._server is None:
@@ -777,7 +779,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
         self.end_headers()
         record.status = 200
-        pieces = _wire_pieces(head, lines, use_gzip)
+        pieces = _wire_pieces(head, lines, use_gzip, self.fake.gzip_member_bytes)
         if cut is None:
             for piece in pieces:
                 self._chunk(piece)
@@ -930,13 +932,23 @@ def _export_lines(events: list[dict], in_ms: bool, faults: tuple[Fault, ...]) ->
         yield TERMINATED_LINE
 
 
-def _wire_pieces(head: list[bytes], rest: Iterator[bytes], use_gzip: bool) -> Iterator[bytes]:
-    """The body as it goes on the wire, in pieces of about WIRE_CHUNK bytes."""
+def _wire_pieces(head: list[bytes], rest: Iterator[bytes], use_gzip: bool,
+                 member_bytes: int | None = None) -> Iterator[bytes]:
+    """The body as it goes on the wire, in pieces of about WIRE_CHUNK bytes.
+
+    With `member_bytes`, the gzip body is a concatenation of members, as streaming servers emit.
+    """
     # level 1: the fake must not be what limits a test's throughput
     compressor = zlib.compressobj(1, zlib.DEFLATED, 31) if use_gzip else None
     buffer = bytearray()
+    in_member = 0
     for line in _chain(head, rest):
         buffer += compressor.compress(line) if compressor else line
+        in_member += len(line)
+        if compressor and member_bytes and in_member >= member_bytes:
+            buffer += compressor.flush()
+            compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+            in_member = 0
         if len(buffer) >= WIRE_CHUNK:
             yield bytes(buffer)
             buffer.clear()

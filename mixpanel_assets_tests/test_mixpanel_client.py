@@ -122,6 +122,15 @@ def test_the_gzip_body_on_the_wire_is_one_valid_gzip_member_of_json_lines(fake_m
     assert len(body.splitlines()) == 300 and body.endswith(b"\n")
 
 
+def test_a_gzip_body_of_several_concatenated_members_is_read_to_the_last_member(fake_mixpanel):
+    events = day_events(600)
+    fake_mixpanel.add_events(events)
+    fake_mixpanel.gzip_member_bytes = 5000
+    lines = export_lines(client_for(fake_mixpanel), the_day())
+    assert fake_mixpanel.export_requests()[0].content_encoding == "gzip"
+    assert [orjson.loads(line) for line in lines] == events
+
+
 def test_event_and_where_filters_are_sent_to_and_applied_by_the_server(fake_mixpanel):
     events = day_events(240)
     fake_mixpanel.add_events(events)

@@ -215,10 +215,36 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return max((when - dt.datetime.now(dt.timezone.utc)).total_seconds(), 0.0)
 
 
+class _Gunzip:
+    """Streaming gzip decoder that follows concatenated members.
+
+    RFC 1952 lets a body hold several gzip members (streaming servers often emit one per flush);
+    a plain decompressobj stops at the end of the first one and would silently drop the rest.
+    """
+
+    def __init__(self):
+        self._d = isal_zlib.decompressobj(47)  # 47: gzip or zlib header
+
+    def decompress(self, data: bytes) -> bytes:
+        out = [self._d.decompress(data)]
+        while self._d.eof and self._d.unused_data:
+            rest = self._d.unused_data
+            self._d = isal_zlib.decompressobj(47)
+            out.append(self._d.decompress(rest))
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        return self._d.flush()
+
+    @property
+    def eof(self) -> bool:
+        return self._d.eof
+
+
 def _body_chunks(response: requests.Response, what: str) -> Iterator[bytes]:
     """Decompress as we read; fail loudly on a cut body or a 'terminated early' trailer."""
     gzipped = "gzip" in response.headers.get("Content-Encoding", "").lower()
-    decompressor = isal_zlib.decompressobj(47) if gzipped else None  # 47: gzip or zlib header
+    decompressor = _Gunzip() if gzipped else None
     tail = b""
     received = 0
     try:
