@@ -104,6 +104,28 @@ def test_s3_can_write_through_an_assumed_role(moto_server):
     assert adapter.list_files("7/mp_people_data/") == ["7/mp_people_data/complete"]
 
 
+@pytest.mark.parametrize("credential", ["account_key", "sas_token"])
+def test_azure_accepts_an_account_key_or_a_sas_token_instead_of_a_connection_string(azurite_server, credential):
+    import datetime as dt
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    from mixpanel_assets.destinations.azure import AzureBlobBucket
+    from mixpanel_assets_tests.emulators.servers import AZURITE_ACCOUNT, AZURITE_KEY
+
+    container = unique_name("mp-cred")
+    azurite_server.client().create_container(container)
+    secret = AZURITE_KEY if credential == "account_key" else generate_container_sas(
+        AZURITE_ACCOUNT, container, account_key=AZURITE_KEY,
+        permission=ContainerSasPermissions(read=True, write=True, delete=True, list=True),
+        expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    adapter = AzureBlobBucket.connect(container, account_url=azurite_server.account_url, **{credential: secret})
+    adapter.put_bytes("7/mp_people_data/complete", b"")
+    assert adapter.list_files("7/mp_people_data/") == ["7/mp_people_data/complete"]
+    adapter.delete(["7/mp_people_data/complete"])
+    assert adapter.list_files("7/mp_people_data/") == []
+
+
 class _Request:
     """Just enough of pytest's `request` for store_for() outside a parametrized fixture."""
 

@@ -18,7 +18,7 @@ from mixpanel_assets.destinations.cloud import BucketAccessError, ObjectStoreErr
 from mixpanel_assets.destinations.object_store import Bucket
 
 MULTIPART_THRESHOLD = 64 << 20
-MULTIPART_CHUNKSIZE = 64 << 20
+MULTIPART_CHUNKSIZE = 16 << 20  # x4 threads: at most ~64 MB of a part in memory
 DELETE_BATCH = 1000  # DeleteObjects accepts at most 1000 keys
 
 _MISSING_BUCKET = {"NoSuchBucket"}
