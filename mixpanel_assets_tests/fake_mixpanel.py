@@ -421,7 +421,8 @@ class FakeMixpanel:
             server.block_on_close = False  # idle keep-alive connections must not hold up stop()
             server.fake = self  # type: ignore[attr-defined]
             self._server = server
-            self._thread = threading.Thread(target=server.serve_forever, name="fake-mixpanel", daemon=True)
+            self._thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="fake-mixpanel",
+                                            daemon=True)
             self._thread.start()
         return self
 
@@ -642,6 +643,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # chunked responses and keep-alive, like the real API
     server_version = "fake-mixpanel"
     timeout = 30  # idle keep-alive connections end on their own
+    disable_nagle_algorithm = True  # small writes (headers, chunk, terminator) must not wait 40 ms for ACKs
 
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         pass
