@@ -14,8 +14,11 @@ free port, in a thread of the test process.
         mp.add_profiles([{"$distinct_id": "u1", "$properties": {...}}])
         mp.queue_fault(rate_limited(retry_after=2))   # the next export request gets a 429
         mp.queue_fault(cut_stream(), times=2)         # ...and the two after it are cut mid-body
+        mp.queue_fault(api="engage")                  # no faults: the next Engage request is clean
         client = MixpanelClient(PROJECT_ID, USERNAME, SECRET, export_url=mp.url, engage_url=mp.url)
-        assert len(mp.export_requests()) == 1         # the request log counts queries
+        ...
+        [r.params for r in mp.export_requests()]      # the request log: params, user, status, faults
+        pipelines_yaml_project["source"] = mp.source_config("USER_ENV", "SECRET_ENV")
 
 Behaviour worth knowing:
 - Export: `GET /api/2.0/export`, Basic auth (service account) plus `project_id`; dates are UTC days
@@ -30,7 +33,8 @@ Behaviour worth knowing:
   request: the first status fault wins; body faults (cut, terminated early, malformed, split) combine.
 - `gzip_member_bytes` makes a gzip body several concatenated members, as streaming servers emit.
 - `today` (default: the real UTC date) bounds `to_date`; `enforce_rate_limits` turns on 429s at
-  3 queries/second and 60/hour per project (Engage: 60/hour), off by default.
+  3 queries/second and 60/hour per project (Engage: 60/hour), off by default, timed by `clock`.
+- Settings changed on the instance last until `reset()` (the fixture resets between tests).
 """
 
 from __future__ import annotations
