@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import multiprocessing.util
 import os
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 
@@ -61,3 +62,15 @@ def _shutdown_pools() -> None:
     for pool in _pools.values():
         pool.shutdown(wait=False, cancel_futures=True)
     _pools.clear()
+
+
+def _stop_pools_before_exit() -> None:
+    for pool in _pools.values():
+        pool.shutdown(wait=True, cancel_futures=True)  # wait: the workers must get their stop signal
+    _pools.clear()
+
+
+# A process started by multiprocessing (Dagster's multiprocess executor runs each step in one)
+# never runs atexit handlers: it joins its children and calls os._exit. Without this finalizer
+# the step process would wait forever on the idle pool workers, and the run would never end.
+multiprocessing.util.Finalize(None, _stop_pools_before_exit, exitpriority=100)
