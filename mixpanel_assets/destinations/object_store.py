@@ -115,11 +115,23 @@ class ObjectStoreDestination(Destination):
                 part.path.unlink(missing_ok=True)
 
     def _swap(self, folder: str, parts: list[PartFile], table: str, extra: dict) -> WriteResult:
+        # `complete` goes first and comes back last: a folder that has it holds exactly the
+        # manifest's parts, so readers that glob part-* files can check it. If an upload fails,
+        # the new parts are removed again and the folder is put back as it was.
+        was_complete = self.bucket.get_bytes(folder + COMPLETE) is not None
+        previous = self.read_manifest(folder) or {}
+        old_keys = {folder + p["name"] for p in previous.get("parts", [])}
+        if was_complete:
+            self.bucket.delete([folder + COMPLETE])
         new_keys = []
-        for part in parts:
-            key = folder + part.name
-            self.bucket.upload_file(key, part.path)
-            new_keys.append(key)
+        try:
+            for part in parts:
+                key = folder + part.name
+                self.bucket.upload_file(key, part.path)
+                new_keys.append(key)
+        except Exception:
+            self._undo_uploads(folder, [k for k in new_keys if k not in old_keys], was_complete)
+            raise
         manifest = {
             "table": table,
             "project_id": self.project_id,
@@ -144,6 +156,16 @@ class ObjectStoreDestination(Destination):
             uris=[self.bucket.uri(k) for k in new_keys],
             removed=len(stale),
         )
+
+    def _undo_uploads(self, folder: str, keys: list[str], restore_complete: bool) -> None:
+        """Best effort only: the upload error that brought us here is the one to report."""
+        try:
+            if keys:
+                self.bucket.delete(keys)
+            if restore_complete:
+                self.bucket.put_bytes(folder + COMPLETE, b"")
+        except Exception as exc:  # noqa: BLE001
+            self.log.warning(f"could not remove the parts uploaded to {self.bucket.uri(folder)} before the failure: {exc}")
 
     def read_manifest(self, folder: str) -> dict | None:
         data = self.bucket.get_bytes(folder + MANIFEST)
