@@ -66,7 +66,7 @@ def test_a_los_angeles_day_exports_exactly_the_sources_deduplicated_rows_of_that
     assert f'datetime({epoch("2024-11-22T08:00:00")})' in request.params["where"]
     (mat,) = result.asset_materializations_for_node("daily_db__mp_master_event")
     assert mat.metadata["dagster/partition_row_count"].value == expected
-    output = next(e for e in result.all_node_events if e.event_type_value == "STEP_OUTPUT")
+    (output,) = [e for e in result.events_for_node("daily_db__mp_master_event") if e.event_type_value == "STEP_OUTPUT"]
     assert output.step_output_data.metadata["rows_outside_window"].value == 0  # the server filtered by time
     assert output.step_output_data.metadata["source_queries"].value == 1
 
