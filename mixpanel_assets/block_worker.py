@@ -2,30 +2,45 @@
 
 Both functions take and return only plain, picklable values, and write their bulk output to
 files in the run's staging folder, so little crosses the process boundary: a block's rows go to
-disk, and only counts, dedup-key records and identity links come back.
+disk, and only counts, dedup-key hashes and identity links come back. A block of a local,
+uncompressed file is not sent at all: the worker reads its byte range itself (`FileRange`), so
+the coordinating process never touches the bytes.
+
+`process_block` is the hot loop of every export (one iteration per event). It is written for
+speed: one `orjson.loads` per line, the row built by one `orjson.dumps` with the line's own
+`properties` bytes embedded as an `orjson.Fragment`, the dedup key hashed to 16 raw bytes
+appended to a bytearray. Anything unusual (a malformed line, an id that is not a string, a line
+whose shape is not Mixpanel's compact one) leaves the fast path for `records.parse_event`, which
+is the reference for what a row is and why a line is refused.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 import zoneinfo
 from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import orjson
+import xxhash
+
 from mixpanel_assets.records import (
     MAX_REPORTED_BAD_LINES,
     TERMINATED_EARLY,
     BadLine,
     BlockResult,
-    dedup_key_hash,
+    _id_str,
     identity_links,
     parse_event,
 )
 
-MASK64 = (1 << 64) - 1
 FLAG_NO_DEDUP = 1  # a row without $insert_id: Mixpanel never deduplicates it
+_U64 = 1 << 64
+_CLOSE_BRACE = ord("}")
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,15 @@ class BlockSpec:
     legacy_timezone: str | None = None
     write_rows: bool = True
     collect_links: bool = True
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """The lines of a local file that start in byte range [start, end): a block the worker reads itself."""
+
+    path: str
+    start: int
+    end: int
 
 
 def _legacy_converter(timezone: str):
@@ -58,89 +82,241 @@ def block_path(staging_dir: str | Path, window_index: int, block_id: int) -> Pat
     return Path(staging_dir) / f"w{window_index:05d}" / f"b{block_id:07d}.jsonl"
 
 
-def process_block(block: bytes, block_id: int, first_line_no: int, spec: BlockSpec, origin: str = "") -> BlockResult:
-    """Parse every line of `block` and sort the rows into the run's windows.
+def read_range(source: FileRange) -> bytes:
+    """The whole lines that start inside the range: a line begun before `start` belongs to the
+    previous block, and the line running over `end` is read to its end."""
+    with open(source.path, "rb") as f:
+        if source.start > 0:
+            f.seek(source.start - 1)
+            data = f.read(source.end - source.start + 1)
+            first = data.find(b"\n")
+            if first < 0:
+                return b""
+            data = data[first + 1:]
+        else:
+            data = f.read(source.end)
+        if data and data[-1] != 10:
+            tail = [data]
+            while True:
+                more = f.read(1 << 16)
+                if not more:
+                    break
+                cut = more.find(b"\n")
+                if cut >= 0:
+                    tail.append(more[: cut + 1])
+                    break
+                tail.append(more)
+            data = b"".join(tail)
+    return data
 
-    Rows go to one staging file per window; for each row the worker also returns its dedup-key
-    record (hash_hi, hash_lo, mp_processing_time_ms, row_index, flags) so the coordinator can
-    find duplicates across the whole window without holding rows in memory.
+
+def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> BlockResult:
+    """Parse every line of a block and sort the rows into the run's windows.
+
+    Rows go to one staging file per window. For each row the worker returns its 16-byte dedup-key
+    hash and its mp_processing_time_ms (row order is implicit), so the coordinator can find
+    duplicates across the whole run without holding rows in memory. Bad lines are reported by
+    their line index within the block; the coordinator turns that into a line number of the input.
     """
+    block = read_range(source) if isinstance(source, FileRange) else source
     starts, ends = spec.window_starts, spec.window_ends
     n_windows = len(starts)
-    rows: list[list[bytes]] = [[] for _ in range(n_windows)]
-    keys = [array("Q") for _ in range(n_windows)]
+    single = n_windows == 1
+    first_start, first_end = starts[0], ends[0]
+    # Rows are appended to one buffer per window rather than kept as a list of bytes objects: each
+    # row then reuses memory that is warm in the cache instead of claiming new memory (3x slower).
+    buffers = [bytearray() for _ in range(n_windows)]
+    counts = [0] * n_windows
+    hashes = [bytearray() for _ in range(n_windows)]
+    procs = [array("Q") for _ in range(n_windows)]
+    no_dedup = [array("I") for _ in range(n_windows)]
     links: list[dict] = [{} for _ in range(n_windows)]
     result = BlockResult(rows_per_window=[0] * n_windows, bytes_per_window=[0] * n_windows)
     convert = _legacy_converter(spec.legacy_timezone) if spec.legacy_timezone else None
     events_filter = spec.events_filter
     collect_links = spec.collect_links
-    line_no = first_line_no - 1
+    loads, dumps, fragment, digest = orjson.loads, orjson.dumps, orjson.Fragment, xxhash.xxh3_128_digest
+    prefixes: dict[str, bytes] = {}
+    lines = 0
+    outside = 0
+    index = -1
     for line in block.split(b"\n"):
-        line_no += 1
-        if not line or line.isspace():
+        index += 1
+        if not line:
             continue
-        result.lines += 1
         try:
-            props, row, name, time = parse_event(line, convert)
-        except BadLine as exc:
-            if line.strip() == TERMINATED_EARLY:
-                result.terminated_early = True
-                result.lines -= 1
+            event = loads(line)
+            name = event["event"]
+            props = event["properties"]
+            time = props["time"]
+            if (name.__class__ is not str or not name or props.__class__ is not dict
+                    or (time.__class__ is not int and time.__class__ is not float)):
+                raise BadLine
+        except Exception:  # noqa: BLE001 - classified by the reference parser below
+            if line.isspace():
                 continue
-            result.bad_lines += 1
-            if len(result.bad_examples) < MAX_REPORTED_BAD_LINES:
-                where = f"{origin} line {line_no}" if origin else f"line {line_no}"
-                result.bad_examples.append((where, f"{exc}: {line[:80]!r}"))
-            continue
+            lines += 1
+            try:
+                props, _, name, time = parse_event(line)
+            except BadLine as exc:
+                if line.strip() == TERMINATED_EARLY:
+                    result.terminated_early = True
+                    lines -= 1
+                    continue
+                result.bad_lines += 1
+                if len(result.bad_examples) < MAX_REPORTED_BAD_LINES:
+                    result.bad_examples.append((index, f"{exc}: {line[:80]!r}"))
+                continue
+            event = None
+        else:
+            lines += 1
+        if convert is not None:
+            time = convert(time)
         if events_filter is not None and name not in events_filter:
-            result.outside_window += 1
+            outside += 1
             continue
-        w = bisect_right(starts, time) - 1
-        if w < 0 or time >= ends[w]:
-            result.outside_window += 1
-            continue
-        window_rows = rows[w]
-        key, dedupable = dedup_key_hash(name, props, time)
+        if single:
+            if not first_start <= time < first_end:
+                outside += 1
+                continue
+            w = 0
+        else:
+            w = bisect_right(starts, time) - 1
+            if w < 0 or time >= ends[w]:
+                outside += 1
+                continue
+        device = props.get("$device_id")
+        distinct = props.get("distinct_id")
+        insert = props.get("$insert_id")
+        user = props.get("$user_id")
+        if device.__class__ is not str and device is not None:
+            device = _id_str(device)
+        if distinct.__class__ is not str and distinct is not None:
+            distinct = _id_str(distinct)
+        if insert.__class__ is not str and insert is not None:
+            insert = _id_str(insert)
+        if user.__class__ is not str and user is not None:
+            user = _id_str(user)
+        # Slice the properties object from the line when it has Mixpanel's compact shape
+        # {"event":<name>,"properties":{...}}; otherwise serialise the parsed object.
+        properties = props
+        if event is not None and len(event) == 2:
+            prefix = prefixes.get(name)
+            if prefix is None:
+                prefix = prefixes[name] = b'{"event":' + dumps(name) + b',"properties":'
+            if line.startswith(prefix):
+                body = line if line[-1] == _CLOSE_BRACE else line.rstrip()
+                if body[-1] == _CLOSE_BRACE:
+                    properties = fragment(body[len(prefix):-1])
+        if insert is None:
+            no_dedup[w].append(counts[w])
+        counts[w] += 1
+        buffer = buffers[w]
+        buffer += dumps({"device_id": device, "distinct_id": distinct, "event_name": name,
+                         "insert_id": insert, "properties": properties, "time": time, "user_id": user})
+        buffer += b"\n"
+        hashes[w] += digest(dumps((name, distinct, time, insert)))
         proc = props.get("mp_processing_time_ms")
-        proc = proc if proc.__class__ is int and proc >= 0 else 0
-        keys[w].extend((key >> 64, key & MASK64, proc, len(window_rows), 0 if dedupable else FLAG_NO_DEDUP))
-        window_rows.append(row)
+        procs[w].append(proc if proc.__class__ is int and 0 <= proc < _U64 else 0)
         if collect_links:
             for link in identity_links(name, props):
-                seen = links[w].get(link)
+                window_links = links[w]
+                seen = window_links.get(link)
                 if seen is None or time < seen:
-                    links[w][link] = time
+                    window_links[link] = time
+    result.lines = lines
+    result.outside_window = outside
+    result.line_count = index + 1 if block and block[-1] != 10 else index
     for w in range(n_windows):
-        window_rows = rows[w]
-        if not window_rows:
+        if not counts[w]:
             continue
-        result.rows_per_window[w] = len(window_rows)
+        result.rows_per_window[w] = counts[w]
         if spec.write_rows:
-            data = b"\n".join(window_rows) + b"\n"
+            data = buffers[w]
             result.bytes_per_window[w] = len(data)
             path = block_path(spec.staging_dir, w, block_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-    result.keys_per_window = [k.tobytes() for k in keys]
-    result.links_per_window = links
+    result.hashes_per_window = [bytes(h) for h in hashes]
+    result.procs_per_window = [p.tobytes() for p in procs]
+    result.no_dedup_per_window = [r.tobytes() if len(r) else b"" for r in no_dedup]
+    for w, window_links in enumerate(links):
+        if window_links:
+            path = links_path(spec.staging_dir, w, block_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(pickle.dumps(window_links, protocol=pickle.HIGHEST_PROTOCOL))
     return result
 
 
-def filtered_lines(path: Path, drop_rows) -> tuple[bytes, int]:
-    """A staged block's rows minus the duplicates found for it; (newline-terminated data, rows)."""
+def links_path(staging_dir: str | Path, window_index: int, block_id: int) -> Path:
+    return Path(staging_dir) / "links" / f"w{window_index:05d}" / f"b{block_id:07d}.pickle"
+
+
+def merge_links(staging_dir: str, window_index: int) -> dict[tuple[str, str, str], float]:
+    """A window's identity links from all its blocks, each with the earliest time it was seen.
+
+    Runs in a worker while the coordinator deduplicates: merging hundreds of thousands of fresh
+    tuples into a dict is the costliest part of the coordinator's work if done per block.
+    """
+    merged: dict[tuple[str, str, str], float] = {}
+    directory = Path(staging_dir) / "links" / f"w{window_index:05d}"
+    if not directory.is_dir():
+        return merged
+    for path in sorted(directory.iterdir()):
+        for link, seen_at in pickle.loads(path.read_bytes()).items():
+            seen = merged.get(link)
+            if seen is None or seen_at < seen:
+                merged[link] = seen_at
+    return merged
+
+
+def line_starts(data: bytes) -> np.ndarray:
+    """Byte offset of each line of newline-terminated `data` (vectorised: ~1 GB/s)."""
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    starts = np.empty(len(ends), dtype=np.int64)
+    if len(ends):
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+    return starts
+
+
+def filtered_lines(path, drop_rows) -> tuple[bytes, int]:
+    """A staged block's rows minus the rows listed in `drop_rows`; (newline-terminated data, rows).
+
+    Dropped rows are cut out as byte ranges, so a block with a few duplicates costs a few copies,
+    not a split and join of every line.
+    """
     data = Path(path).read_bytes()
-    if drop_rows is None or len(drop_rows) == 0:
-        return data, data.count(b"\n")
-    lines = data.split(b"\n")
-    lines.pop()  # the empty string after the final newline
-    drop = set(int(r) for r in drop_rows)
-    kept = [line for i, line in enumerate(lines) if i not in drop]
-    return (b"\n".join(kept) + b"\n") if kept else b"", len(kept)
+    total = data.count(b"\n") if drop_rows is None or len(drop_rows) == 0 else None
+    if total is not None:
+        return data, total
+    starts = line_starts(data)
+    n = len(starts)
+    drop = np.unique(np.asarray(drop_rows, dtype=np.int64))
+    drop = drop[(drop >= 0) & (drop < n)]
+    if len(drop) == n:
+        return b"", 0
+    bounds = np.append(starts, len(data))
+    pieces = []
+    position = 0
+    for row in drop.tolist():
+        begin = int(bounds[row])
+        if begin > position:
+            pieces.append(data[position:begin])
+        position = int(bounds[row + 1])
+    if position < len(data):
+        pieces.append(data[position:])
+    return b"".join(pieces), n - len(drop)
 
 
 def write_part(segments: list[tuple[str, object]], out_dir: str, stem: str, index: int, compression: str,
                fmt: str = "json", table: str = "mp_master_event") -> tuple[str, int, int, int]:
-    """Write one part from consecutive staged blocks; returns (path, rows, uncompressed bytes, size)."""
+    """Write one part from consecutive staged blocks; returns (path, rows, uncompressed bytes, size).
+
+    The staged blocks' boundaries do not show in the output: JsonPartWriter compresses fixed-size
+    chunks of the part's content (parts.COMPRESS_CHUNK), so a part is byte-identical whichever run
+    (one partition, or a range of them) wrote it.
+    """
     from mixpanel_assets.parts import JsonPartWriter
 
     if fmt == "parquet":

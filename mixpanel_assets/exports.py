@@ -45,9 +45,9 @@ class EventsExportSpec:
     max_days_per_query: int = 1
 
 
-def _chunks_for_spans(source: EventSource, spans, spec: EventsExportSpec) -> Iterator[bytes]:
+def _inputs_for_spans(source: EventSource, spans, spec: EventsExportSpec) -> Iterator:
     for start, end, _ in spans:
-        yield from source.event_chunks(Span(start, end), spec.events, spec.where)
+        yield from source.event_inputs(Span(start, end), spec.events, spec.where)
 
 
 def export_events(source: EventSource, windows: list[PartitionWindow], spec: EventsExportSpec,
@@ -63,7 +63,7 @@ def export_events(source: EventSource, windows: list[PartitionWindow], spec: Eve
         started = time.monotonic()
         try:
             staged = stage_events(
-                _chunks_for_spans(source, spans, spec),
+                _inputs_for_spans(source, spans, spec),
                 [w.window for w in windows],
                 [w.partition_key for w in windows],
                 staging_root=spec.staging_dir,
@@ -73,6 +73,7 @@ def export_events(source: EventSource, windows: list[PartitionWindow], spec: Eve
                 max_bad_fraction=spec.max_bad_fraction,
                 max_bad_count=spec.max_bad_count,
                 describe_source=describe,
+                progress=log.info,
             )
         except (ExportStreamError, MixpanelStreamError) as exc:
             if attempt == STREAM_ATTEMPTS:

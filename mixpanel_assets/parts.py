@@ -17,6 +17,9 @@ from isal import isal_zlib
 
 GZIP_LEVEL = 2  # ISA-L's level 2 is both faster and smaller than its level 1 on export rows
 ZSTD_LEVEL = 3
+# Compressors are fed exactly this many bytes at a time: ISA-L's (and zstd's) output depends on
+# how the input is chunked, and a part must be byte-identical whichever blocks it was written from.
+COMPRESS_CHUNK = 1 << 20
 
 EXTENSIONS = {
     ("json", "gzip"): ".json.gz",
@@ -81,12 +84,24 @@ class JsonPartWriter:
         self._file = open(path, "wb")
         self._path = path
         self._compressor = _Compressor(self.compression)
+        self._pending = b""
         self._rows = 0
         self._raw = 0
+
+    def _compress(self, block: bytes) -> None:
+        data = self._pending + block if self._pending else block
+        whole = len(data) - len(data) % COMPRESS_CHUNK
+        view = memoryview(data)
+        for offset in range(0, whole, COMPRESS_CHUNK):
+            self._file.write(self._compressor.compress(view[offset:offset + COMPRESS_CHUNK]))
+        self._pending = bytes(view[whole:])
 
     def _close_current(self) -> None:
         if self._file is None:
             return
+        if self._pending:
+            self._file.write(self._compressor.compress(self._pending))
+            self._pending = b""
         self._file.write(self._compressor.flush())
         size = self._file.tell()
         self._file.close()
@@ -102,7 +117,7 @@ class JsonPartWriter:
             self._close_current()
         if self._file is None:
             self._open()
-        self._file.write(self._compressor.compress(block))
+        self._compress(block)
         self._rows += rows
         self._raw += len(block)
 

@@ -59,6 +59,19 @@ class Origin(str):
     """
 
 
+@dataclass(frozen=True)
+class LocalFile:
+    """An input item standing for a whole uncompressed local file, read by the workers themselves.
+
+    A source yields it where it would yield `Origin(name)` and the file's bytes; staging then cuts
+    the file into byte ranges that the worker processes read directly, so the coordinating process
+    never reads, splits or pickles the data (most of its work otherwise).
+    """
+
+    path: str
+    name: str
+
+
 class BadLine(ValueError):
     """A line that is not a Mixpanel export event; carries a reason a user can act on."""
 
@@ -75,16 +88,19 @@ class Window:
 class BlockResult:
     """What one worker learned from one block of lines (returned to the coordinating process)."""
 
-    lines: int = 0
+    lines: int = 0  # events read (not counting blank lines)
+    line_count: int = 0  # lines in the block, blank ones included: line numbers of the next block
     rows_per_window: list[int] = field(default_factory=list)
     bytes_per_window: list[int] = field(default_factory=list)
-    # Per window: packed (hash_hi, hash_lo, processing_time_ms, row_index) for dedup, see staging.py.
-    keys_per_window: list[bytes] = field(default_factory=list)
+    # Per window, in row order (see staging.py): the 16-byte xxh3-128 digest of each row's dedup key,
+    # its mp_processing_time_ms (uint64), and the indexes (uint32) of rows without $insert_id.
+    hashes_per_window: list[bytes] = field(default_factory=list)
+    procs_per_window: list[bytes] = field(default_factory=list)
+    no_dedup_per_window: list[bytes] = field(default_factory=list)
     outside_window: int = 0
     bad_lines: int = 0
-    bad_examples: list[tuple[str, str]] = field(default_factory=list)  # (where, why)
-    # (kind, a, b) -> earliest event time seen; per window, so a re-exported window replaces them.
-    links_per_window: list[dict[tuple[str, str, str], float]] = field(default_factory=list)
+    bad_examples: list[tuple[int, str]] = field(default_factory=list)  # (line index in the block, why)
+    # Identity links ((kind, a, b) -> earliest time) go to staging files, merged per window at the end.
     terminated_early: bool = False
 
 

@@ -19,26 +19,41 @@ instead of spending another Export API query.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mixpanel_assets.block_worker import FLAG_NO_DEDUP, BlockSpec, block_path, process_block, write_part
+from mixpanel_assets.block_worker import (
+    FLAG_NO_DEDUP,
+    BlockSpec,
+    FileRange,
+    block_path,
+    line_starts,
+    merge_links,
+    process_block,
+    write_part,
+)
 from mixpanel_assets.parts import EXTENSIONS, PartFile
-from mixpanel_assets.records import MAX_REPORTED_BAD_LINES, BlockResult, Origin, Window
+from mixpanel_assets.records import MAX_REPORTED_BAD_LINES, BlockResult, LocalFile, Origin, Window
 from mixpanel_assets.workers import InlineExecutor, process_pool
 
 BLOCK_BYTES = 4 << 20
 N_BUCKETS = 64
-_KEY_FIELDS = 5  # hash_hi, hash_lo, processing_time_ms, row, flags (uint64 each), from the worker
+KEY_BUFFER_BYTES = 8 << 20  # dedup-key records buffered before they are appended to bucket files
+PROGRESS_EVERY_SECONDS = 10.0
 _BUCKET_DTYPE = np.dtype(
     [("hi", "<u8"), ("lo", "<u8"), ("proc", "<u8"), ("win", "<u4"), ("blk", "<u4"), ("row", "<u4"), ("flags", "<u4")]
 )
+# The worker's 16-byte digests are big-endian 128-bit integers: hi = first 8 bytes, lo = last 8.
+_DIGEST_DTYPE = np.dtype([("hi", ">u8"), ("lo", ">u8")])
+
 
 
 class ExportStreamError(RuntimeError):
@@ -107,22 +122,39 @@ class StagedRows:
         digest = hashlib.sha1(f"{self.content_token()}|{fmt}".encode()).hexdigest()[:10]
         return f"part-{digest}"
 
+    def part_plans(self, max_bytes: int) -> list[list[tuple[str, np.ndarray | None]]]:
+        """Which staged rows go into which part: (segment path, rows to leave out) per part.
+
+        Part k holds the rows whose offset in the window's staged row stream (duplicates included)
+        falls in [k * max_bytes, (k + 1) * max_bytes). That stream is the same whichever run staged
+        the window, while its blocks are not (a range run's query cuts them elsewhere), so cutting by
+        offset, not at block ends, keeps part contents and names identical across runs.
+        """
+        plans: list[list[tuple[str, np.ndarray | None]]] = []
+        offset = 0
+        for seg in self.segments:
+            begin, end = offset, offset + seg.raw_bytes
+            offset = end
+            if seg.rows == 0 or end == begin:
+                continue
+            first, last = begin // max_bytes, (end - 1) // max_bytes
+            if first == last:
+                _plan(plans, first).append((str(seg.path), seg.drop_rows))
+                continue
+            starts = line_starts(Path(seg.path).read_bytes()) + begin
+            owner = starts // max_bytes
+            dropped = seg.drop_rows if seg.drop_rows is not None else np.empty(0, dtype=np.int64)
+            for k in range(int(owner[0]), int(owner[-1]) + 1):
+                outside = np.flatnonzero(owner != k)
+                if len(outside) == len(owner):
+                    continue
+                _plan(plans, k).append((str(seg.path), np.union1d(outside, dropped).astype(np.int64)))
+        return [plan for plan in plans if plan]
+
     def write_parts(self, out_dir: Path, *, fmt: str = "json", compression: str = "gzip",
                     max_bytes: int = 256 << 20, workers: int = 1, table: str = "mp_master_event") -> list[PartFile]:
-        """Compress the kept rows into part files of at most ~max_bytes (uncompressed) each."""
-        plans: list[list[tuple[str, np.ndarray | None]]] = []
-        current: list[tuple[str, np.ndarray | None]] = []
-        size = 0
-        for seg in self.segments:
-            if seg.rows == 0:
-                continue
-            if current and size + seg.raw_bytes > max_bytes:
-                plans.append(current)
-                current, size = [], 0
-            current.append((str(seg.path), seg.drop_rows))
-            size += seg.raw_bytes
-        if current:
-            plans.append(current)
+        """Compress the kept rows into part files of ~max_bytes (uncompressed) each, in parallel."""
+        plans = self.part_plans(max_bytes)
         executor: Executor = process_pool(workers) if len(plans) > 1 else InlineExecutor()
         stem = self.part_stem(fmt)
         futures = [
@@ -143,6 +175,12 @@ class StagedRows:
         for seg in self.segments:
             data, _ = filtered_lines(seg.path, seg.drop_rows)
             yield from data.splitlines()
+
+
+def _plan(plans: list, index: int) -> list:
+    while len(plans) <= index:
+        plans.append([])
+    return plans[index]
 
 
 @dataclass
@@ -226,6 +264,7 @@ class StagedEvents:
     queries: int = 0
     workers: int = 1
     owns_dir: bool = True
+    _next_line: dict[str, int] = field(default_factory=dict, repr=False)  # per input: its next line number
 
     @property
     def rows(self) -> int:
@@ -247,12 +286,13 @@ class StagedEvents:
             shutil.rmtree(self.staging_dir, ignore_errors=True)
 
 
-def split_blocks(chunks: Iterable[bytes], block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, str, int, bytes]]:
+def split_blocks(chunks: Iterable, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, str, int | None, bytes | FileRange]]:
     """Regroup arbitrary byte chunks into (block_id, origin, first_line_no, block) cut at line ends.
 
-    Cut points depend only on the byte stream, so the same data always gives the same blocks,
-    which keeps part contents (and so their names) deterministic. An `Origin` item in `chunks`
-    starts a new input: line numbers restart at 1 and no block spans two inputs.
+    Cut points depend only on the byte stream, so the same data always gives the same blocks.
+    An `Origin` item in `chunks` starts a new input: line numbers restart at 1 and no block spans
+    two inputs. A `LocalFile` item becomes FileRange blocks at fixed byte offsets of the file, with
+    first_line_no None: their line numbers are known once the blocks before them are parsed.
     """
     pending: list[bytes] = []
     pending_size = 0
@@ -260,7 +300,7 @@ def split_blocks(chunks: Iterable[bytes], block_bytes: int = BLOCK_BYTES) -> Ite
     line_no = 1
     origin = ""
     for chunk in chunks:
-        if isinstance(chunk, Origin):
+        if isinstance(chunk, (Origin, LocalFile)):
             if pending:
                 data = b"".join(pending)
                 if not data.endswith(b"\n"):
@@ -268,7 +308,14 @@ def split_blocks(chunks: Iterable[bytes], block_bytes: int = BLOCK_BYTES) -> Ite
                 yield block_id, origin, line_no, data
                 block_id += 1
                 pending, pending_size = [], 0
-            origin, line_no = str(chunk), 1
+            if isinstance(chunk, Origin):
+                origin, line_no = str(chunk), 1
+                continue
+            size = os.path.getsize(chunk.path)
+            for start in range(0, size, block_bytes):
+                yield block_id, chunk.name, None, FileRange(chunk.path, start, min(start + block_bytes, size))
+                block_id += 1
+            origin, line_no = "", 1
             continue
         if not chunk:
             continue
@@ -300,11 +347,15 @@ class _KeyBuckets:
         self.buffers: list[list[np.ndarray]] = [[] for _ in range(N_BUCKETS)]
         self.buffered = 0
 
-    def add(self, window: int, block: int, packed: bytes) -> None:
-        raw = np.frombuffer(packed, dtype="<u8").reshape(-1, _KEY_FIELDS)
-        records = np.empty(len(raw), dtype=_BUCKET_DTYPE)
-        records["hi"], records["lo"], records["proc"] = raw[:, 0], raw[:, 1], raw[:, 2]
-        records["row"], records["flags"] = raw[:, 3], raw[:, 4]
+    def add(self, window: int, block: int, hashes: bytes, procs: bytes, no_dedup: bytes) -> None:
+        digests = np.frombuffer(hashes, dtype=_DIGEST_DTYPE)
+        records = np.empty(len(digests), dtype=_BUCKET_DTYPE)
+        records["hi"], records["lo"] = digests["hi"], digests["lo"]
+        records["proc"] = np.frombuffer(procs, dtype=np.uint64)
+        records["row"] = np.arange(len(digests), dtype=np.uint32)
+        records["flags"] = 0
+        if no_dedup:
+            records["flags"][np.frombuffer(no_dedup, dtype=np.uint32)] = FLAG_NO_DEDUP
         records["win"], records["blk"] = window, block
         bucket_of = (records["hi"] >> np.uint64(58)).astype(np.intp)
         order = np.argsort(bucket_of, kind="stable")
@@ -315,7 +366,7 @@ class _KeyBuckets:
             if hi > lo:
                 self.buffers[b].append(records[order[lo:hi]])
         self.buffered += records.nbytes
-        if self.buffered > 32 << 20:
+        if self.buffered > KEY_BUFFER_BYTES:
             self.flush()
 
     def flush(self) -> None:
@@ -387,8 +438,14 @@ def stage_events(
     write_rows: bool = True,
     block_bytes: int = BLOCK_BYTES,
     describe_source: str = "the export",
+    progress: Callable[[str], None] | None = None,
 ) -> StagedEvents:
     """Stream `chunks` (raw export JSON lines) into deduplicated rows for each window.
+
+    `chunks` holds bytes, `Origin` markers (a new input starts: line numbers restart) and
+    `LocalFile` items (a whole local file the workers read themselves). `progress`, if given, is
+    called about every PROGRESS_EVERY_SECONDS with a line on lines and bytes done, the rate and,
+    when the input's size is known (local files), an ETA.
 
     Raises ExportStreamError if the stream reports it was cut, BadInputError if malformed lines
     exceed the policy; in both cases nothing is left on disk.
@@ -412,18 +469,24 @@ def stage_events(
     )
     buckets = _KeyBuckets(staging_dir / "keys")
     terminated = False
+    inputs = _Inputs(chunks, block_bytes, staged)
+    meter = _Progress(progress, describe_source, inputs)
     try:
-        for block_id, result in _run_blocks(chunks, spec, workers, block_bytes, staged):
+        for block, result in _run_blocks(inputs, spec, workers):
             terminated |= result.terminated_early
-            _absorb(staged, buckets, block_id, result, spec)
+            _absorb(staged, buckets, block, result, spec)
+            meter.update(staged)
         if terminated:
             raise ExportStreamError(
                 f"{describe_source} ended with Mixpanel's 'export terminated early' line after "
                 f"{staged.lines} events; the window is incomplete and nothing was written"
             )
         _check_bad_lines(staged, max_bad_fraction, max_bad_count, describe_source)
+        executor = process_pool(workers) if workers > 1 else InlineExecutor()
+        links = [executor.submit(merge_links, str(staging_dir), w) for w in range(len(windows))]
         drops, fingerprints, dup_counts = _deduplicate(buckets, len(windows))
         for w, window in enumerate(staged.windows):
+            window.links = links[w].result()
             window.fingerprint = fingerprints[w]
             window.duplicates = int(dup_counts[w])
             for seg_block, seg in _segments_with_blocks(window):
@@ -432,6 +495,7 @@ def stage_events(
         staged.cleanup()
         raise
     shutil.rmtree(staging_dir / "keys", ignore_errors=True)
+    shutil.rmtree(staging_dir / "links", ignore_errors=True)
     return staged
 
 
@@ -440,27 +504,61 @@ def _segments_with_blocks(window: StagedWindow):
         yield int(seg.path.stem[1:]), seg
 
 
-def _run_blocks(chunks, spec: BlockSpec, workers: int, block_bytes: int, staged: StagedEvents):
-    """Yield (block_id, BlockResult) in stream order, parsing in a pool once there is >1 block."""
-    blocks = _counting(split_blocks(chunks, block_bytes), staged)
+@dataclass
+class _Block:
+    """One unit of parse work and where its lines are in their input (for bad-line reports)."""
+
+    block_id: int
+    origin: str
+    first_line: int | None  # None for a FileRange: known once the previous blocks are counted
+    source: bytes | FileRange
+
+
+class _Inputs:
+    """The run's input as blocks (see split_blocks), counting source bytes as they pass."""
+
+    def __init__(self, chunks: Iterable, block_bytes: int, staged: StagedEvents):
+        self.chunks = chunks
+        self.block_bytes = block_bytes
+        self.staged = staged
+        self.total_bytes: int | None = 0  # the inputs' size, or None once a stream (size unknown) is seen
+
+    def _sizes(self):
+        for item in self.chunks:
+            if isinstance(item, LocalFile):
+                if self.total_bytes is not None:
+                    self.total_bytes += os.path.getsize(item.path)
+            elif not isinstance(item, Origin):
+                self.total_bytes = None
+            yield item
+
+    def __iter__(self) -> Iterator[_Block]:
+        for block_id, origin, first_line, source in split_blocks(self._sizes(), self.block_bytes):
+            self.staged.source_bytes += source.end - source.start if isinstance(source, FileRange) else len(source)
+            yield _Block(block_id, origin, first_line, source)
+
+
+def _run_blocks(inputs: Iterable[_Block], spec: BlockSpec, workers: int):
+    """Yield (block, BlockResult) in input order, parsing in a pool once there is >1 block."""
+    blocks = iter(inputs)
     first = next(blocks, None)
     if first is None:
         return
     second = next(blocks, None)
     if second is None or workers <= 1:
-        for block_id, origin, line_no, block in _chain(first, second, blocks):
-            yield block_id, process_block(block, block_id, line_no, spec, origin)
+        for block in _chain(first, second, blocks):
+            yield block, process_block(block.source, block.block_id, spec)
         return
     pool = process_pool(workers)
-    in_flight: list[tuple[int, Future]] = []
+    in_flight: list[tuple[_Block, Future]] = []
     limit = workers * 2
-    for block_id, origin, line_no, block in _chain(first, second, blocks):
-        in_flight.append((block_id, pool.submit(process_block, block, block_id, line_no, spec, origin)))
+    for block in _chain(first, second, blocks):
+        in_flight.append((block, pool.submit(process_block, block.source, block.block_id, spec)))
         if len(in_flight) >= limit:
-            done_id, future = in_flight.pop(0)
-            yield done_id, future.result()
-    for done_id, future in in_flight:
-        yield done_id, future.result()
+            done, future = in_flight.pop(0)
+            yield done, future.result()
+    for done, future in in_flight:
+        yield done, future.result()
 
 
 def _chain(first, second, rest):
@@ -470,19 +568,47 @@ def _chain(first, second, rest):
     yield from rest
 
 
-def _counting(blocks, staged: StagedEvents):
-    for item in blocks:
-        staged.source_bytes += len(item[3])
-        yield item
+class _Progress:
+    """Throttled progress lines for the run log: lines, MB, rate and (for local files) an ETA."""
+
+    def __init__(self, report: Callable[[str], None] | None, what: str, inputs: _Inputs):
+        self.report = report
+        self.what = what
+        self.inputs = inputs
+        self.started = self.last = time.monotonic()
+
+    def update(self, staged: StagedEvents) -> None:
+        if self.report is None:
+            return
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_SECONDS:
+            return
+        self.last = now
+        elapsed = now - self.started
+        done = staged.source_bytes
+        line = (f"{self.what}: {staged.lines:,} lines, {done / 1e6:,.0f} MB parsed in {elapsed:,.0f} s "
+                f"({staged.lines / elapsed:,.0f} lines/s)")
+        total = self.inputs.total_bytes
+        if total and done:
+            line += f"; {100 * done / total:.0f}% of {total / 1e6:,.0f} MB, about {elapsed * (total - done) / done:,.0f} s to go"
+        self.report(line)
 
 
-def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block_id: int, result: BlockResult, spec: BlockSpec) -> None:
+def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: BlockResult, spec: BlockSpec) -> None:
+    first_line = block.first_line
+    if first_line is None:
+        first_line = staged._next_line.get(block.origin, 1)
+    staged._next_line[block.origin] = first_line + result.line_count
     staged.lines += result.lines
     staged.bad_lines += result.bad_lines
     staged.outside_window += result.outside_window
     room = MAX_REPORTED_BAD_LINES - len(staged.bad_examples)
     if room > 0:
-        staged.bad_examples.extend(result.bad_examples[:room])
+        for index, why in result.bad_examples[:room]:
+            line_no = first_line + index
+            where = f"{block.origin} line {line_no}" if block.origin else f"line {line_no}"
+            staged.bad_examples.append((where, why))
+    block_id = block.block_id
     for w, window in enumerate(staged.windows):
         rows = result.rows_per_window[w]
         if not rows:
@@ -491,12 +617,8 @@ def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block_id: int, result: B
         window.segments.append(
             Segment(block_path(spec.staging_dir, w, block_id), rows, result.bytes_per_window[w])
         )
-        buckets.add(w, block_id, result.keys_per_window[w])
-        links = window.links
-        for link, time in result.links_per_window[w].items():
-            seen = links.get(link)
-            if seen is None or time < seen:
-                links[link] = time
+        buckets.add(w, block_id, result.hashes_per_window[w], result.procs_per_window[w],
+                    result.no_dedup_per_window[w])
 
 
 def _check_bad_lines(staged: StagedEvents, max_fraction: float, max_count: int | None, source: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from mixpanel_assets.mixpanel.client import ExportQuery, MixpanelClient
-from mixpanel_assets.records import Origin
+from mixpanel_assets.records import LocalFile, Origin
 
 UTC = dt.timezone.utc
 
@@ -37,6 +37,11 @@ class EventSource:
 
     def event_chunks(self, span: Span, events: tuple[str, ...] | None = None, where: str | None = None) -> Iterator[bytes]:
         raise NotImplementedError
+
+    def event_inputs(self, span: Span, events: tuple[str, ...] | None = None, where: str | None = None) -> Iterator:
+        """What staging reads for `span`: event_chunks, unless the source can hand over whole local
+        files (`records.LocalFile`) that the parse workers read themselves."""
+        return self.event_chunks(span, events, where)
 
     def profile_lines(self) -> Iterator[bytes]:
         raise NotImplementedError
@@ -127,9 +132,10 @@ class LocalFilesSource(EventSource):
             if p.is_file() and p.name.endswith(self.SUFFIXES) and p.resolve() != profiles
         )
 
-    def event_chunks(self, span, events=None, where=None):
+    def files_for_span(self, span: Span) -> list[Path]:
         first = span.start.date() - dt.timedelta(days=1)
         last = span.end.date() + dt.timedelta(days=1)
+        selected = []
         for path in self.files():
             match = _DATE_IN_NAME.match(path.name)
             if match:
@@ -139,8 +145,22 @@ class LocalFilesSource(EventSource):
                     day = None
                 if day is not None and not (first <= day <= last):
                     continue
+            selected.append(path)
+        return selected
+
+    def event_chunks(self, span, events=None, where=None):
+        for path in self.files_for_span(span):
             yield Origin(str(path.relative_to(self.path)))
             yield from read_file_chunks(path)
+
+    def event_inputs(self, span, events=None, where=None):
+        for path in self.files_for_span(span):
+            name = str(path.relative_to(self.path))
+            if path.name.endswith((".gz", ".zst")):
+                yield Origin(name)
+                yield from read_file_chunks(path)
+            else:
+                yield LocalFile(str(path), name)
 
     def profile_lines(self):
         if self.profiles_path is None:
