@@ -16,6 +16,7 @@ import dagster as dg
 from mixpanel_assets.config import PipelineConfig, PipelinesFile, ProjectConfig
 from mixpanel_assets.destinations.registry import io_manager_key, table_location
 from mixpanel_assets.exports import EventsExportSpec, export_events, export_identity, export_people
+from mixpanel_assets.freshness import events_freshness_policy
 from mixpanel_assets.mixpanel.errors import MixpanelAPIError
 from mixpanel_assets.partitions import events_partitions_def, windows_for_keys
 from mixpanel_assets.resources import MixpanelSourceResource
@@ -76,6 +77,7 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         io_manager_key=io_manager_key(pipeline),
         deps=[source_keys(project)["events"]],
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=per_run),
+        freshness_policy=events_freshness_policy(pipeline) if pipeline.recurring else None,
         pool=project_pool(project),
         group_name=pipeline.name,
         kinds={"mixpanel", pipeline.destination.kind},

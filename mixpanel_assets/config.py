@@ -141,6 +141,19 @@ class ProjectConfig(_Model):
         return zoneinfo.ZoneInfo(self.timezone)
 
 
+class SyncWindow(_Model):
+    """Which exported days the data-sync sensor re-checks against the source, and how often.
+
+    Mixpanel's own sync looked at days from 24 h after their export up to 10 days back; late
+    mobile data and back-dated imports rarely reach further. `max_age_days: null` checks every
+    exported day (each probe then reads the whole exported range with one Export API query).
+    """
+
+    min_age_hours: float = Field(24, ge=0)  # a day is checked once its newest export is this old
+    max_age_days: int | None = Field(10, ge=1)  # null = any age
+    probe_interval_hours: float = Field(6, gt=0)  # how often the source is asked for fingerprints
+
+
 class PipelineConfig(_Model):
     name: str
     data_source: Literal["events", "people", "identity"]
@@ -149,6 +162,7 @@ class PipelineConfig(_Model):
     to_date: dt.date | None = None
     created: dt.date | None = None  # the day the pipeline was set up; anchors the backfill limit
     sync: bool = True
+    sync_window: SyncWindow | None = None  # events pipelines with sync; default SyncWindow()
     events: tuple[str, ...] | None = None
     where: str | None = None
     destination: DestinationConfig
@@ -179,14 +193,25 @@ class PipelineConfig(_Model):
             if self.to_date is not None and self.to_date < self.from_date:
                 raise ValueError(f"to_date {self.to_date} is before from_date {self.from_date}")
         else:
-            for field in ("events", "where"):
+            for field in ("events", "where", "sync_window"):
                 if getattr(self, field) is not None:
                     raise ValueError(f"{field} applies only to events pipelines, not to {self.data_source}")
+        if self.sync_window is not None and not self.sync:
+            raise ValueError("sync_window applies only when sync is true; remove it or set sync: true")
         return self
 
     @property
     def recurring(self) -> bool:
         return self.to_date is None
+
+    @property
+    def syncs(self) -> bool:
+        """True when the data-sync sensor watches this pipeline (events pipelines with sync on)."""
+        return self.data_source == "events" and self.sync
+
+    @property
+    def effective_sync_window(self) -> SyncWindow:
+        return self.sync_window or SyncWindow()
 
 
 class PipelinesFile(_Model):

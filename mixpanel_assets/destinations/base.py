@@ -34,6 +34,39 @@ class WriteResult:
     removed: int = 0  # stale files or rows replaced
 
 
+@dataclass
+class EventWindowReadback:
+    """What a destination holds for one events window, read back for the asset checks (checks.py)."""
+
+    location: str
+    rows: int
+    duplicate_keys: int  # dedup keys (event_name, distinct_id, time, insert_id) stored more than once
+    duplicate_rows: int  # rows beyond the first copy of those keys
+    columns: list[tuple[str, str]]  # (name, logical type: STRING | JSON | TIMESTAMP | what was found instead)
+    problems: list[str] = field(default_factory=list)  # anything else a reader would trip over
+
+
+@dataclass
+class TableReadback:
+    """What a destination holds for mp_people_data or mp_identity_mappings_data."""
+
+    location: str
+    rows: int
+    duplicate_ids: int  # distinct_id values stored more than once
+    columns: list[tuple[str, str]]
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Removal:
+    """Rows of deleted users removed from one partition (events) or one table, for the GDPR audit."""
+
+    table: str
+    partition_key: str | None
+    rows: int
+    location: str
+
+
 class Destination(ABC):
     """One configured destination of one pipeline."""
 
@@ -52,6 +85,42 @@ class Destination(ABC):
     @abstractmethod
     def write_table(self, staged: StagedTable, work_dir: Path) -> WriteResult:
         """Replace a whole table (mp_people_data or mp_identity_mappings_data)."""
+
+    # Reading back and deleting: used by the asset checks (checks.py) and the GDPR deletion job
+    # (gdpr.py). Not abstract, so a destination can add them after its writer; until it does,
+    # checks report it and the GDPR job refuses to run, naming the destination type.
+
+    def read_event_window(self, window: PartitionWindow) -> EventWindowReadback:
+        """Read back what readers of `window` see: its rows as stored (not the export's count),
+        the dedup keys (event_name, distinct_id, time, insert_id) stored more than once (rows
+        without insert_id are never duplicates, as in Mixpanel), the columns with their logical
+        types (records.EVENT_COLUMNS: STRING, JSON, TIMESTAMP), and any other problem found."""
+        raise self.unsupported("read_event_window")
+
+    def read_table(self, table: str) -> TableReadback:
+        """Read back mp_people_data or mp_identity_mappings_data: rows, distinct_id values stored
+        more than once, columns (records.PEOPLE_COLUMNS / IDENTITY_COLUMNS) and problems."""
+        raise self.unsupported("read_table")
+
+    def delete_event_rows(self, distinct_ids: frozenset[str], windows: list[PartitionWindow], work_dir: Path,
+                          dry_run: bool = False) -> list[Removal]:
+        """Remove every event whose distinct_id is in `distinct_ids` from the given windows (all of a
+        pipeline's partitions, sorted and contiguous), each window all-or-nothing like a write, and
+        return one Removal per window that had such rows (partition_key None for rows outside
+        every window). `dry_run` counts without removing. Never logs the rows' properties."""
+        raise self.unsupported("delete_event_rows")
+
+    def delete_table_rows(self, table: str, distinct_ids: frozenset[str], work_dir: Path,
+                          dry_run: bool = False) -> Removal:
+        """Remove the rows of mp_people_data whose distinct_id, or of mp_identity_mappings_data whose
+        distinct_id or resolved_distinct_id, is in `distinct_ids`, atomically; `dry_run` counts."""
+        raise self.unsupported("delete_table_rows")
+
+    def unsupported(self, method: str) -> NotImplementedError:
+        return NotImplementedError(
+            f"pipeline {self.pipeline!r}: the {type(self).__name__} destination ({self.describe()}) does not "
+            f"implement {method} yet, which asset checks and GDPR deletion need"
+        )
 
     def close(self) -> None:
         pass

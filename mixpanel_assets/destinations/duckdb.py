@@ -184,6 +184,129 @@ class DuckDBDestination(Destination):
              dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)],
         )
 
+    # --- reading back (asset checks) and deleting users (GDPR) -------------------------------
+    # Readers take the writers' file lock too: DuckDB refuses a second process, even a read-only
+    # one, while another holds the file open for writing.
+
+    def _location(self, table: str) -> str:
+        return f"duckdb://{self.path}/{self.schema}.{table}"
+
+    def _columns(self, conn, table: str) -> list[tuple[str, str]]:
+        rows = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [self.schema, table],
+        ).fetchall()
+        return [(name, _LOGICAL_TYPES.get(kind, kind)) for name, kind in rows]
+
+    def read_event_window(self, window: PartitionWindow):
+        from mixpanel_assets.destinations.base import EventWindowReadback
+
+        table = f"{self.schema}.{EVENTS_TABLE}"
+        start, end = _naive_utc(window.start), _naive_utc(window.end)
+        if not self.path.exists():
+            return EventWindowReadback(self._location(EVENTS_TABLE), 0, 0, 0, [], [f"{self.path} does not exist"])
+        with writer_lock(self.path):
+            conn = connect(self.path, read_only=True)
+            try:
+                columns = self._columns(conn, EVENTS_TABLE)
+                if not columns:
+                    return EventWindowReadback(self._location(EVENTS_TABLE), 0, 0, 0, [], [f"no table {table}"])
+                rows = conn.execute(f"SELECT count(*) FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
+                keys, extra = conn.execute(
+                    f"SELECT count(*), coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {table} "
+                    "WHERE time >= ? AND time < ? AND insert_id IS NOT NULL "
+                    "GROUP BY event_name, distinct_id, time, insert_id HAVING count(*) > 1)",
+                    [start, end],
+                ).fetchone()
+            finally:
+                conn.close()
+        return EventWindowReadback(self._location(EVENTS_TABLE), int(rows), int(keys), int(extra), columns)
+
+    def read_table(self, table: str):
+        from mixpanel_assets.destinations.base import TableReadback
+
+        qualified = f"{self.schema}.{table}"
+        if not self.path.exists():
+            return TableReadback(self._location(table), 0, 0, [], [f"{self.path} does not exist"])
+        with writer_lock(self.path):
+            conn = connect(self.path, read_only=True)
+            try:
+                columns = self._columns(conn, table)
+                if not columns:
+                    return TableReadback(self._location(table), 0, 0, [], [f"no table {qualified}"])
+                rows = conn.execute(f"SELECT count(*) FROM {qualified}").fetchone()[0]
+                duplicates = conn.execute(
+                    f"SELECT count(*) FROM (SELECT distinct_id FROM {qualified} GROUP BY distinct_id HAVING count(*) > 1)"
+                ).fetchone()[0]
+            finally:
+                conn.close()
+        return TableReadback(self._location(table), int(rows), int(duplicates), columns)
+
+    def delete_event_rows(self, distinct_ids, windows, work_dir, dry_run=False):
+        """One transaction for all windows; rows are attributed to windows by their time."""
+        import bisect
+
+        from mixpanel_assets.destinations.base import Removal
+
+        if not windows or not distinct_ids or not self.path.exists():
+            return []
+        table = f"{self.schema}.{EVENTS_TABLE}"
+        start, end = _naive_utc(windows[0].start), _naive_utc(windows[-1].end)
+        where = "distinct_id IN (SELECT distinct_id FROM gdpr_ids) AND time >= ? AND time < ?"
+        times = self._delete(table, distinct_ids, where, [start, end], f"SELECT epoch_us(time) FROM {table} WHERE {where}",
+                             dry_run, f"events of {len(windows)} partitions of {table}")
+        starts = [int(w.start.timestamp() * 1_000_000) for w in windows]
+        counts: dict[int, int] = {}
+        for (micros,) in times:
+            i = bisect.bisect_right(starts, micros) - 1
+            inside = i >= 0 and micros < int(windows[i].end.timestamp() * 1_000_000)
+            counts[i if inside else -1] = counts.get(i if inside else -1, 0) + 1
+        return [Removal(EVENTS_TABLE, windows[i].partition_key if i >= 0 else None, n, self._location(EVENTS_TABLE))
+                for i, n in sorted(counts.items())]
+
+    def delete_table_rows(self, table, distinct_ids, work_dir, dry_run=False):
+        from mixpanel_assets.destinations.base import Removal
+
+        if not distinct_ids or not self.path.exists():
+            return Removal(table, None, 0, self._location(table))
+        qualified = f"{self.schema}.{table}"
+        where = "distinct_id IN (SELECT distinct_id FROM gdpr_ids)"
+        if table == IDENTITY_TABLE:
+            where += " OR resolved_distinct_id IN (SELECT distinct_id FROM gdpr_ids)"
+        rows = self._delete(qualified, distinct_ids, where, [], f"SELECT 1 FROM {qualified} WHERE {where}", dry_run,
+                            qualified)
+        return Removal(table, None, len(rows), self._location(table))
+
+    def _delete(self, table: str, distinct_ids, where: str, params: list, select: str, dry_run: bool, what: str):
+        """Select the rows to remove, then delete them, in one transaction; returns the selected rows."""
+        try:
+            with writer_lock(self.path):
+                conn = connect(self.path)
+                try:
+                    ensure_schema(conn, self.schema)
+                    conn.execute("BEGIN TRANSACTION")
+                    conn.execute("CREATE TEMP TABLE gdpr_ids AS SELECT unnest(?::VARCHAR[]) AS distinct_id",
+                                 [sorted(distinct_ids)])
+                    rows = conn.execute(select, params).fetchall()
+                    if rows and not dry_run:
+                        conn.execute(f"DELETE FROM {table} WHERE {where}", params)
+                    conn.execute("COMMIT")
+                except Exception:
+                    _rollback_quietly(conn)
+                    raise
+                finally:
+                    conn.close()
+        except Exception as exc:
+            raise DestinationError(
+                f"pipeline {self.pipeline!r}: removing deleted users' rows from {what} in {self.describe()} failed: "
+                f"{type(exc).__name__}: {exc}; the transaction was rolled back and the rows are unchanged"
+            ) from exc
+        return rows
+
+
+_LOGICAL_TYPES = {"VARCHAR": "STRING", "JSON": "JSON", "TIMESTAMP": "TIMESTAMP"}
+
 
 def _rollback_quietly(conn) -> None:
     """Roll back if a transaction is open; DuckDB raises when there is none, which is fine here."""

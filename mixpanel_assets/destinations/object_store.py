@@ -170,3 +170,136 @@ class ObjectStoreDestination(Destination):
     def read_manifest(self, folder: str) -> dict | None:
         data = self.bucket.get_bytes(folder + MANIFEST)
         return json.loads(data) if data is not None else None
+
+    # --- reading back (asset checks) and deleting users (GDPR), through the Bucket operations ---
+
+    def read_event_window(self, window: PartitionWindow):
+        return self._read_back(self.window_folder(window), EVENTS_TABLE)
+
+    def read_table(self, table: str):
+        return self._read_back(self.table_folder(table), table)
+
+    def _read_back(self, folder: str, table: str):
+        import tempfile
+
+        from mixpanel_assets.destinations.base import EventWindowReadback, TableReadback
+        from mixpanel_assets.destinations.part_rows import Readback, read_part
+
+        readback = Readback(table)
+        keys = self._current_parts(folder, readback.problems)
+        with tempfile.TemporaryDirectory(prefix="mp-readback-") as tmp:
+            for key in keys:
+                local = self._download(key, Path(tmp))
+                if local is None:
+                    readback.problems.append(f"{self.bucket.uri(key)} disappeared while it was read")
+                    continue
+                read_part(local, readback)
+                local.unlink()
+        duplicate_keys, duplicate_rows = readback.keys.duplicates()
+        columns = readback.columns()
+        location = self.bucket.uri(folder)
+        if table == EVENTS_TABLE:
+            return EventWindowReadback(location, readback.rows, duplicate_keys, duplicate_rows, columns, readback.problems)
+        return TableReadback(location, readback.rows, duplicate_keys, columns, readback.problems)
+
+    def _current_parts(self, folder: str, problems: list[str]) -> list[str]:
+        """The part files readers should see (the manifest's), noting where the folder disagrees."""
+        listed = self.bucket.list_files(folder)
+        in_folder = [k for k in listed if k.rsplit("/", 1)[-1].startswith("part-")]
+        manifest = self.read_manifest(folder)
+        if manifest is None:
+            if in_folder:
+                problems.append(f"{self.bucket.uri(folder)} has part files but no {MANIFEST}")
+            return in_folder
+        named = [folder + p["name"] for p in manifest.get("parts", [])]
+        missing = sorted(set(named) - set(listed))
+        stale = sorted(set(in_folder) - set(named))
+        if missing:
+            problems.append(f"{len(missing)} part files listed in {MANIFEST} are missing: {missing[:3]}")
+        if stale:
+            problems.append(f"{len(stale)} part files not in {MANIFEST} (readers of part-* would count them): {stale[:3]}")
+        return [k for k in named if k not in missing]
+
+    def _download(self, key: str, directory: Path) -> Path | None:
+        data = self.bucket.get_bytes(key)
+        if data is None:
+            return None
+        local = directory / key.rsplit("/", 1)[-1]
+        local.write_bytes(data)
+        return local
+
+    def delete_event_rows(self, distinct_ids, windows, work_dir, dry_run=False):
+        from mixpanel_assets.destinations.base import Removal
+
+        removals = []
+        for window in windows:
+            folder = self.window_folder(window)
+            rows = self._delete_in_folder(folder, EVENTS_TABLE, distinct_ids, Path(work_dir), dry_run,
+                                          f"partition {window.partition_key}")
+            if rows:
+                removals.append(Removal(EVENTS_TABLE, window.partition_key, rows, self.bucket.uri(folder)))
+        return removals
+
+    def delete_table_rows(self, table, distinct_ids, work_dir, dry_run=False):
+        from mixpanel_assets.destinations.base import Removal
+
+        folder = self.table_folder(table)
+        rows = self._delete_in_folder(folder, table, distinct_ids, Path(work_dir), dry_run, table)
+        return Removal(table, None, rows, self.bucket.uri(folder))
+
+    def _delete_in_folder(self, folder: str, table: str, distinct_ids: frozenset[str], work_dir: Path,
+                          dry_run: bool, what: str) -> int:
+        """Rewrite only the parts holding the users' rows, then swap them in like a write:
+        new parts uploaded, manifest switched, old parts deleted, `complete` rewritten."""
+        from mixpanel_assets.destinations.part_rows import part_matches, rewrite_part
+
+        manifest = self.read_manifest(folder)
+        if manifest is None:
+            names = [k.rsplit("/", 1)[-1] for k in self.bucket.list_files(folder)]
+            entries = [{"name": n, "rows": None, "bytes": None} for n in names if n.startswith("part-")]
+            if not entries:
+                return 0
+            manifest = {"table": table, "project_id": self.project_id, "pipeline": self.pipeline, "parts": entries}
+        work_dir.mkdir(parents=True, exist_ok=True)
+        kept, replaced, uploads, removed = [], [], [], 0
+        try:
+            for entry in manifest.get("parts", []):
+                key = folder + entry["name"]
+                local = self._download(key, work_dir)
+                if local is None:
+                    kept.append(entry)
+                    continue
+                try:
+                    matches = part_matches(local, table, distinct_ids)
+                    if not matches or dry_run:
+                        removed += matches
+                        kept.append(entry)
+                        continue
+                    part, rows = rewrite_part(local, table, distinct_ids, work_dir)
+                finally:
+                    local.unlink(missing_ok=True)
+                removed += rows
+                replaced.append(key)
+                if part is not None:
+                    uploads.append((folder + part.name, part))
+                    kept.append({"name": part.name, "rows": part.rows, "bytes": part.size})
+            if not removed or dry_run:
+                return removed
+            for key, part in uploads:
+                self.bucket.upload_file(key, part.path)
+            manifest["parts"] = kept
+            if all(e.get("rows") is not None for e in kept):
+                manifest["rows"] = sum(e["rows"] for e in kept)
+            manifest.setdefault("gdpr_deletions", []).append({"deleted_at": utc_now_iso(), "rows_removed": removed})
+            self.bucket.put_bytes(folder + MANIFEST, json.dumps(manifest, indent=1).encode())
+            self.bucket.delete(replaced)
+            self.bucket.put_bytes(folder + COMPLETE, b"")
+            return removed
+        except Exception as exc:
+            raise DestinationError(
+                f"pipeline {self.pipeline!r}: removing deleted users' rows from {what} at {self.bucket.uri(folder)} "
+                f"failed: {type(exc).__name__}: {exc}; until {MANIFEST} is rewritten the folder keeps its previous parts"
+            ) from exc
+        finally:
+            for _, part in uploads:
+                part.path.unlink(missing_ok=True)
