@@ -8,16 +8,17 @@ destination's IO manager. `export_people` and `export_identity` stage whole tabl
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mixpanel_assets.identity import resolve
+from mixpanel_assets.identity import resolve_link_files
 from mixpanel_assets.mixpanel.errors import MixpanelStreamError
 from mixpanel_assets.mixpanel.sources import EventSource, Span
 from mixpanel_assets.partitions import PartitionWindow, query_spans
-from mixpanel_assets.records import IDENTITY_COLUMNS, MAX_REPORTED_BAD_LINES, BadLine, identity_row, profile_row
+from mixpanel_assets.records import IDENTITY_COLUMNS, MAX_REPORTED_BAD_LINES, BadLine, profile_row
 from mixpanel_assets.staging import (
     BadInputError,
     ExportStreamError,
@@ -130,14 +131,13 @@ def export_people(source: EventSource, staging_dir: str | None, max_bad_fraction
 
 
 def export_identity(state: StateStore, event_pipelines: list[str], system: str, staging_dir: str | None) -> StagedTable:
-    """Resolve all stored identity links of the project's events pipelines into mappings."""
-    resolution = resolve(state.iter_links(event_pipelines), system)
-    rows = (identity_row(a, b) for a, b in resolution.rows())
-    staged = stage_table(rows, "mp_identity_mappings_data", staging_root=staging_dir)
-    staged.extra_metadata = {
-        "links": resolution.links,
-        "conflicts": resolution.conflicts,
-        "identity_merge": system,
-        "columns": [c for c, _ in IDENTITY_COLUMNS],
-    }
+    """Resolve all stored identity links of the project's events pipelines into mappings.
+
+    Reads only the small per-partition link files, never the events, and recomputes the whole
+    mapping from them (identity.py): a re-exported partition has already replaced its links.
+    """
+    with tempfile.TemporaryDirectory(prefix="mp-identity-", dir=staging_dir) as workdir:
+        resolution = resolve_link_files(state.link_files(event_pipelines), system, workdir)
+        staged = stage_table(resolution.lines(), "mp_identity_mappings_data", staging_root=staging_dir)
+    staged.extra_metadata = {**resolution.metadata(), "columns": [c for c, _ in IDENTITY_COLUMNS]}
     return staged

@@ -52,8 +52,24 @@ class StateStore:
         return files
 
     def iter_links(self, pipelines: Iterable[str]) -> Iterator[tuple[str, str, str, float]]:
+        """Every stored link, file by file (small checks; resolution reads files through DuckDB)."""
         for path in self.link_files(pipelines):
             with igzip.open(path, "rb") as f:
                 for line in f:
                     kind, a, b, time = orjson.loads(line)
                     yield kind, a, b, time
+
+
+def read_links_sql(paths: Iterable[str | Path]) -> str:
+    """A DuckDB query over link files with columns (kind, a, b, time), for identity resolution.
+
+    DuckDB parses the files itself (in parallel, spilling to disk under a memory limit), so
+    millions of links never become Python objects. Each line is a JSON array; reading it as
+    VARCHAR[] unescapes the strings exactly like a JSON parser would.
+    """
+    listed = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
+    return (
+        "SELECT json[1] AS kind, json[2] AS a, json[3] AS b, TRY_CAST(json[4] AS DOUBLE) AS time "
+        f"FROM read_json([{listed}], format = 'newline_delimited', records = false, "
+        "columns = {'json': 'VARCHAR[]'}, compression = 'gzip')"
+    )
