@@ -31,6 +31,8 @@ class MixpanelSourceResource(dg.ConfigurableResource):
     # mixpanel
     username: str | None = None
     secret: str | None = None
+    username_env: str | None = None  # the *names* of the env vars above, for error messages
+    secret_env: str | None = None
     export_url: str | None = None
     engage_url: str | None = None
     timeout_seconds: float = 300.0
@@ -70,8 +72,11 @@ class MixpanelSourceResource(dg.ConfigurableResource):
             from mixpanel_assets.mixpanel.rate_budget import RateBudget
             from mixpanel_assets.mixpanel.sources import MixpanelApiSource
 
-            on_wait = (lambda s: log.info(f"Export API budget: waiting {s:.1f} s to stay within "
-                                          f"{self.queries_per_hour} queries/hour, {self.queries_per_second}/second")) if log else None
+            def on_wait(api: str, per_hour: int, per_second: int):
+                if log is None:
+                    return None
+                return lambda s: log.info(f"{api} budget: waiting {s:.1f} s to stay within "
+                                          f"{per_hour} queries/hour, {per_second}/second")
             client = MixpanelClient(
                 project_id=self.project_id,
                 username=self.username or "",
@@ -81,9 +86,10 @@ class MixpanelSourceResource(dg.ConfigurableResource):
                 engage_url=self.engage_url,
                 timeout=self.timeout_seconds,
                 max_retries=self.max_retries,
-                export_budget=RateBudget(self.rate_budget_path("export"), self.queries_per_hour,
-                                         self.queries_per_second, on_wait=on_wait),
-                engage_budget=RateBudget(self.rate_budget_path("engage"), 60, 5, on_wait=on_wait),
+                export_budget=RateBudget(self.rate_budget_path("export"), self.queries_per_hour, self.queries_per_second,
+                                         on_wait=on_wait("Export API", self.queries_per_hour, self.queries_per_second)),
+                engage_budget=RateBudget(self.rate_budget_path("engage"), 60, 5, on_wait=on_wait("Engage API", 60, 5)),
+                credentials_hint=f"the env vars {self.username_env} and {self.secret_env} named in pipelines.yaml",
             )
             return MixpanelApiSource(client, self.timezone, self.legacy_project_timezone_dates)
         raise ValueError(f"unknown source kind {self.kind!r}")
@@ -111,6 +117,8 @@ def source_resource(project: ProjectConfig, base_dir: Path) -> MixpanelSourceRes
             **common,
             username=dg.EnvVar(src.credentials.username_env),
             secret=dg.EnvVar(src.credentials.secret_env),
+            username_env=src.credentials.username_env,
+            secret_env=src.credentials.secret_env,
             export_url=src.export_url,
             engage_url=src.engage_url,
             timeout_seconds=src.timeout_seconds,

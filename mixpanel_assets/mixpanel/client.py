@@ -80,6 +80,7 @@ class MixpanelClient:
         engage_budget: RateBudget | None = None,
         sleep: Callable[[float], None] = time.sleep,
         backoff_base: float = 2.0,
+        credentials_hint: str = "the username/secret env vars named in pipelines.yaml",
     ):
         if residency not in HOSTS:
             raise ValueError(f"unknown Mixpanel residency {residency!r}; use one of {', '.join(HOSTS)}")
@@ -97,6 +98,7 @@ class MixpanelClient:
         self.session.auth = (username, secret)
         self.session.headers["User-Agent"] = "mixpanel-assets"
         self.queries = 0  # HTTP requests sent, retries included
+        self.credentials_hint = credentials_hint  # names of env vars, never their values
 
     def close(self) -> None:
         self.session.close()
@@ -187,7 +189,7 @@ class MixpanelClient:
                 self._wait(attempt, response.headers.get("Retry-After"), what, f"HTTP {status}")
                 attempt += 1
                 continue
-            raise _status_error(status, message, what, self.project_id)
+            raise _status_error(status, message, what, self.project_id, self.credentials_hint)
 
     def _wait(self, attempt: int, retry_after: str | None, what: str, reason: str) -> None:
         delay = _retry_after_seconds(retry_after)
@@ -287,10 +289,11 @@ def _error_message(response: requests.Response) -> str:
     return text.strip()
 
 
-def _status_error(status: int, message: str, what: str, project_id: int) -> MixpanelAPIError:
+def _status_error(status: int, message: str, what: str, project_id: int,
+                  credentials_hint: str = "the env vars named in pipelines.yaml") -> MixpanelAPIError:
     hint = {
         400: "Mixpanel rejected the request",
-        401: "the service account credentials were refused; check the username/secret env vars named in pipelines.yaml",
+        401: f"the service account credentials were refused; check {credentials_hint}",
         402: "Mixpanel requires a paid plan for this request",
         403: f"the service account may not read project {project_id}; give it access to this project in Mixpanel",
         404: f"project {project_id} or the endpoint was not found; check project.id and project.residency",
@@ -305,6 +308,6 @@ def _status_error(status: int, message: str, what: str, project_id: int) -> Mixp
         )
     if status == 401 or status == 403 or (status == 400 and "authenticate" in message.lower()):
         if status == 400:
-            text = f"{what}: HTTP 400: {message!r} (the service account credentials were refused; check the env vars named in pipelines.yaml)"
+            text = f"{what}: HTTP 400: {message!r} (the service account credentials were refused; check {credentials_hint})"
         return MixpanelAuthError(text, status)
     return MixpanelAPIError(text, status)
