@@ -41,7 +41,14 @@ node_modules/.bin/azurite-blob: package.json
 	npm install --no-audit --no-fund --no-package-lock --loglevel=error
 	touch $@
 
-setup-test: setup node_modules/.bin/azurite-blob
+# bqemulator (BigQuery emulator) in its own venv: its sqlglot pin conflicts with fakesnow's; its
+# built-in SQL functions need numpy, which it does not declare.
+.venv-bq/.installed:
+	$(PYTHON) -m venv .venv-bq
+	.venv-bq/bin/pip install -q "bqemulator==1.4.0" numpy
+	touch $@
+
+setup-test: setup node_modules/.bin/azurite-blob .venv-bq/.installed
 
 test: setup-test
 	$(BIN)/python -m pytest

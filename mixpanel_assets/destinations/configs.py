@@ -198,7 +198,103 @@ class AzureDestination(_ObjectStoreOptions):
         return f"Azure container {self.container}{where}"
 
 
+# --- warehouses: BigQuery, Snowflake, Redshift Spectrum (S3 files + AWS Glue catalog) ---
+
+_SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # unquoted identifiers only: no quoting rules to get wrong
+
+
+class BigQueryDestination(_Destination):
+    """A BigQuery dataset you created (as with Mixpanel). Credentials: the service-account key in
+    `credentials_env` (its JSON, or the path to the key file), else Application Default Credentials;
+    anonymous when `api_endpoint` (an emulator) is set without `credentials_env`."""
+
+    type: Literal["bigquery"]
+    project: str = Field(pattern=r"^[a-z0-9][a-z0-9.:-]{2,126}$")
+    dataset: str = Field(pattern=r"^[A-Za-z0-9_]{1,1024}$")
+    location: str | None = None  # where jobs run, e.g. US, EU, europe-west3 (the dataset's location)
+    credentials_env: str | None = None
+    api_endpoint: str | None = Field(None, pattern=_HTTP_URL)
+    load_compression: Literal["gzip", "none"] = "gzip"  # bytes uploaded per load job
+    job_timeout_seconds: float = Field(1800.0, gt=0)
+
+    _check_env = field_validator("credentials_env")(_env_name)
+
+    def location_key(self) -> tuple:
+        return ("bigquery", self.api_endpoint, self.project, self.dataset)
+
+    def describe(self) -> str:
+        return f"BigQuery dataset {self.project}.{self.dataset}"
+
+
+class SnowflakeDestination(_Destination):
+    """A Snowflake schema, through dagster-snowflake's SnowflakeResource. Give one secret: the
+    password or the private key (PEM text), each as the *name* of its env var."""
+
+    type: Literal["snowflake"]
+    account: str = Field(pattern=r"^[A-Za-z0-9._-]+$")  # account identifier, e.g. myorg-myaccount
+    user: str = Field(min_length=1)
+    database: str = Field(pattern=_SQL_NAME)
+    schema_name: str = Field(alias="schema", pattern=_SQL_NAME)
+    warehouse: str | None = Field(None, pattern=_SQL_NAME)
+    role: str | None = Field(None, pattern=_SQL_NAME)
+    password_env: str | None = None
+    private_key_env: str | None = None
+    private_key_password_env: str | None = None
+    # Emulators and private endpoints: where the connector connects instead of <account>.snowflakecomputing.com.
+    host: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
+    port: int | None = Field(None, ge=1, le=65535)
+    protocol: Literal["https", "http"] = "https"
+    network_timeout_seconds: int | None = Field(None, ge=1)
+    login_timeout_seconds: int | None = Field(None, ge=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    _check_env = field_validator("password_env", "private_key_env", "private_key_password_env")(_env_name)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> "SnowflakeDestination":
+        if bool(self.password_env) == bool(self.private_key_env):
+            raise ValueError("give exactly one of password_env and private_key_env")
+        if self.private_key_password_env and not self.private_key_env:
+            raise ValueError("private_key_password_env goes with private_key_env")
+        return self
+
+    def location_key(self) -> tuple:
+        return ("snowflake", self.host or self.account.lower(), self.database.upper(), self.schema_name.upper())
+
+    def describe(self) -> str:
+        return f"Snowflake {self.database}.{self.schema_name} (account {self.account})"
+
+
+class RedshiftDestination(S3Destination):
+    """Redshift Spectrum: the S3 export (every `type: s3` field applies), plus AWS Glue tables over
+    it and the external schema in Redshift. Glue and the Redshift Data API use the S3 credentials
+    and `endpoint_url`."""
+
+    type: Literal["redshift"]  # type: ignore[assignment]
+    glue_database: str = Field(pattern=r"^[a-z0-9_]{1,255}$")  # created by you, as with Mixpanel
+    glue_region: str | None = None  # default: region
+    iam_role_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$")  # Redshift's role
+    workgroup: str | None = Field(None, pattern=r"^[a-z0-9-]{3,64}$")  # Redshift Serverless: run the DDL there
+    redshift_database: str = Field("dev", pattern=_SQL_NAME)
+    external_schema: str = Field("mp_json_export", pattern=_SQL_NAME)
+    statement_timeout_seconds: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _spectrum_readable(self) -> "RedshiftDestination":
+        if self.format != "json" or self.effective_compression not in ("gzip", "none"):
+            raise ValueError("Redshift Spectrum tables here read gzip or plain JSON lines (Glue's JSON SerDe): "
+                             "use format: json with compression gzip or none")
+        if self.workgroup and not self.iam_role_arn:
+            raise ValueError("workgroup needs iam_role_arn: CREATE EXTERNAL SCHEMA names the role Redshift reads Glue with")
+        return self
+
+    def describe(self) -> str:
+        return f"Redshift Spectrum on S3 bucket {self.bucket} (Glue database {self.glue_database})"
+
+
 DestinationConfig = Annotated[
-    Union[LocalDestination, DuckDBDestination, S3Destination, GCSDestination, AzureDestination],
+    Union[LocalDestination, DuckDBDestination, S3Destination, GCSDestination, AzureDestination,
+          BigQueryDestination, SnowflakeDestination, RedshiftDestination],
     Field(discriminator="type"),
 ]

@@ -203,3 +203,99 @@ class AzureBlobIOManager(_CloudObjectStoreIOManager):
             client_id=self.client_id, client_secret=self.client_secret,
             credentials_from=self.credentials_from or "DefaultAzureCredential",
         )
+
+
+# --- warehouses: BigQuery, Snowflake, Redshift Spectrum (destinations/bigquery.py, snowflake.py, redshift.py) ---
+
+
+class _WarehouseIOManager(MixpanelIOManager):
+    """Removes the staged data also when the warehouse client cannot even be built (bad key, typo),
+    which the base class does only once writing has started."""
+
+    timezone: str = "UTC"  # the project's: partition dates and clustering keys use it
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        try:
+            super().handle_output(context, obj)
+        except Exception:
+            cleanup = getattr(obj, "cleanup", None)
+            if cleanup is not None:
+                cleanup()
+            raise
+
+
+class BigQueryIOManager(_WarehouseIOManager):
+    """Mixpanel's BigQuery tables in one dataset, loaded by load jobs from the part files."""
+
+    project: str
+    dataset: str
+    location: str | None = None
+    credentials: str | None = None  # service-account key JSON or path, from the env var credentials_env
+    credentials_env: str | None = None
+    api_endpoint: str | None = None
+    load_compression: str = "gzip"
+    job_timeout_seconds: float = 1800.0
+
+    def destination(self, log) -> Destination:
+        from mixpanel_assets.destinations.bigquery import BigQueryDestination, make_client
+
+        client = make_client(self.project, location=self.location, credentials=self.credentials,
+                             credentials_env=self.credentials_env, api_endpoint=self.api_endpoint)
+        return BigQueryDestination(self.pipeline, self.project_id, client, self.dataset, timezone=self.timezone,
+                                   load_compression=self.load_compression, job_timeout=self.job_timeout_seconds,
+                                   workers=self.workers, log=log)
+
+
+class SnowflakeIOManager(_WarehouseIOManager):
+    """Mixpanel's Snowflake tables in one schema, loaded by PUT + COPY INTO through dagster-snowflake's
+    SnowflakeResource (built when a run writes, so the connector is not imported while definitions load)."""
+
+    account: str
+    user: str
+    database: str
+    schema_name: str
+    warehouse: str | None = None
+    role: str | None = None
+    password: str | None = None  # from the env var password_env
+    private_key: str | None = None  # from the env var private_key_env
+    private_key_password: str | None = None
+    host: str | None = None
+    port: int | None = None
+    protocol: str = "https"
+    network_timeout_seconds: int | None = None
+    login_timeout_seconds: int | None = None
+
+    def destination(self, log) -> Destination:
+        from mixpanel_assets.destinations.snowflake import SnowflakeDestination, snowflake_resource
+
+        resource = snowflake_resource(
+            account=self.account, user=self.user, database=self.database, schema=self.schema_name,
+            warehouse=self.warehouse, role=self.role, password=self.password, private_key=self.private_key,
+            private_key_password=self.private_key_password, host=self.host, port=self.port, protocol=self.protocol,
+            network_timeout=self.network_timeout_seconds, login_timeout=self.login_timeout_seconds,
+        )
+        return SnowflakeDestination(self.pipeline, self.project_id, resource, self.database, self.schema_name,
+                                    timezone=self.timezone, workers=self.workers, log=log)
+
+
+class RedshiftSpectrumIOManager(S3IOManager):
+    """The S3 export plus the AWS Glue tables Redshift Spectrum reads, and the external schema DDL."""
+
+    timezone: str = "UTC"
+    glue_database: str
+    glue_region: str | None = None
+    iam_role_arn: str | None = None
+    workgroup: str | None = None
+    redshift_database: str = "dev"
+    external_schema: str = "mp_json_export"
+    statement_timeout_seconds: float = 120.0
+
+    def open_bucket(self):
+        from mixpanel_assets.destinations.redshift import HiddenMarkersBucket
+
+        return HiddenMarkersBucket(super().open_bucket())
+
+    def destination(self, log) -> Destination:
+        from mixpanel_assets.destinations.redshift import open_spectrum_destination
+
+        return open_spectrum_destination(self, super().destination(log), log)

@@ -9,6 +9,7 @@ from mixpanel_assets.destinations.cloud_registry import cloud_io_manager, cloud_
 from mixpanel_assets.destinations.configs import AzureDestination, GCSDestination, S3Destination
 from mixpanel_assets.destinations.configs import DuckDBDestination, LocalDestination
 from mixpanel_assets.destinations.io_managers import DuckDBIOManager, LocalFolderIOManager, MixpanelIOManager
+from mixpanel_assets.destinations.warehouse_registry import WAREHOUSES, warehouse_io_manager, warehouse_table_location
 from mixpanel_assets.resources import resolve_path
 
 
@@ -26,6 +27,8 @@ def build_io_manager(pipeline: PipelineConfig, project: ProjectConfig, base_dir:
         )
     if isinstance(dest, DuckDBDestination):
         return DuckDBIOManager(**common, path=str(resolve_path(base_dir, dest.path)), schema_name=dest.schema_name)
+    if isinstance(dest, WAREHOUSES):  # before S3: a redshift destination is an S3 one plus Glue
+        return warehouse_io_manager(dest, common, project.timezone)
     if isinstance(dest, (S3Destination, GCSDestination, AzureDestination)):
         return cloud_io_manager(dest, common)
     raise TypeError(f"no IO manager for destination type {dest.type!r}")
@@ -39,6 +42,8 @@ def table_location(pipeline: PipelineConfig, project: ProjectConfig, table: str,
         return "/".join(p for p in (str(root), dest.prefix, str(project.id), table) if p)
     if isinstance(dest, DuckDBDestination):
         return f"{Path(dest.path).stem}.{dest.schema_name}.{table}"
+    if isinstance(dest, WAREHOUSES):
+        return warehouse_table_location(dest, project.id, table)
     if isinstance(dest, (S3Destination, GCSDestination, AzureDestination)):
         return cloud_table_location(dest, project.id, table)
     raise TypeError(f"no table location for destination type {dest.type!r}")
