@@ -44,3 +44,7 @@ def fake_mixpanel(fake_mixpanel_server):
     fake_mixpanel_server.reset()
     yield fake_mixpanel_server
     fake_mixpanel_server.reset()
+
+
+# PostgreSQL + code server + webserver + daemon, shared by the browser and daemon-restart tests.
+from mixpanel_assets_tests.dagster_stack import dagster_stack  # noqa: E402,F401

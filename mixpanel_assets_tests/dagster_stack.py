@@ -25,12 +25,15 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import requests
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PRODUCTION_YAML = REPO / "deploy" / "dagster.production.yaml"
 BIN = Path(sys.executable).parent
 LOCATION = "mixpanel_assets"
+GENERATOR = REPO.parent / "shared" / "tools" / "gen_mixpanel_export.py"
 
 
 def free_port() -> int:
@@ -150,6 +153,10 @@ class Service:
 
 class DagsterStack:
     """Postgres + code server + webserver + daemon, loading the pipelines of `pipelines_file`."""
+
+    days: list[str] = []
+    project_id: int = 0
+    source: Path | None = None
 
     def __init__(self, pipelines_file: Path, work: Path):
         self.work = work
@@ -271,6 +278,18 @@ class DagsterStack:
                           f"backfill {backfill_id} to finish\n{self.logs()}", interval=2)
         return status
 
+    def step_intervals(self, run_id: str) -> tuple[float, float]:
+        """(first step start, last step end) of a run, from the webserver's step stats."""
+        data = self.graphql(
+            "query S($id: ID!) { runOrError(runId: $id) { ... on Run { stepStats { startTime endTime } } } }",
+            {"id": run_id},
+        )
+        stats = data["runOrError"]["stepStats"]
+        return min(s["startTime"] for s in stats), max(s["endTime"] for s in stats)
+
+    def source_lines(self, day: str) -> list[bytes]:
+        return (self.source / f"{day}.jsonl").read_bytes().splitlines()
+
     def dismiss_community_modal(self) -> None:
         """The UI covers the page with a "Join the Dagster community" modal on 127.0.0.1 until this is set."""
         self.graphql("mutation { setNuxSeen }")
@@ -284,3 +303,35 @@ def running_stack(pipelines_file: Path, work: Path):
         yield stack
     finally:
         stack.stop()
+
+
+STACK_PROJECT_ID = 4242
+STACK_DAYS = ["2024-11-20", "2024-11-21", "2024-11-22"]
+
+
+@pytest.fixture(scope="session")
+def dagster_stack():
+    """One production-shaped deployment for the session: two date-ranged daily pipelines of one
+    project over three generated days, `ui_daily` (browser test) and `restart_daily` (daemon test)."""
+    work = Path(tempfile.mkdtemp(prefix="mp-stack-"))
+    source = work / "mixpanel_files"
+    source.mkdir()
+    for i, day in enumerate(STACK_DAYS):
+        subprocess.run([sys.executable, str(GENERATOR), "-n", "1500", "--day", day, "--seed", str(i),
+                        "-o", str(source / f"{day}.jsonl")], check=True, capture_output=True)
+    ranged = {"data_source": "events", "frequency": "daily", "from_date": STACK_DAYS[0], "to_date": STACK_DAYS[-1],
+              "created": STACK_DAYS[0]}
+    config = {
+        "project": {"id": STACK_PROJECT_ID, "source": {"type": "local", "path": str(source)},
+                    "state": {"path": str(work / "state")}},
+        "pipelines": [
+            {"name": "ui_daily", **ranged, "destination": {"type": "local", "path": str(work / "bucket_ui")}},
+            {"name": "restart_daily", **ranged, "destination": {"type": "local", "path": str(work / "bucket_restart")}},
+        ],
+    }
+    pipelines_file = work / "pipelines.yaml"
+    pipelines_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    with running_stack(pipelines_file, work) as stack:
+        stack.days, stack.project_id, stack.source = STACK_DAYS, STACK_PROJECT_ID, source
+        yield stack
+    shutil.rmtree(work, ignore_errors=True)

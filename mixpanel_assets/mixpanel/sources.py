@@ -184,7 +184,14 @@ def read_file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
         stream = open(path, "rb")
     with stream:
         while True:
-            chunk = stream.read(size)
+            try:
+                chunk = stream.read(size)
+            except (EOFError, OSError, ValueError) as exc:  # truncated or corrupt gzip/zstd, unreadable file
+                from mixpanel_assets.staging import BadInputError
+
+                # Permanent: the same file fails the same way on every retry, so say which file and why.
+                raise BadInputError(f"local source file {path} cannot be read: {type(exc).__name__}: {exc} "
+                                    "(a truncated or corrupt compressed file?); nothing was written") from None
             if not chunk:
                 return
             yield chunk
