@@ -1,8 +1,8 @@
 """Start and stop the local servers that speak the cloud stores' real protocols.
 
-Every server binds 127.0.0.1 on a free port, runs in its own process group (so a server's
-children go with it, and a test run killed with SIGTERM cannot leave it behind attached to the
-terminal), and is stopped by process-group id. Nothing here reaches the internet:
+Every server binds 127.0.0.1 on a free port, runs in its own process group (stopped by group
+id, so a server's children go with it), and is told by the kernel to exit when the test process
+dies, however it dies. Nothing here reaches the internet:
 
   moto server            S3, STS, IAM, KMS, Glue ...   `start_moto()`
   gcp-storage-emulator   GCS JSON API (in memory)       `start_gcs()`
@@ -87,11 +87,20 @@ class ServerProcess:
         self.log_path.unlink(missing_ok=True)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the test process dies, even by SIGKILL,
+    so a killed test run leaves no server behind (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def _spawn(name: str, argv: list[str], port: int, env: dict | None = None) -> ServerProcess:
     fd, log = tempfile.mkstemp(prefix=f"{name}-", suffix=".log")
     with os.fdopen(fd, "wb") as log_file:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})}, start_new_session=True)
+                                   env={**os.environ, **(env or {})}, start_new_session=True,
+                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     server = ServerProcess(name, port, process, Path(log))
     server.wait_until_listening()
     return server
