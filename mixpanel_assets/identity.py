@@ -125,11 +125,12 @@ class Resolution:
 
 
 def resolve_link_files(files: list[Path], system: str, workdir: str | Path, *,
-                       memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int | None = None) -> Resolution:
+                       memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int | None = None,
+                       max_cluster_ids: int = MAX_CLUSTER_IDS) -> Resolution:
     """Resolve the links stored in `files` (state.StateStore's format) with `system`'s rules.
 
     Everything is written inside `workdir` (the caller removes it); the mapping ends up in
-    `<workdir>/mappings.jsonl`.
+    `<workdir>/mappings.jsonl`. `max_cluster_ids` is Original's cap (500; smaller in tests).
     """
     if system not in SYSTEMS:
         raise ValueError(f"identity_merge {system!r} is not one of {', '.join(SYSTEMS)}")
@@ -157,7 +158,7 @@ def resolve_link_files(files: list[Path], system: str, workdir: str | Path, *,
         if system == "simplified":
             _resolve_simplified(con, resolution)
         else:
-            _resolve_original(con, resolution)
+            _resolve_original(con, resolution, max_cluster_ids)
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
@@ -216,7 +217,7 @@ def _resolve_simplified(con: duckdb.DuckDBPyConnection, resolution: Resolution) 
                resolution.path)
 
 
-def _resolve_original(con: duckdb.DuckDBPyConnection, resolution: Resolution) -> None:
+def _resolve_original(con: duckdb.DuckDBPyConnection, resolution: Resolution, max_cluster_ids: int) -> None:
     kinds = ", ".join(_quoted(k) for k in _ORIGINAL_KINDS)
     con.execute(f"CREATE TABLE used AS SELECT * FROM links WHERE kind IN ({kinds}) AND {_WELL_FORMED}")
     con.execute("DROP TABLE links")
@@ -237,7 +238,7 @@ def _resolve_original(con: duckdb.DuckDBPyConnection, resolution: Resolution) ->
     con.execute("DROP TABLE used")
     con.execute("CREATE TABLE ranked AS SELECT k, time, a, ids.rank AS b FROM ranked_a JOIN ids ON ranked_a.b = ids.id")
     con.execute("DROP TABLE ranked_a")
-    clusters = _OriginalClusters(n_ids)
+    clusters = _OriginalClusters(n_ids, max_cluster_ids)
     for batch in con.sql("SELECT k, a, b FROM ranked ORDER BY time, k, a, b").to_arrow_reader(_BATCH):
         clusters.apply(batch.column(0).to_numpy(), batch.column(1).to_numpy(), batch.column(2).to_numpy())
     con.execute("DROP TABLE ranked")
@@ -269,8 +270,11 @@ class _OriginalClusters:
     IDENTIFIED = 1  # at a root: the cluster holds the $identified_id of a successful $identify
     ALIAS = 2  # per id: it is the alias of a successful $create_alias
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, cap: int = MAX_CLUSTER_IDS):
+        if not 1 <= cap < 1 << 16:
+            raise ValueError(f"cluster cap {cap} must be between 1 and 65535 (sizes are 16-bit)")
         self.n = n
+        self.cap = cap
         self._parent = np.arange(n, dtype=np.uint32)
         self._size = np.ones(n, dtype=np.uint16)
         self._flags = np.zeros(n, dtype=np.uint8)
@@ -285,7 +289,7 @@ class _OriginalClusters:
         parent, size, flags = memoryview(self._parent), memoryview(self._size), memoryview(self._flags)
         key, canon = memoryview(self._key), memoryview(self._canon)
         identified, alias_flag = self.IDENTIFIED, self.ALIAS
-        cap = MAX_CLUSTER_IDS
+        cap = self.cap
         seq = self.seq
         conflicts = rejected = 0
         for k, a, b in zip(kinds.tolist(), a_ids.tolist(), b_ids.tolist()):
@@ -302,7 +306,6 @@ class _OriginalClusters:
                 if ra != rb and flags[ra] & identified:
                     conflicts += 1
                     continue
-                flags[rb] |= identified
                 tier = _TIER_NAMED
             elif k == _K_ALIAS:
                 if ra != rb and flags[a] & alias_flag:
@@ -327,7 +330,9 @@ class _OriginalClusters:
                 if key[ra] < key[rb]:
                     key[rb] = key[ra]
                     canon[rb] = canon[ra]
-            if k == _K_ALIAS:
+            if k == _K_IDENTIFY:
+                flags[rb] |= identified
+            elif k == _K_ALIAS:
                 flags[a] |= alias_flag
             if tier != _TIER_NONE:
                 claim = (tier << 32) | seq
