@@ -17,8 +17,8 @@ _ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def _env_name(value: str | None) -> str | None:
     if value is not None and not _ENV_VAR_NAME.match(value):
         raise ValueError(
-            f"{value!r} is not an environment variable name; pipelines.yaml holds the *name* of the "
-            "variable that carries the secret, never the secret itself"
+            "this is not an environment variable name (its value is not repeated here, in case it is a secret); "
+            "pipelines.yaml holds the *name* of the variable that carries the secret, never the secret itself"
         )
     return value
 
