@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: setup run demo ui test setup-test check clean
+.PHONY: setup run demo ui test setup-test check clean debian-test-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,10 +48,18 @@ node_modules/.bin/azurite-blob: package.json
 	.venv-bq/bin/pip install -q "bqemulator==1.4.0" numpy
 	touch $@
 
-setup-test: setup node_modules/.bin/azurite-blob .venv-bq/.installed
+# PostgreSQL (the production-style instance) and headless Chromium for the daemon and browser tests,
+# from Debian, only when missing.
+debian-test-packages:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v chromium >/dev/null \
+	    || [ ! -d /usr/share/fonts/truetype/dejavu ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    postgresql chromium fonts-dejavu-core >/dev/null; fi
+
+setup-test: setup node_modules/.bin/azurite-blob .venv-bq/.installed debian-test-packages
 
 test: setup-test
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) .dagster_home export warehouse.duckdb warehouse.duckdb.lock .mixpanel_assets
+	rm -rf $(VENV) .dagster_home export warehouse.duckdb warehouse.duckdb.lock .mixpanel_assets test-artifacts
