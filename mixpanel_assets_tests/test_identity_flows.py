@@ -149,10 +149,11 @@ def original_flows() -> Flows:
     return f
 
 
-def export(tmp_path, system: str, flows: Flows):
+def project_defs(tmp_path, system: str, days: dict[str, Flows]) -> dg.Definitions:
+    """A project reading `days` (day -> events) from local files into DuckDB, events and identity."""
     source = tmp_path / "source"
-    source.mkdir()
-    (source / f"{DAY}.jsonl").write_bytes(b"\n".join(flows.lines) + b"\n")
+    source.mkdir(exist_ok=True)
+    write_days(source, days)
     project = {"id": 4242, "timezone": "UTC", "identity_merge": system, "state": {"path": "state"},
                "source": {"type": "local", "path": str(source)}}
     pipelines = [
@@ -160,12 +161,28 @@ def export(tmp_path, system: str, flows: Flows):
          "created": "2024-11-20", "destination": {"type": "duckdb", "path": "wh.duckdb"}},
         {"name": "identity", "data_source": "identity", "destination": {"type": "duckdb", "path": "wh.duckdb"}},
     ]
-    defs = definitions(tmp_path, project, pipelines)
-    with dg.instance_for_test() as instance:
-        run_partition(defs, "events_job", instance, DAY)
-        result = run_partition(defs, "identity_job", instance)
+    return definitions(tmp_path, project, pipelines)
+
+
+def write_days(source, days: dict[str, Flows]) -> None:
+    for day, flows in days.items():
+        (source / f"{day}.jsonl").write_bytes(b"\n".join(flows.lines) + b"\n")
+
+
+def export_identity(defs, instance, *days: str) -> dict:
+    """Export the events of `days`, then the identity mapping; returns the mapping's metadata."""
+    for day in days:
+        run_partition(defs, "events_job", instance, day)
+    result = run_partition(defs, "identity_job", instance)
     (materialization,) = result.asset_materializations_for_node("identity__mp_identity_mappings_data")
-    return tmp_path / "wh.duckdb", {k: v.value for k, v in materialization.metadata.items()}
+    return {k: v.value for k, v in materialization.metadata.items()}
+
+
+def export(tmp_path, system: str, flows: Flows):
+    defs = project_defs(tmp_path, system, {DAY: flows})
+    with dg.instance_for_test() as instance:
+        metadata = export_identity(defs, instance, DAY)
+    return tmp_path / "wh.duckdb", metadata
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +288,35 @@ def test_original_alias_and_merge_join_two_user_ids_of_one_person(original):
     assert mapping_of(db, "O5") == {"O5.D1": "O5.U1", "O5.U2": "O5.U1", "O5.mail": "O5.U1"}
     assert users_of(db, "O5") == (1, 4)
     assert metadata["rejected_merges"] == 0 and metadata["identity_merge"] == "original"
+
+
+def test_a_reexported_day_replaces_its_links_so_a_vanished_link_leaves_the_mapping(tmp_path, instance):
+    before = Flows()
+    before.simplified("R", device="D1")
+    before.simplified("R", device="D1", user="R1")
+    defs = project_defs(tmp_path, "simplified", {DAY: before})
+    export_identity(defs, instance, DAY)
+    assert mapping_of(tmp_path / "wh.duckdb", "R") == {"$device:R.D1": "R.R1"}
+    after = Flows()  # the day changed at the source: the login event no longer carries the device
+    after.simplified("R", device="D1")
+    after.simplified("R", user="R1")
+    write_days(tmp_path / "source", {DAY: after})
+    metadata = export_identity(defs, instance, DAY)
+    assert mapping_of(tmp_path / "wh.duckdb", "R") == {}
+    assert users_of(tmp_path / "wh.duckdb", "R") == (2, 2)
+    assert metadata["links"] == 0
+
+
+def test_links_of_every_exported_day_combine_and_the_earliest_wins_whatever_the_export_order(tmp_path, instance):
+    first_day, second_day = Flows(), Flows()
+    first_day.time = epoch("2024-11-21T09:00:00")
+    first_day.simplified("M", device="D1", user="U1")
+    second_day.simplified("M", device="D1", user="U2")
+    second_day.simplified("M", device="D2", user="U2")
+    defs = project_defs(tmp_path, "simplified", {"2024-11-21": first_day, DAY: second_day})
+    export_identity(defs, instance, DAY)
+    assert mapping_of(tmp_path / "wh.duckdb", "M") == {"$device:M.D1": "M.U2", "$device:M.D2": "M.U2"}
+    metadata = export_identity(defs, instance, "2024-11-21")  # a backfill of the earlier day
+    assert mapping_of(tmp_path / "wh.duckdb", "M") == {"$device:M.D1": "M.U1", "$device:M.D2": "M.U2"}
+    assert (metadata["links"], metadata["conflicts"], metadata["clusters"]) == (3, 1, 2)
+    assert users_of(tmp_path / "wh.duckdb", "M") == (2, 2)
