@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -127,7 +129,9 @@ def resolve_child(system: str, folder: Path, memory_limit: str) -> None:
         size = resolution.path.stat().st_size
     # VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would include the generating parent.
     peak_mb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
-    print(json.dumps({"system": system, "seconds": round(elapsed, 1), "peak_rss_mb": round(peak_mb),
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # CPU seconds: less sensitive to a busy machine
+    print(json.dumps({"system": system, "seconds": round(elapsed, 1), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+                      "load_avg_1m": os.getloadavg()[0], "peak_rss_mb": round(peak_mb),
                       "rows": rows, "output_mb": round(size / 1e6), **resolution.metadata()}))
 
 
