@@ -77,6 +77,10 @@ _K_REKEY, _K_IDENTIFY, _K_ALIAS, _K_MERGE = range(4)
 _TIER_REKEYED, _TIER_NAMED, _TIER_NONE = 0, 1, 2
 
 
+class IdentityLinksError(RuntimeError):
+    """A stored identity-links file is unreadable (truncated, edited, or from another format)."""
+
+
 @dataclass
 class Resolution:
     """A resolved mapping, written as sorted JSON lines in `path`, and what it took."""
@@ -150,10 +154,16 @@ def resolve_link_files(files: list[Path], system: str, workdir: str | Path, *,
         "preserve_insertion_order": False,  # every query that needs an order says so
     })
     try:
-        con.execute(
-            f"CREATE TABLE links AS SELECT kind, a, b, min(time) AS time FROM ({read_links_sql(files)}) "
-            "WHERE kind IS NOT NULL AND a IS NOT NULL AND b IS NOT NULL GROUP BY kind, a, b"
-        )
+        try:
+            con.execute(
+                f"CREATE TABLE links AS SELECT kind, a, b, min(time) AS time FROM ({read_links_sql(files)}) "
+                "WHERE kind IS NOT NULL AND a IS NOT NULL AND b IS NOT NULL GROUP BY kind, a, b"
+            )
+        except duckdb.Error as exc:
+            raise IdentityLinksError(
+                f"stored identity links could not be read ({exc}). Each file holds one exported partition's "
+                "links: re-export that partition to rewrite it, or delete the file to drop its links."
+            ) from exc
         resolution.links = con.execute("SELECT count(*) FROM links").fetchall()[0][0]
         if system == "simplified":
             _resolve_simplified(con, resolution)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mixpanel_assets import identity
-from mixpanel_assets.identity import MAX_CLUSTER_IDS, resolve_link_files, resolve_links
+from mixpanel_assets.identity import MAX_CLUSTER_IDS, IdentityLinksError, resolve_link_files, resolve_links
 from mixpanel_assets.records import LINK_ALIAS, LINK_DEVICE_USER, LINK_IDENTIFY, LINK_MERGE, LINK_REKEY
 from mixpanel_assets.state import StateStore
 
@@ -107,3 +107,12 @@ def test_rewriting_a_partitions_links_replaces_them(tmp_path):
     store.write_links("events", "2024-11-22", {(LINK_DEVICE_USER, "$device:D2", "U1"): 2.0})
     assert list(store.iter_links(["events"])) == [(LINK_DEVICE_USER, "$device:D2", "U1", 2.0)]
     assert len(store.link_files(["events"])) == 1
+
+
+def test_an_unreadable_links_file_fails_naming_the_file(tmp_path):
+    store = StateStore(tmp_path / "state")
+    good = store.write_links("events", "2024-11-21", {(LINK_DEVICE_USER, "$device:D1", "U1"): 1.0})
+    bad = good.with_name("2024-11-22.jsonl.gz")
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(IdentityLinksError, match="2024-11-22.jsonl.gz"):
+        resolve_link_files([good, bad], "simplified", tmp_path / "work")
