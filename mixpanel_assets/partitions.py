@@ -85,17 +85,58 @@ def windows_for_keys(partitions_def: dg.TimeWindowPartitionsDefinition, keys: li
 
 
 def query_spans(windows: list[PartitionWindow], tz: zoneinfo.ZoneInfo, max_days: int = 1) -> list[tuple[dt.datetime, dt.datetime, list[PartitionWindow]]]:
-    """Group a run's windows into Export API queries: contiguous windows, at most `max_days` local days each.
+    """Group a run's windows into Export API queries: contiguous windows within `max_days` local
+    days, or within `max_days` x 24 hours.
 
-    A backfill run of 24 hourly partitions costs one query, not 24; the API allows 60 an hour.
+    A backfill run of 24 hourly partitions costs one query, not 24, also when it does not start at
+    midnight (Dagster cuts a backfill into runs of N consecutive partitions from wherever the
+    selection starts) or crosses a DST change: one query may span two dates, with a time filter.
+    The API allows 60 queries an hour.
     """
     spans: list[tuple[dt.datetime, dt.datetime, list[PartitionWindow]]] = []
+    limit = dt.timedelta(days=max_days)
     for w in windows:
         if spans:
             start, end, members = spans[-1]
             first_day = members[0].local_start.date()
-            if w.start == end and (w.local_start.date() - first_day).days < max_days:
+            same_days = (w.local_start.date() - first_day).days < max_days
+            if w.start == end and (same_days or w.end - start <= limit):
                 spans[-1] = (start, w.end, members + [w])
                 continue
         spans.append((w.start, w.end, [w]))
     return spans
+
+
+@dataclass(frozen=True)
+class BackfillPlan:
+    """What a backfill costs: its runs (partition keys each) and the Export API queries of each run."""
+
+    runs: list[list[str]]
+    queries_per_run: list[int]
+
+    @property
+    def queries(self) -> int:
+        return sum(self.queries_per_run)
+
+
+def plan_backfill(partitions_def: dg.TimeWindowPartitionsDefinition, keys: list[str], partitions_per_run: int,
+                  grain: str, max_days_per_query: int = 1) -> BackfillPlan:
+    """The runs a backfill of `keys` becomes and the queries they cost, as Dagster launches them.
+
+    Dagster's BackfillPolicy.multi_run(N) cuts each contiguous range of the selected partitions into
+    runs of N consecutive partitions, starting at the range's first partition; each run then
+    queries as query_spans groups its windows.
+    """
+    all_keys = partitions_def.get_partition_keys()
+    position = {key: i for i, key in enumerate(all_keys)}
+    ordered = sorted(set(keys), key=position.__getitem__)
+    ranges: list[list[str]] = []
+    for key in ordered:
+        if ranges and position[key] == position[ranges[-1][-1]] + 1:
+            ranges[-1].append(key)
+        else:
+            ranges.append([key])
+    runs = [r[i:i + partitions_per_run] for r in ranges for i in range(0, len(r), partitions_per_run)]
+    tz = zoneinfo.ZoneInfo(partitions_def.timezone)
+    queries = [len(query_spans(windows_for_keys(partitions_def, run, grain), tz, max_days_per_query)) for run in runs]
+    return BackfillPlan(runs, queries)
