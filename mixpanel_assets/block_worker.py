@@ -24,7 +24,6 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import orjson
 import xxhash
 
@@ -54,6 +53,7 @@ class BlockSpec:
     legacy_timezone: str | None = None
     write_rows: bool = True
     collect_links: bool = True
+    suppressed_distinct_ids: frozenset[str] | None = None  # deleted users (gdpr.py): rows dropped
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,8 @@ def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> 
     convert = _legacy_converter(spec.legacy_timezone) if spec.legacy_timezone else None
     events_filter = spec.events_filter
     collect_links = spec.collect_links
+    suppressed_ids = spec.suppressed_distinct_ids
+    suppressed = 0
     loads, dumps, fragment, digest = orjson.loads, orjson.dumps, orjson.Fragment, xxhash.xxh3_128_digest
     prefixes: dict[str, bytes] = {}
     lines = 0
@@ -193,6 +195,9 @@ def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> 
             device = _id_str(device)
         if distinct.__class__ is not str and distinct is not None:
             distinct = _id_str(distinct)
+        if suppressed_ids is not None and distinct in suppressed_ids:
+            suppressed += 1
+            continue
         if insert.__class__ is not str and insert is not None:
             insert = _id_str(insert)
         if user.__class__ is not str and user is not None:
@@ -226,6 +231,7 @@ def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> 
                     window_links[link] = time
     result.lines = lines
     result.outside_window = outside
+    result.suppressed = suppressed
     result.line_count = index + 1 if block and block[-1] != 10 else index
     for w in range(n_windows):
         if not counts[w]:
@@ -270,8 +276,10 @@ def merge_links(staging_dir: str, window_index: int) -> dict[tuple[str, str, str
     return merged
 
 
-def line_starts(data: bytes) -> np.ndarray:
+def line_starts(data: bytes):
     """Byte offset of each line of newline-terminated `data` (vectorised: ~1 GB/s)."""
+    import numpy as np  # not at import time: parse workers never need it, and every MB counts there
+
     ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
     starts = np.empty(len(ends), dtype=np.int64)
     if len(ends):
@@ -283,30 +291,32 @@ def line_starts(data: bytes) -> np.ndarray:
 def filtered_lines(path, drop_rows) -> tuple[bytes, int]:
     """A staged block's rows minus the rows listed in `drop_rows`; (newline-terminated data, rows).
 
-    Dropped rows are cut out as byte ranges, so a block with a few duplicates costs a few copies,
-    not a split and join of every line.
+    Dropped rows (about 1% of a day) are cut out as byte ranges found with bytes.find, so a block
+    costs a few copies, not a split and join of every line, and the worker needs no numpy.
     """
     data = Path(path).read_bytes()
-    total = data.count(b"\n") if drop_rows is None or len(drop_rows) == 0 else None
-    if total is not None:
+    total = data.count(b"\n")
+    if drop_rows is None or len(drop_rows) == 0:
         return data, total
-    starts = line_starts(data)
-    n = len(starts)
-    drop = np.unique(np.asarray(drop_rows, dtype=np.int64))
-    drop = drop[(drop >= 0) & (drop < n)]
-    if len(drop) == n:
+    drop = sorted({int(r) for r in drop_rows if 0 <= r < total})
+    if len(drop) == total:
         return b"", 0
-    bounds = np.append(starts, len(data))
+    find = data.find
     pieces = []
-    position = 0
-    for row in drop.tolist():
-        begin = int(bounds[row])
-        if begin > position:
-            pieces.append(data[position:begin])
-        position = int(bounds[row + 1])
-    if position < len(data):
-        pieces.append(data[position:])
-    return b"".join(pieces), n - len(drop)
+    kept_from = 0  # start of the bytes not yet copied
+    row, start = 0, 0  # a row number and the byte offset where it starts
+    for target in drop:
+        while row < target:
+            start = find(b"\n", start) + 1
+            row += 1
+        end = find(b"\n", start) + 1
+        if start > kept_from:
+            pieces.append(data[kept_from:start])
+        kept_from = start = end
+        row += 1
+    if kept_from < len(data):
+        pieces.append(data[kept_from:])
+    return b"".join(pieces), total - len(drop)
 
 
 def write_part(segments: list[tuple[str, object]], out_dir: str, stem: str, index: int, compression: str,

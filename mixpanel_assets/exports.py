@@ -14,7 +14,6 @@ import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mixpanel_assets.identity import resolve_link_files
 from mixpanel_assets.mixpanel.errors import MixpanelStreamError
 from mixpanel_assets.mixpanel.sources import EventSource, Span
 from mixpanel_assets.partitions import PartitionWindow, query_spans
@@ -44,6 +43,7 @@ class EventsExportSpec:
     max_bad_count: int | None = None
     staging_dir: str | None = None
     max_days_per_query: int = 1
+    suppressed_distinct_ids: frozenset[str] = frozenset()  # users deleted by gdpr.py: never exported again
 
 
 def _inputs_for_spans(source: EventSource, spans, spec: EventsExportSpec) -> Iterator:
@@ -75,6 +75,7 @@ def export_events(source: EventSource, windows: list[PartitionWindow], spec: Eve
                 max_bad_count=spec.max_bad_count,
                 describe_source=describe,
                 progress=log.info,
+                suppressed_distinct_ids=spec.suppressed_distinct_ids,
             )
         except (ExportStreamError, MixpanelStreamError) as exc:
             if attempt == STREAM_ATTEMPTS:
@@ -136,6 +137,8 @@ def export_identity(state: StateStore, event_pipelines: list[str], system: str, 
     Reads only the small per-partition link files, never the events, and recomputes the whole
     mapping from them (identity.py): a re-exported partition has already replaced its links.
     """
+    from mixpanel_assets.identity import resolve_link_files  # DuckDB + pyarrow: ~40 MB no events run needs
+
     with tempfile.TemporaryDirectory(prefix="mp-identity-", dir=staging_dir) as workdir:
         resolution = resolve_link_files(state.link_files(event_pipelines), system, workdir)
         staged = stage_table(resolution.lines(), "mp_identity_mappings_data", staging_root=staging_dir)

@@ -89,11 +89,17 @@ class JsonPartWriter:
         self._raw = 0
 
     def _compress(self, block: bytes) -> None:
-        data = self._pending + block if self._pending else block
-        whole = len(data) - len(data) % COMPRESS_CHUNK
-        view = memoryview(data)
-        for offset in range(0, whole, COMPRESS_CHUNK):
-            self._file.write(self._compressor.compress(view[offset:offset + COMPRESS_CHUNK]))
+        view = memoryview(block)
+        offset = 0
+        if self._pending:
+            offset = COMPRESS_CHUNK - len(self._pending)
+            if len(block) < offset:
+                self._pending += block
+                return
+            self._file.write(self._compressor.compress(self._pending + view[:offset]))
+        whole = offset + (len(block) - offset) // COMPRESS_CHUNK * COMPRESS_CHUNK
+        for start in range(offset, whole, COMPRESS_CHUNK):
+            self._file.write(self._compressor.compress(view[start:start + COMPRESS_CHUNK]))
         self._pending = bytes(view[whole:])
 
     def _close_current(self) -> None:

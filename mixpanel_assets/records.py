@@ -98,6 +98,7 @@ class BlockResult:
     procs_per_window: list[bytes] = field(default_factory=list)
     no_dedup_per_window: list[bytes] = field(default_factory=list)
     outside_window: int = 0
+    suppressed: int = 0  # rows of users deleted by a GDPR deletion (gdpr.py), dropped
     bad_lines: int = 0
     bad_examples: list[tuple[int, str]] = field(default_factory=list)  # (line index in the block, why)
     # Identity links ((kind, a, b) -> earliest time) go to staging files, merged per window at the end.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from array import array
 import shutil
 import tempfile
 import time
@@ -139,7 +140,7 @@ class StagedRows:
                 continue
             first, last = begin // max_bytes, (end - 1) // max_bytes
             if first == last:
-                _plan(plans, first).append((str(seg.path), seg.drop_rows))
+                _plan(plans, first).append((str(seg.path), _rows_array(seg.drop_rows)))
                 continue
             starts = line_starts(Path(seg.path).read_bytes()) + begin
             owner = starts // max_bytes
@@ -148,7 +149,7 @@ class StagedRows:
                 outside = np.flatnonzero(owner != k)
                 if len(outside) == len(owner):
                     continue
-                _plan(plans, k).append((str(seg.path), np.union1d(outside, dropped).astype(np.int64)))
+                _plan(plans, k).append((str(seg.path), _rows_array(np.union1d(outside, dropped))))
         return [plan for plan in plans if plan]
 
     def write_parts(self, out_dir: Path, *, fmt: str = "json", compression: str = "gzip",
@@ -175,6 +176,11 @@ class StagedRows:
         for seg in self.segments:
             data, _ = filtered_lines(seg.path, seg.drop_rows)
             yield from data.splitlines()
+
+
+def _rows_array(rows) -> array | None:
+    """Row numbers as a stdlib array: it pickles to the part workers without importing numpy there."""
+    return None if rows is None else array("I", [int(r) for r in rows])
 
 
 def _plan(plans: list, index: int) -> list:
@@ -260,6 +266,7 @@ class StagedEvents:
     bad_lines: int = 0
     bad_examples: list[tuple[str, str]] = field(default_factory=list)
     outside_window: int = 0
+    suppressed: int = 0  # rows of users deleted by a GDPR deletion, dropped (gdpr.py)
     source_bytes: int = 0
     queries: int = 0
     workers: int = 1
@@ -439,6 +446,7 @@ def stage_events(
     block_bytes: int = BLOCK_BYTES,
     describe_source: str = "the export",
     progress: Callable[[str], None] | None = None,
+    suppressed_distinct_ids: Iterable[str] | None = None,
 ) -> StagedEvents:
     """Stream `chunks` (raw export JSON lines) into deduplicated rows for each window.
 
@@ -466,6 +474,7 @@ def stage_events(
         events_filter=frozenset(events_filter) if events_filter is not None else None,
         legacy_timezone=legacy_timezone,
         write_rows=write_rows,
+        suppressed_distinct_ids=frozenset(suppressed_distinct_ids) if suppressed_distinct_ids else None,
     )
     buckets = _KeyBuckets(staging_dir / "keys")
     terminated = False
@@ -602,6 +611,7 @@ def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: B
     staged.lines += result.lines
     staged.bad_lines += result.bad_lines
     staged.outside_window += result.outside_window
+    staged.suppressed += result.suppressed
     room = MAX_REPORTED_BAD_LINES - len(staged.bad_examples)
     if room > 0:
         for index, why in result.bad_examples[:room]:

@@ -12,6 +12,8 @@ import atexit
 import multiprocessing
 import multiprocessing.util
 import os
+import threading
+import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 
 _PRELOAD = ["mixpanel_assets.records", "mixpanel_assets.parts", "mixpanel_assets.block_worker"]
@@ -45,9 +47,38 @@ def process_pool(workers: int) -> Executor:
     key = (os.getpid(), workers)
     pool = _pools.get(key)
     if pool is None:
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context())
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_init_worker,
+                                   initargs=(os.getpid(),))
         _pools[key] = pool
     return pool
+
+
+def _init_worker(coordinator_pid: int) -> None:
+    """Set up a worker: give freed block buffers back to the OS, and die with the coordinator.
+
+    glibc raises its mmap threshold after the first large free, so 4 MB block buffers would then
+    come from the heap and the worker's RSS would stay at its high-water mark; a fixed threshold
+    keeps it at what the worker holds. A worker whose run process was killed (OOM, SIGKILL, a lost
+    node) would otherwise wait forever on its task queue.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MB
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while True:
+            time.sleep(2)
+            try:
+                os.kill(coordinator_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="coordinator-watch", daemon=True).start()
 
 
 def discard_pool(workers: int) -> None:
