@@ -198,6 +198,7 @@ _WELL_FORMED = f"a <> b AND a NOT IN ('', {_quoted(DEVICE_PREFIX)}) AND b NOT IN
 
 def _copy_rows(con: duckdb.DuckDBPyConnection, select: str, path: Path) -> None:
     """Write `select`'s (distinct_id, resolved_distinct_id) rows, in its order, as JSON lines."""
+    con.execute("SET preserve_insertion_order = true")  # a writer may not reorder the sorted rows
     con.execute(f"COPY ({select}) TO {_quoted(str(path))} (FORMAT json)")
 
 
