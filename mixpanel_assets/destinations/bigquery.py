@@ -98,9 +98,9 @@ def _credentials(value: str | None, env_name: str | None, api_endpoint: str | No
             return service_account.Credentials.from_service_account_file(value, scopes=[BIGQUERY_SCOPE])
         except (ValueError, OSError, KeyError) as exc:
             # Never echo the value: it is a private key, or a path that may name one.
-            raise DestinationError(
+            raise permanent(DestinationError(
                 f"{where} does not hold a usable service-account key (its JSON, or the path to the key file): "
-                f"{type(exc).__name__}") from None
+                f"{type(exc).__name__}")) from None
     if api_endpoint:
         from google.auth.credentials import AnonymousCredentials
 
@@ -127,6 +127,13 @@ def _str(value: str | None) -> str:
     if value is None:
         return "NULL"
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def permanent(error: DestinationError) -> DestinationError:
+    """Mark an error retrying cannot fix (missing dataset, foreign schema, rejected credentials):
+    the IO manager then fails the step at once instead of waiting out the retry policy."""
+    error.permanent = True
+    return error
 
 
 def _first_line(exc: BaseException) -> str:
@@ -301,10 +308,10 @@ class BigQueryDestination(Destination):
         try:
             self.client.get_dataset(f"{self.project}.{self.dataset}")
         except NotFound:
-            raise DestinationError(
+            raise permanent(DestinationError(
                 f"dataset {self.project}.{self.dataset} does not exist; create it (e.g. `bq mk --dataset "
                 f"{self.project}:{self.dataset}`) and grant the export's identity BigQuery Data Owner on it"
-            ) from None
+            )) from None
         self._checked.add("dataset")
 
     def _ensure_table(self, table: str, fields, partition_field: str | None = None) -> None:
@@ -321,10 +328,10 @@ class BigQueryDestination(Destination):
             found = [(f.name, f.field_type) for f in existing.schema]
             wanted = [(n, _LEGACY_TYPES.get(t, t)) for n, t in fields]
             if [(n, _LEGACY_TYPES.get(t, t)) for n, t in found] != wanted:
-                raise DestinationError(
+                raise permanent(DestinationError(
                     f"{self.ref(table)} exists with columns {found}, not {list(fields)}; it was not created by "
                     "this exporter (or was altered): rename it, or point the pipeline at another dataset"
-                )
+                ))
         self._checked.add(table)
 
     def _create_table(self, table: str, fields, partition_field: str | None = None, expires: bool = False) -> None:
@@ -393,9 +400,14 @@ class BigQueryDestination(Destination):
                              f"(it expires by itself): {_first_line(exc)}")
 
     def _fail(self, what: str, exc: Exception, state: str) -> DestinationError:
-        return DestinationError(
+        from google.api_core.exceptions import Forbidden, Unauthorized
+
+        error = DestinationError(
             f"pipeline {self.pipeline!r}: loading {what} failed: {type(exc).__name__}: {_first_line(exc)}; {state}"
         )
+        if getattr(exc, "permanent", False) or isinstance(exc, (Forbidden, Unauthorized)):
+            permanent(error)
+        return error
 
 
 _LEGACY_TYPES = {"FLOAT": "FLOAT64", "INTEGER": "INT64", "BOOLEAN": "BOOL"}

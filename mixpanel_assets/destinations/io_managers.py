@@ -210,17 +210,20 @@ class AzureBlobIOManager(_CloudObjectStoreIOManager):
 
 class _WarehouseIOManager(MixpanelIOManager):
     """Removes the staged data also when the warehouse client cannot even be built (bad key, typo),
-    which the base class does only once writing has started."""
+    which the base class does only once writing has started; fails without step retries on errors
+    the destination marks `permanent` (a missing dataset does not appear by waiting)."""
 
     timezone: str = "UTC"  # the project's: partition dates and clustering keys use it
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
         try:
             super().handle_output(context, obj)
-        except Exception:
+        except Exception as exc:
             cleanup = getattr(obj, "cleanup", None)
             if cleanup is not None:
                 cleanup()
+            if getattr(exc, "permanent", False):
+                raise dg.Failure(description=str(exc), allow_retries=False) from exc
             raise
 
 

@@ -1,0 +1,254 @@
+"""Snowflake: Mixpanel's tables in one schema, loaded from the staged part files by PUT + COPY INTO.
+
+    MP_MASTER_EVENT_RAW         DATA VARIANT: one exported row per record, `time` as epoch seconds;
+                                clustered by its project-timezone date, as Mixpanel does
+    MP_MASTER_EVENT             view: DEVICE_ID, DISTINCT_ID, EVENT_NAME, INSERT_ID STRING,
+                                PROPERTIES VARIANT, TIME TIMESTAMP_NTZ (UTC), USER_ID STRING
+    MP_PEOPLE_DATA              DISTINCT_ID STRING, PROPERTIES VARIANT
+    MP_IDENTITY_MAPPINGS_DATA   DISTINCT_ID STRING, RESOLVED_DISTINCT_ID STRING
+    MP_MASTER_EVENT_RESOLVED    view: events + RESOLVED_DISTINCT_ID (COALESCE through the mappings)
+    MP_EXPORT_LOG               one row per export: table, partition, window, rows, fingerprint, time
+
+Every write goes through files, never row inserts: the part files (gzip JSON lines) are PUT into a
+temporary stage and copied with COPY INTO into a temporary single-VARIANT load table (the COPY
+that fails on a bad file fails here, before the target is touched). The load table is checked
+(row count, every row inside the window), then one transaction replaces the target's rows:
+
+    BEGIN; DELETE <window or table>; INSERT ... SELECT FROM <load table>; INSERT <log row>; COMMIT;
+
+Temporary stages and tables vanish with the session, so a killed run leaves nothing behind. The
+connection comes from dagster-snowflake's SnowflakeResource; out-of-band telemetry is switched off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import uuid
+from pathlib import Path
+
+from mixpanel_assets.destinations.base import (
+    EVENTS_TABLE,
+    IDENTITY_TABLE,
+    PEOPLE_TABLE,
+    Destination,
+    DestinationError,
+    WriteResult,
+)
+from mixpanel_assets.parts import PartFile
+from mixpanel_assets.partitions import PartitionWindow
+from mixpanel_assets.staging import StagedRows, StagedTable, StagedWindow
+
+RAW = "MP_MASTER_EVENT_RAW"
+NAMES = {EVENTS_TABLE: "MP_MASTER_EVENT", PEOPLE_TABLE: "MP_PEOPLE_DATA", IDENTITY_TABLE: "MP_IDENTITY_MAPPINGS_DATA"}
+RESOLVED = "MP_MASTER_EVENT_RESOLVED"
+LOG = "MP_EXPORT_LOG"
+
+# `time` may carry fractions of a second: scale it to integer microseconds rather than trusting
+# TO_TIMESTAMP's handling of decimals.
+_TIME = "TO_TIMESTAMP_NTZ((DATA:time::NUMBER(38, 6) * 1000000)::NUMBER(38, 0), 6)"
+_EPOCH = "DATA:time::FLOAT"  # the same double the export compared with the window bounds
+
+_DDL = (
+    "CREATE TABLE IF NOT EXISTS {q}.MP_MASTER_EVENT_RAW (DATA VARIANT) "
+    "CLUSTER BY (TO_DATE(CONVERT_TIMEZONE('UTC', '{tz}', TO_TIMESTAMP_NTZ(DATA:time::NUMBER))))",
+    "CREATE VIEW IF NOT EXISTS {q}.MP_MASTER_EVENT AS SELECT "
+    "DATA:device_id::STRING AS DEVICE_ID, DATA:distinct_id::STRING AS DISTINCT_ID, "
+    "DATA:event_name::STRING AS EVENT_NAME, DATA:insert_id::STRING AS INSERT_ID, DATA:properties AS PROPERTIES, "
+    f"{_TIME} AS TIME, DATA:user_id::STRING AS USER_ID FROM {{q}}.MP_MASTER_EVENT_RAW",
+    "CREATE TABLE IF NOT EXISTS {q}.MP_PEOPLE_DATA (DISTINCT_ID STRING, PROPERTIES VARIANT)",
+    "CREATE TABLE IF NOT EXISTS {q}.MP_IDENTITY_MAPPINGS_DATA (DISTINCT_ID STRING, RESOLVED_DISTINCT_ID STRING)",
+    "CREATE VIEW IF NOT EXISTS {q}.MP_MASTER_EVENT_RESOLVED AS SELECT e.*, "
+    "COALESCE(m.RESOLVED_DISTINCT_ID, e.DISTINCT_ID) AS RESOLVED_DISTINCT_ID FROM {q}.MP_MASTER_EVENT e "
+    "LEFT JOIN {q}.MP_IDENTITY_MAPPINGS_DATA m ON e.DISTINCT_ID = m.DISTINCT_ID",
+    "CREATE TABLE IF NOT EXISTS {q}.MP_EXPORT_LOG (EXPORTED_AT TIMESTAMP_NTZ, PIPELINE STRING, TABLE_NAME STRING, "
+    "PARTITION_KEY STRING, PARTITION_DATE DATE, WINDOW_START TIMESTAMP_NTZ, WINDOW_END TIMESTAMP_NTZ, "
+    "ROW_COUNT NUMBER, FINGERPRINT STRING)",
+)
+_FROM_LOAD = {
+    PEOPLE_TABLE: ("DISTINCT_ID, PROPERTIES", "DATA:distinct_id::STRING, DATA:properties"),
+    IDENTITY_TABLE: ("DISTINCT_ID, RESOLVED_DISTINCT_ID", "DATA:distinct_id::STRING, DATA:resolved_distinct_id::STRING"),
+}
+
+
+def snowflake_resource(*, account: str, user: str, database: str, schema: str, warehouse: str | None = None,
+                       role: str | None = None, password: str | None = None, private_key: str | None = None,
+                       private_key_password: str | None = None, host: str | None = None, port: int | None = None,
+                       protocol: str = "https", network_timeout: int | None = None,
+                       login_timeout: int | None = None):
+    """dagster-snowflake's resource; `host`/`port`/`protocol` reach emulators and private endpoints."""
+    from dagster_snowflake import SnowflakeResource
+
+    extra: dict = {"session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False}}
+    if host:
+        extra.update(host=host, protocol=protocol)
+    if port:
+        extra["port"] = port
+    return SnowflakeResource(
+        account=account, user=user, password=password, private_key=private_key,
+        private_key_password=private_key_password, database=database, schema=schema, warehouse=warehouse,
+        role=role, network_timeout=network_timeout, login_timeout=login_timeout, autocommit=True,
+        additional_snowflake_connection_args=extra,
+    )
+
+
+# Errors retrying cannot fix: rejected user/password, key pair or role (the connector's errno).
+_AUTH_ERRNOS = {390100, 390101, 390102, 390144, 390186, 390189, 390190, 394304}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:500] if text else type(exc).__name__
+
+
+class SnowflakeDestination(Destination):
+    def __init__(self, pipeline: str, project_id: int, resource, database: str, schema: str, *,
+                 timezone: str = "UTC", workers: int = 1, log=None):
+        super().__init__(pipeline, project_id, log)
+        self.resource = resource
+        self.database = database.upper()
+        self.schema = schema.upper()
+        self.timezone = timezone
+        self.workers = workers
+
+    @property
+    def q(self) -> str:
+        return f"{self.database}.{self.schema}"
+
+    def describe(self) -> str:
+        return f"Snowflake {self.q}"
+
+    def location(self, name: str) -> str:
+        return f"snowflake://{self.q}.{name}"
+
+    # --- events ------------------------------------------------------------------------------
+
+    def write_event_window(self, staged: StagedWindow, window: PartitionWindow, work_dir: Path) -> WriteResult:
+        what = f"partition {window.partition_key} of {self.q}.{RAW}"
+        start, end = window.start.timestamp(), window.end.timestamp()
+        in_window = f"{_EPOCH} >= {start!r} AND {_EPOCH} < {end!r}"
+        parts: list[PartFile] = []
+        try:
+            parts = self._parts(staged, work_dir, EVENTS_TABLE)
+            with self._cursor() as cur:
+                load = self._load(cur, parts, EVENTS_TABLE)
+                if load:
+                    self._check_load(cur, load, staged.rows, f"NOT ({in_window}) OR {_EPOCH} IS NULL")
+                insert = f"INSERT INTO {self.q}.{RAW} (DATA) SELECT DATA FROM {load}" if load else None
+                removed = self._replace(cur, f"DELETE FROM {self.q}.{RAW} WHERE {in_window}", insert, staged.rows,
+                                        (EVENTS_TABLE, window.partition_key, window.local_date,
+                                         _naive_utc(window.start), _naive_utc(window.end), staged.rows,
+                                         staged.fingerprint.token()))
+        except Exception as exc:
+            raise self._fail(what, exc) from exc
+        finally:
+            for part in parts:
+                part.path.unlink(missing_ok=True)
+        return WriteResult(location=self.location(RAW), rows=staged.rows, removed=removed,
+                           bytes=sum(p.size for p in parts))
+
+    # --- people and identity mappings --------------------------------------------------------
+
+    def write_table(self, staged: StagedTable, work_dir: Path) -> WriteResult:
+        name = NAMES[staged.table]
+        columns, select = _FROM_LOAD[staged.table]
+        parts: list[PartFile] = []
+        try:
+            parts = self._parts(staged, work_dir, staged.table)
+            with self._cursor() as cur:
+                load = self._load(cur, parts, staged.table)
+                if load:
+                    self._check_load(cur, load, staged.rows, None)
+                insert = f"INSERT INTO {self.q}.{name} ({columns}) SELECT {select} FROM {load}" if load else None
+                removed = self._replace(cur, f"DELETE FROM {self.q}.{name}", insert, staged.rows,
+                                        (staged.table, None, None, None, None, staged.rows, staged.digest))
+        except Exception as exc:
+            raise self._fail(f"{self.q}.{name}", exc) from exc
+        finally:
+            for part in parts:
+                part.path.unlink(missing_ok=True)
+        return WriteResult(location=self.location(name), rows=staged.rows, removed=removed,
+                           bytes=sum(p.size for p in parts))
+
+    # --- building blocks ---------------------------------------------------------------------
+
+    def _parts(self, staged: StagedRows, work_dir: Path, table: str) -> list[PartFile]:
+        return staged.write_parts(work_dir, fmt="json", compression="gzip", workers=self.workers, table=table)
+
+    @contextlib.contextmanager
+    def _cursor(self):
+        """A cursor on a fresh session, the tables and views in place."""
+        with contextlib.ExitStack() as stack:
+            try:
+                conn = stack.enter_context(self.resource.get_connection())
+            except Exception as exc:
+                error = DestinationError(
+                    f"cannot connect to Snowflake account {self.resource.account!r} as user {self.resource.user!r}: "
+                    f"{_first_line(exc)}")
+                error.permanent = getattr(exc, "errno", None) in _AUTH_ERRNOS
+                raise error from exc
+            stack.callback(conn.close)  # get_connection closes only when its block succeeds
+            cur = conn.cursor()
+            for statement in _DDL:
+                cur.execute(statement.format(q=self.q, tz=self.timezone))
+            yield cur
+
+    def _load(self, cur, parts: list[PartFile], table: str) -> str | None:
+        """PUT the parts into a temporary stage and COPY them into a temporary load table; its name."""
+        if not parts:
+            return None
+        # Unqualified: temporary objects live in the session's schema (ours), and some SQL engines
+        # that speak Snowflake refuse a database-qualified temporary table.
+        suffix = uuid.uuid4().hex[:12].upper()
+        stage, load = f"MP_STAGE_{suffix}", f"MP_LOAD_{suffix}"
+        cur.execute(f"CREATE TEMPORARY STAGE {stage}")
+        for part in parts:
+            cur.execute(f"PUT 'file://{_quoted_path(part.path)}' @{stage} AUTO_COMPRESS=FALSE OVERWRITE=TRUE")
+        cur.execute(f"CREATE TEMPORARY TABLE {load} (DATA VARIANT)")
+        cur.execute(f"COPY INTO {load} FROM @{stage} FILE_FORMAT = (TYPE = JSON) ON_ERROR = ABORT_STATEMENT")
+        return load
+
+    def _check_load(self, cur, load: str, expected: int, outside: str | None) -> None:
+        wrong = f"COUNT_IF({outside})" if outside else "0"
+        rows, misplaced = cur.execute(f"SELECT COUNT(*), {wrong} FROM {load}").fetchone()
+        if rows != expected or misplaced:
+            raise DestinationError(
+                f"the load table holds {rows} rows ({misplaced} outside the window), expected {expected} inside it")
+
+    def _replace(self, cur, delete: str, insert: str | None, expected: int, log_row: tuple) -> int:
+        """DELETE + INSERT + log row in one transaction; returns the rows deleted."""
+        cur.execute("BEGIN")
+        try:
+            removed = cur.execute(delete).rowcount or 0
+            if insert:
+                inserted = cur.execute(insert).rowcount
+                if inserted != expected:
+                    raise DestinationError(f"{inserted} rows inserted, expected {expected}")
+            cur.execute(
+                f"INSERT INTO {self.q}.{LOG} (EXPORTED_AT, PIPELINE, TABLE_NAME, PARTITION_KEY, PARTITION_DATE, "
+                "WINDOW_START, WINDOW_END, ROW_COUNT, FINGERPRINT) "
+                "VALUES (SYSDATE(), %s, %s, %s, %s, %s, %s, %s, %s)",
+                (self.pipeline, *log_row),
+            )
+            cur.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cur.execute("ROLLBACK")
+            raise
+        return int(removed)
+
+    def _fail(self, what: str, exc: Exception) -> DestinationError:
+        error = DestinationError(
+            f"pipeline {self.pipeline!r}: loading {what} into {self.describe()} failed: {type(exc).__name__}: "
+            f"{_first_line(exc)}; the previous rows are unchanged"
+        )
+        error.permanent = getattr(exc, "permanent", False)  # the IO manager does not retry those
+        return error
+
+
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _quoted_path(path: Path) -> str:
+    return str(Path(path).absolute()).replace("\\", "/").replace("'", "\\'")
