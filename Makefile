@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: setup run demo ui test setup-test check clean debian-test-packages
+.PHONY: setup run demo ui test setup-test check clean debian-test-packages bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,14 @@ setup-test: setup node_modules/.bin/azurite-blob .venv-bq/.installed debian-test
 
 test: setup-test
 	$(BIN)/python -m pytest
+
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[bench]"
+	touch $@
+
+bench: setup $(VENV)/.bench-installed  ## export speed/memory vs baselines -> benchmarks/README.md (not part of make test)
+	@command -v pigz >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pigz >/dev/null; }
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .dagster_home export warehouse.duckdb warehouse.duckdb.lock .mixpanel_assets test-artifacts

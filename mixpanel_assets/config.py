@@ -124,7 +124,6 @@ class ProjectConfig(_Model):
     bad_lines: BadLinePolicy = BadLinePolicy()
     limits: Limits = Limits()
     state: StateConfig = StateConfig()
-    max_concurrent_runs: int = Field(1, ge=1)  # Mixpanel: one pipeline step per project at a time
     export_workers: int = Field(2, ge=1, le=64)
 
     @field_validator("timezone")
