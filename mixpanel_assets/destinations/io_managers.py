@@ -302,3 +302,11 @@ class RedshiftSpectrumIOManager(S3IOManager):
         from mixpanel_assets.destinations.redshift import open_spectrum_destination
 
         return open_spectrum_destination(self, super().destination(log), log)
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        try:
+            super().handle_output(context, obj)  # also removes the staged data on failures
+        except Exception as exc:
+            if getattr(exc, "permanent", False):  # e.g. a missing Glue database
+                raise dg.Failure(description=str(exc), allow_retries=False) from exc
+            raise
