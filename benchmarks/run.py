@@ -50,6 +50,7 @@ class Measured:
     rss_mb: float
     pss_mb: float
     rows: int | None
+    cpu_s: float = 0.0  # user + system seconds of the whole tree (last sample of each process)
     note: str = ""
 
     @property
@@ -92,6 +93,7 @@ def measure(name: str, cmd: list[str], events: int, out_dir: Path, env: dict | N
     started = time.monotonic()
     proc = psutil.Popen(cmd, stdout=stdout, stderr=log, env=env, cwd=REPO)
     peak = {"rss": 0, "pss": 0}
+    cpu: dict[int, float] = {}
     done = threading.Event()
 
     def sample() -> None:
@@ -104,6 +106,8 @@ def measure(name: str, cmd: list[str], events: int, out_dir: Path, env: dict | N
             for p in tree:
                 try:
                     rss += p.memory_info().rss
+                    times = p.cpu_times()
+                    cpu[p.pid] = times.user + times.system
                 except psutil.Error:
                     continue
                 pss += _pss_kb(p.pid) * 1024
@@ -126,7 +130,8 @@ def measure(name: str, cmd: list[str], events: int, out_dir: Path, env: dict | N
             info = json.loads(output.strip().splitlines()[-1])
         except ValueError:
             info = {}
-    return Measured(name, events, wall, peak["rss"] / 2**20, peak["pss"] / 2**20, info.get("rows")), info
+    cpu_total = sum(cpu.values())  # sampled every 50 ms: the last 50 ms of each process are missed
+    return Measured(name, events, wall, peak["rss"] / 2**20, peak["pss"] / 2**20, info.get("rows"), cpu_total), info
 
 
 def ours(fmt: str, path: Path, events: int, work: Path) -> Measured:
@@ -167,8 +172,8 @@ def pigz(path: Path, events: int, work: Path) -> Measured | None:
 
 def _row(m: Measured) -> str:
     rows = f"{m.rows:,}" if m.rows is not None else "-"
-    return (f"| {m.name} | {m.events:,} | {m.wall:.1f} | {m.events_per_s / 1000:,.0f}k | {m.rss_mb:,.0f} | "
-            f"{m.pss_mb:,.0f} | {rows} | {m.note} |")
+    return (f"| {m.name} | {m.events:,} | {m.wall:.1f} | {m.cpu_s:.1f} | {m.events_per_s / 1000:,.0f}k | "
+            f"{m.rss_mb:,.0f} | {m.pss_mb:,.0f} | {rows} | {m.note} |")
 
 
 def verdicts(by_size: dict[int, Measured], parquet: Measured | None, base: dict[str, Measured], size: int) -> list[str]:
@@ -212,8 +217,8 @@ def render(measured: list[Measured], verdict_lines: list[str], command: str, loa
         f"Command: `{command}` — {dt.date.today().isoformat()}, {os.cpu_count()} cores ({cpu}), "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB; load average {load[0]:.2f} before, {load[1]:.2f} after.",
         "",
-        "| run | events | wall s | events/s | peak RSS MB (tree) | peak PSS MB (tree) | rows written | note |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | events | wall s | CPU s (tree) | events/s | peak RSS MB (tree) | peak PSS MB (tree) | rows written | note |",
+        "|---|---|---|---|---|---|---|---|---|",
         *[_row(m) for m in measured],
         "",
         "| target (issue 7) | measured | |",

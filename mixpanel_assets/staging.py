@@ -480,8 +480,10 @@ def stage_events(
     terminated = False
     inputs = _Inputs(chunks, block_bytes, staged)
     meter = _Progress(progress, describe_source, inputs)
+    blocks = 0
     try:
         for block, result in _run_blocks(inputs, spec, workers):
+            blocks += 1
             terminated |= result.terminated_early
             _absorb(staged, buckets, block, result, spec)
             meter.update(staged)
@@ -491,7 +493,9 @@ def stage_events(
                 f"{staged.lines} events; the window is incomplete and nothing was written"
             )
         _check_bad_lines(staged, max_bad_fraction, max_bad_count, describe_source)
-        executor = process_pool(workers) if workers > 1 else InlineExecutor()
+        # Links are merged in the pool while this process deduplicates, unless the input was small
+        # enough to be parsed inline (starting worker processes would then cost more than it saves).
+        executor = process_pool(workers) if workers > 1 and blocks > 1 else InlineExecutor()
         links = [executor.submit(merge_links, str(staging_dir), w) for w in range(len(windows))]
         drops, fingerprints, dup_counts = _deduplicate(buckets, len(windows))
         for w, window in enumerate(staged.windows):
