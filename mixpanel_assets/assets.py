@@ -8,6 +8,7 @@ Upstream, the Mixpanel project appears as external assets, so lineage reads Mixp
 """
 
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from mixpanel_assets.config import PipelineConfig, PipelinesFile, ProjectConfig
 from mixpanel_assets.destinations.registry import io_manager_key, table_location
 from mixpanel_assets.exports import EventsExportSpec, export_events, export_identity, export_people
 from mixpanel_assets.freshness import events_freshness_policy
+from mixpanel_assets.gdpr_register import ProfilesWithoutDeleted, suppressed_distinct_ids
 from mixpanel_assets.mixpanel.errors import MixpanelAPIError
 from mixpanel_assets.partitions import events_partitions_def, windows_for_keys
 from mixpanel_assets.resources import MixpanelSourceResource
@@ -96,9 +98,11 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
     )
     def mp_master_event(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
         windows = windows_for_keys(partitions_def, list(context.partition_keys), pipeline.frequency)
+        # Users deleted by a GDPR deletion stay deleted until Mixpanel has deleted them too.
+        run_spec = dataclasses.replace(spec, suppressed_distinct_ids=suppressed_distinct_ids(mixpanel.state_path))
         source = mixpanel.open(context.log)
         try:
-            staged = export_events(source, windows, spec, mixpanel.state(), context.log)
+            staged = export_events(source, windows, run_spec, mixpanel.state(), context.log)
         except BadInputError as exc:
             raise _permanent(exc) from exc
         except MixpanelAPIError as exc:
@@ -128,6 +132,7 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
                 "lines_read": staged.lines,
                 "bad_lines": staged.bad_lines,
                 "rows_outside_window": staged.outside_window,
+                "rows_of_deleted_users_dropped": staged.suppressed,
                 "source_bytes": staged.source_bytes,
                 "source_queries": staged.queries,
                 "partitions_in_run": len(windows),
@@ -152,7 +157,7 @@ def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         description=f"User profiles of Mixpanel project {project.id}, replaced whole on every run.",
     )
     def mp_people_data(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
-        source = mixpanel.open(context.log)
+        source = ProfilesWithoutDeleted(mixpanel.open(context.log), suppressed_distinct_ids(mixpanel.state_path))
         try:
             staged = export_people(source, None, mixpanel.max_bad_fraction, context.log)
         except BadInputError as exc:
@@ -164,6 +169,7 @@ def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         finally:
             source.close()
         return dg.Output(staged, metadata={"dagster/row_count": staged.rows, **staged.extra_metadata,
+                                           "profiles_of_deleted_users_dropped": source.suppressed,
                                            "source": source.description})
 
     return mp_people_data

@@ -40,13 +40,13 @@ from mixpanel_assets.checks import GDPR_REMOVED_KEY
 from mixpanel_assets.config import PipelineConfig, PipelinesFile
 from mixpanel_assets.destinations.base import Destination, Removal
 from mixpanel_assets.destinations.registry import io_manager_key
+from mixpanel_assets.gdpr_register import add_to_register
 from mixpanel_assets.partitions import events_partitions_def, windows_for_keys
 from mixpanel_assets.resources import resolve_path
 from mixpanel_assets.state import StateStore
 
 JOB_NAME = "gdpr_deletion_job"
 OP_NAME = "gdpr_delete_users"
-REGISTER = "gdpr/deleted_distinct_ids.json"
 AUDIT_DIR = "gdpr_audit"
 TABLES = {"people": PEOPLE_TABLE, "identity": IDENTITY_TABLE}
 
@@ -59,6 +59,10 @@ class GdprDeletionConfig(dg.Config):
     ids_file: str | None = None
     expand_clusters: bool = True  # also delete every id merged with them (devices, aliases)
     dry_run: bool = False  # count what would be removed, change nothing
+    # Events are looked for in the partitions this Dagster instance exported. True looks in every
+    # partition of each pipeline's date range instead (one manifest read per partition on object
+    # stores): for destinations written by an instance whose history is gone.
+    scan_all_partitions: bool = False
 
 
 def read_ids_file(path: Path) -> list[str]:
@@ -124,32 +128,6 @@ def _mentions(link: list, ids: set[str]) -> bool:
     return a in ids or b in ids
 
 
-# --- the suppression register -------------------------------------------------------------
-
-
-def register_path(state_root: str | Path) -> Path:
-    return Path(state_root) / REGISTER
-
-
-def suppressed_distinct_ids(state_root: str | Path) -> frozenset[str]:
-    """Every distinct_id deleted so far; exports drop their events, profiles and links."""
-    try:
-        data = json.loads(register_path(state_root).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return frozenset()
-    return frozenset(data.get("distinct_ids", []))
-
-
-def add_to_register(state_root: str | Path, distinct_ids: Iterable[str]) -> Path:
-    path = register_path(state_root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ids = sorted(suppressed_distinct_ids(state_root) | set(distinct_ids))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"updated_at": _now(), "distinct_ids": ids}, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 # --- the deletion ---------------------------------------------------------------------------
 
 
@@ -162,8 +140,22 @@ def _supports_deletion(destination: Destination, pipeline: PipelineConfig) -> bo
     return getattr(type(destination), method) is not getattr(Destination, method)
 
 
+def partitions_to_clean(config: PipelinesFile, instance: dg.DagsterInstance | None) -> dict[str, list[str]]:
+    """Per events pipeline, the partitions to look in: those the instance exported, or (no
+    instance) every partition of the pipeline's date range up to now."""
+    keys = {}
+    for pipeline in config.event_pipelines:
+        partitions_def = events_partitions_def(pipeline, config.project)
+        if instance is None:
+            keys[pipeline.name] = list(partitions_def.get_partition_keys())
+        else:
+            exported = instance.get_materialized_partitions(dg.AssetKey([pipeline.name, EVENTS_TABLE]))
+            keys[pipeline.name] = [k for k in exported if partitions_def.has_partition_key(k)]
+    return keys
+
+
 def delete_everywhere(config: PipelinesFile, destinations: dict[str, Destination], distinct_ids: set[str],
-                      work_dir: Path, dry_run: bool, log) -> list[tuple[str, Removal]]:
+                      partitions: dict[str, list[str]], work_dir: Path, dry_run: bool, log) -> list[tuple[str, Removal]]:
     """Remove the ids' rows from every pipeline's destination; (pipeline, removal) per place touched."""
     unsupported = [f"{p.name} ({type(destinations[p.name]).__name__}, {destinations[p.name].describe()})"
                    for p in config.pipelines if not _supports_deletion(destinations[p.name], p)]
@@ -178,8 +170,8 @@ def delete_everywhere(config: PipelinesFile, destinations: dict[str, Destination
         destination = destinations[pipeline.name]
         if pipeline.data_source == "events":
             partitions_def = events_partitions_def(pipeline, config.project)
-            windows = windows_for_keys(partitions_def, list(partitions_def.get_partition_keys()), pipeline.frequency)
-            found = destination.delete_event_rows(frozen, windows, work_dir / pipeline.name, dry_run)
+            windows = windows_for_keys(partitions_def, partitions.get(pipeline.name, []), pipeline.frequency)
+            found = destination.delete_event_rows(frozen, windows, work_dir / pipeline.name, dry_run) if windows else []
         else:
             found = [destination.delete_table_rows(TABLES[pipeline.data_source], frozen, work_dir / pipeline.name,
                                                    dry_run)]
@@ -228,7 +220,9 @@ def gdpr_job(pipelines_file: PipelinesFile, base_dir: Path) -> dg.JobDefinition:
                              + (" (dry run: nothing is changed)" if config.dry_run else ""))
             if not config.dry_run:
                 add_to_register(state.root, ids)
-            removals = delete_everywhere(pipelines_file, destinations, ids, work_dir, config.dry_run, context.log)
+            partitions = partitions_to_clean(pipelines_file, None if config.scan_all_partitions else context.instance)
+            removals = delete_everywhere(pipelines_file, destinations, ids, partitions, work_dir, config.dry_run,
+                                         context.log)
             links = 0 if config.dry_run else purge_links(state, event_pipelines, ids)
         except BaseException as exc:
             record["error"] = f"{type(exc).__name__}: {exc}"

@@ -28,6 +28,7 @@ import dagster as dg
 
 from mixpanel_assets.assets import EVENTS_TABLE, project_pool, source_keys
 from mixpanel_assets.config import PipelineConfig, PipelinesFile, SyncWindow
+from mixpanel_assets.gdpr_register import suppressed_distinct_ids
 from mixpanel_assets.mixpanel.errors import MixpanelAPIError
 from mixpanel_assets.partitions import events_partitions_def
 from mixpanel_assets.resources import MixpanelSourceResource
@@ -312,7 +313,8 @@ def probe_job(pipeline: PipelineConfig, config: PipelinesFile) -> dg.JobDefiniti
         source = mixpanel.open(context.log)
         try:
             result = probe_source(source, pipeline, project, first, last, context.log,
-                                  workers=mixpanel.export_workers, staging_dir=mixpanel.staging_dir)
+                                  workers=mixpanel.export_workers, staging_dir=mixpanel.staging_dir,
+                                  suppressed_distinct_ids=suppressed_distinct_ids(mixpanel.state_path))
         except BadInputError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from exc
         except MixpanelAPIError as exc:

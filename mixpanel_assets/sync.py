@@ -169,12 +169,12 @@ class ProbeResult:
 
 def probe_source(source: EventSource, pipeline: PipelineConfig, project: ProjectConfig, first: dt.date,
                  last: dt.date, log: logging.Logger, *, workers: int | None = None,
-                 staging_dir: str | None = None) -> ProbeResult:
+                 staging_dir: str | None = None, suppressed_distinct_ids: frozenset[str] = frozenset()) -> ProbeResult:
     """The source's current fingerprint of each day from `first` to `last`, with one query.
 
     Parses and deduplicates exactly like an export of the pipeline (same events/where filters,
-    same bad-line policy) but keeps no rows, so the fingerprints are comparable with the exported
-    ones and the disk used is 40 bytes of dedup key per event. A cut stream is retried, like an
+    same bad-line policy, same users deleted by GDPR deletions left out) but keeps no rows, so the
+    fingerprints are comparable with the exported ones and the disk used is the dedup keys. A cut stream is retried, like an
     export; each retry is one more query.
     """
     tz = project.tz
@@ -193,7 +193,7 @@ def probe_source(source: EventSource, pipeline: PipelineConfig, project: Project
         started = time.time()
         try:
             staged = stage_events(
-                source.event_chunks(span, spec.events, spec.where),
+                source.event_inputs(span, spec.events, spec.where),
                 [w.window for w in windows],
                 [w.partition_key for w in windows],
                 staging_root=spec.staging_dir,
@@ -204,6 +204,7 @@ def probe_source(source: EventSource, pipeline: PipelineConfig, project: Project
                 max_bad_count=spec.max_bad_count,
                 write_rows=False,
                 describe_source=describe,
+                suppressed_distinct_ids=suppressed_distinct_ids,
             )
         except (ExportStreamError, MixpanelStreamError) as exc:
             if attempt == STREAM_ATTEMPTS:

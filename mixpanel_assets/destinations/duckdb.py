@@ -284,7 +284,8 @@ class DuckDBDestination(Destination):
             with writer_lock(self.path):
                 conn = connect(self.path)
                 try:
-                    ensure_schema(conn, self.schema)
+                    if not self._columns(conn, table.split(".", 1)[1]):
+                        return []  # never written: nothing to delete
                     conn.execute("BEGIN TRANSACTION")
                     conn.execute("CREATE TEMP TABLE gdpr_ids AS SELECT unnest(?::VARCHAR[]) AS distinct_id",
                                  [sorted(distinct_ids)])

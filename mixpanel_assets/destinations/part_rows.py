@@ -163,7 +163,7 @@ def _read_json(path: Path, rb: Readback) -> None:
 def _arrow_kind(name: str, arrow_type) -> str:
     import pyarrow as pa
 
-    if isinstance(arrow_type, pa.ExtensionType) and "json" in str(arrow_type.extension_name):
+    if isinstance(arrow_type, pa.BaseExtensionType) and "json" in str(arrow_type.extension_name):
         return "JSON"
     if pa.types.is_timestamp(arrow_type):
         return "TIMESTAMP"
