@@ -141,6 +141,14 @@ def test_each_export_is_recorded_in_the_export_log(exported):
     assert log[2][3] == PROFILES
 
 
+def test_the_asset_checks_read_back_every_export_and_pass(exported):
+    read_back = {"row_count_matches_source", "no_duplicate_dedup_keys", "schema_matches_mixpanel",
+                 "row_count_matches_export", "distinct_id_unique"}
+    evaluations = [e for result in exported.results.values() for e in result.get_asset_check_evaluations()
+                   if e.check_name in read_back]
+    assert {e.check_name for e in evaluations} == read_back
+    assert [(e.asset_key.to_user_string(), e.check_name, e.description) for e in evaluations if not e.passed] == []
+
 def test_the_natural_queries_work_on_our_tables(exported):
     """The README's three queries: events per local day, users through the mappings, a $ property."""
     client, ds = exported.client, exported.daily

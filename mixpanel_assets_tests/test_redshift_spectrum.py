@@ -171,6 +171,14 @@ def test_people_and_identity_tables_read_the_exported_rows(exported):
     assert mappings and len({m["distinct_id"] for m in mappings}) == len(mappings)
 
 
+def test_the_asset_checks_read_back_every_export_and_pass(exported):
+    read_back = {"row_count_matches_source", "no_duplicate_dedup_keys", "schema_matches_mixpanel",
+                 "row_count_matches_export", "distinct_id_unique"}
+    evaluations = [e for result in exported.results.values() for e in result.get_asset_check_evaluations()
+                   if e.check_name in read_back]
+    assert {e.check_name for e in evaluations} == read_back
+    assert [(e.asset_key.to_user_string(), e.check_name, e.description) for e in evaluations if not e.passed] == []
+
 def test_the_natural_queries_have_the_expected_answers_over_the_catalog(exported):
     kept = kept_events(exported.lines, DAY_UTC)
     events = exported.spectrum_rows(exported.daily, "mp_master_event")

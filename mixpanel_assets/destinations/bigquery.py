@@ -294,6 +294,51 @@ class BigQueryDestination(Destination):
                                      f"{self.ref(item.table_id)}: {_first_line(exc)}")
         return dropped
 
+    # --- reading back (asset checks) -----------------------------------------------------------
+
+    def read_event_window(self, window: PartitionWindow):
+        """The window as readers see it; mp_date, our partitioning column, is left out of the columns
+        (reported as a problem only where it disagrees with the local date of `time`)."""
+        from google.api_core.exceptions import NotFound
+
+        from mixpanel_assets.destinations.base import EventWindowReadback
+
+        location = self.location(EVENTS_TABLE)
+        try:
+            schema = self.client.get_table(self.ref(EVENTS_TABLE)).schema
+        except NotFound:
+            return EventWindowReadback(location, 0, 0, 0, [], [f"no table {self.ref(EVENTS_TABLE)}"])
+        table, where = self.sql_ref(EVENTS_TABLE), self._in_window(window)
+        counts = self._row(f"SELECT COUNT(*) AS n, COUNTIF(mp_date != DATE(time, {_str(self.timezone)})) AS misdated "
+                           f"FROM {table} WHERE {where}")
+        duplicates = self._row(
+            f"SELECT COUNT(*) AS k, IFNULL(SUM(n - 1), 0) AS extra FROM (SELECT COUNT(*) AS n FROM {table} "
+            f"WHERE {where} AND insert_id IS NOT NULL GROUP BY event_name, distinct_id, time, insert_id "
+            "HAVING COUNT(*) > 1)")
+        problems = [f"{counts['misdated']} rows whose mp_date is not the {self.timezone} date of their time"
+                    ] if counts["misdated"] else []
+        columns = [(f.name, _LOGICAL.get(f.field_type, f.field_type)) for f in schema if f.name != "mp_date"]
+        return EventWindowReadback(location, int(counts["n"]), int(duplicates["k"]), int(duplicates["extra"]),
+                                   columns, problems)
+
+    def read_table(self, table: str):
+        """mp_people_data / mp_identity_mappings_data through their view, as readers query them."""
+        from google.api_core.exceptions import NotFound
+
+        from mixpanel_assets.destinations.base import TableReadback
+
+        view = self.sql_ref(f"{table}_view")
+        location = self.location(f"{table}_view")
+        try:
+            schema = self.client.query(f"SELECT * FROM {view} LIMIT 0", timeout=120).result(timeout=self.job_timeout).schema
+        except NotFound:
+            return TableReadback(location, 0, 0, [], [f"no view {self.ref(table + '_view')}"])
+        rows = self._count(f"SELECT COUNT(*) FROM {view}")
+        duplicates = self._count(f"SELECT COUNT(*) FROM (SELECT distinct_id FROM {view} GROUP BY distinct_id "
+                                 "HAVING COUNT(*) > 1)")
+        columns = [(f.name, _LOGICAL.get(f.field_type, f.field_type)) for f in schema]
+        return TableReadback(location, rows, duplicates, columns)
+
     # --- building blocks ---------------------------------------------------------------------
 
     def _parts(self, staged: StagedRows, work_dir: Path, table: str) -> list[PartFile]:
@@ -411,3 +456,4 @@ class BigQueryDestination(Destination):
 
 
 _LEGACY_TYPES = {"FLOAT": "FLOAT64", "INTEGER": "INT64", "BOOLEAN": "BOOL"}
+_LOGICAL = {"STRING": "STRING", "JSON": "JSON", "TIMESTAMP": "TIMESTAMP"}  # records.EVENT_COLUMNS' names

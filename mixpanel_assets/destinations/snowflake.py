@@ -48,6 +48,7 @@ LOG = "MP_EXPORT_LOG"
 # TO_TIMESTAMP's handling of decimals.
 _TIME = "TO_TIMESTAMP_NTZ((DATA:time::NUMBER(38, 6) * 1000000)::NUMBER(38, 0), 6)"
 _EPOCH = "DATA:time::FLOAT"  # the same double the export compared with the window bounds
+_LOGICAL = {"TEXT": "STRING", "VARIANT": "JSON", "TIMESTAMP_NTZ": "TIMESTAMP"}  # records.EVENT_COLUMNS' names
 
 _DDL = (
     "CREATE TABLE IF NOT EXISTS {q}.MP_MASTER_EVENT_RAW (DATA VARIANT) "
@@ -170,14 +171,53 @@ class SnowflakeDestination(Destination):
         return WriteResult(location=self.location(name), rows=staged.rows, removed=removed,
                            bytes=sum(p.size for p in parts))
 
+    # --- reading back (asset checks) -----------------------------------------------------------
+
+    def read_event_window(self, window: PartitionWindow):
+        from mixpanel_assets.destinations.base import EventWindowReadback
+
+        location = self.location(NAMES[EVENTS_TABLE])
+        start, end = window.start.timestamp(), window.end.timestamp()
+        in_window = f"{_EPOCH} >= {start!r} AND {_EPOCH} < {end!r}"
+        with self._cursor(ensure=False) as cur:
+            columns = self._columns(cur, NAMES[EVENTS_TABLE])
+            if not columns:
+                return EventWindowReadback(location, 0, 0, 0, [], [f"no view {self.q}.{NAMES[EVENTS_TABLE]}"])
+            rows = cur.execute(f"SELECT COUNT(*) FROM {self.q}.{RAW} WHERE {in_window}").fetchone()[0]
+            keys, extra = cur.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM {self.q}.{RAW} "
+                f"WHERE {in_window} AND DATA:insert_id::STRING IS NOT NULL "
+                "GROUP BY DATA:event_name::STRING, DATA:distinct_id::STRING, DATA:time::FLOAT, DATA:insert_id::STRING "
+                "HAVING COUNT(*) > 1)").fetchone()
+        return EventWindowReadback(location, int(rows), int(keys), int(extra), columns)
+
+    def read_table(self, table: str):
+        from mixpanel_assets.destinations.base import TableReadback
+
+        name = NAMES[table]
+        with self._cursor(ensure=False) as cur:
+            columns = self._columns(cur, name)
+            if not columns:
+                return TableReadback(self.location(name), 0, 0, [], [f"no table {self.q}.{name}"])
+            rows = cur.execute(f"SELECT COUNT(*) FROM {self.q}.{name}").fetchone()[0]
+            duplicates = cur.execute(f"SELECT COUNT(*) FROM (SELECT DISTINCT_ID FROM {self.q}.{name} "
+                                     "GROUP BY DISTINCT_ID HAVING COUNT(*) > 1)").fetchone()[0]
+        return TableReadback(self.location(name), int(rows), int(duplicates), columns)
+
+    def _columns(self, cur, name: str) -> list[tuple[str, str]]:
+        found = cur.execute(
+            f"SELECT column_name, data_type FROM {self.database}.information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position", (self.schema, name)).fetchall()
+        return [(column.lower(), _LOGICAL.get(kind, kind)) for column, kind in found]
+
     # --- building blocks ---------------------------------------------------------------------
 
     def _parts(self, staged: StagedRows, work_dir: Path, table: str) -> list[PartFile]:
         return staged.write_parts(work_dir, fmt="json", compression="gzip", workers=self.workers, table=table)
 
     @contextlib.contextmanager
-    def _cursor(self):
-        """A cursor on a fresh session, the tables and views in place."""
+    def _cursor(self, ensure: bool = True):
+        """A cursor on a fresh session, the tables and views in place unless `ensure` is false."""
         with contextlib.ExitStack() as stack:
             try:
                 conn = stack.enter_context(self.resource.get_connection())
@@ -189,7 +229,7 @@ class SnowflakeDestination(Destination):
                 raise error from exc
             stack.callback(conn.close)  # get_connection closes only when its block succeeds
             cur = conn.cursor()
-            for statement in _DDL:
+            for statement in _DDL if ensure else ():
                 cur.execute(statement.format(q=self.q, tz=self.timezone))
             yield cur
 
