@@ -248,32 +248,55 @@ def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> 
     result.no_dedup_per_window = [r.tobytes() if len(r) else b"" for r in no_dedup]
     for w, window_links in enumerate(links):
         if window_links:
-            path = links_path(spec.staging_dir, w, block_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(pickle.dumps(window_links, protocol=pickle.HIGHEST_PROTOCOL))
+            _write_block_links(spec.staging_dir, w, block_id, window_links)
     return result
 
 
-def links_path(staging_dir: str | Path, window_index: int, block_id: int) -> Path:
-    return Path(staging_dir) / "links" / f"w{window_index:05d}" / f"b{block_id:07d}.pickle"
+LINK_PARTS = 8  # a window's links are merged in this many hash partitions: memory is 1/8 of them
 
 
-def merge_links(staging_dir: str, window_index: int) -> dict[tuple[str, str, str], float]:
-    """A window's identity links from all its blocks, each with the earliest time it was seen.
+def _link_part(link: tuple[str, str, str]) -> int:
+    # A hash that is the same in every process (str hashes are salted per process).
+    return xxhash.xxh3_64_intdigest("\0".join(link).encode("utf-8", "surrogatepass")) % LINK_PARTS
 
-    Runs in a worker while the coordinator deduplicates: merging hundreds of thousands of fresh
-    tuples into a dict is the costliest part of the coordinator's work if done per block.
+
+def links_dir(staging_dir: str | Path, window_index: int, part: int) -> Path:
+    return Path(staging_dir) / "links" / f"w{window_index:05d}" / f"p{part}"
+
+
+def _write_block_links(staging_dir: str, window_index: int, block_id: int, links: dict) -> None:
+    parts: list[dict] = [{} for _ in range(LINK_PARTS)]
+    for link, seen_at in links.items():
+        parts[_link_part(link)][link] = seen_at
+    for part, part_links in enumerate(parts):
+        if part_links:
+            directory = links_dir(staging_dir, window_index, part)
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / f"b{block_id:07d}.pickle").write_bytes(pickle.dumps(part_links, pickle.HIGHEST_PROTOCOL))
+
+
+def merge_links(staging_dir: str, window_index: int, part: int) -> tuple[str, int]:
+    """One hash partition of a window's identity links, each with the earliest time it was seen,
+    written sorted as JSON lines `[kind, a, b, time]`; returns (file, number of links).
+
+    Runs in the workers while the coordinator deduplicates, one partition at a time, so neither
+    the coordinator nor a worker ever holds a whole day's links: their number grows with the
+    day's users, and memory must not.
     """
     merged: dict[tuple[str, str, str], float] = {}
-    directory = Path(staging_dir) / "links" / f"w{window_index:05d}"
-    if not directory.is_dir():
-        return merged
-    for path in sorted(directory.iterdir()):
-        for link, seen_at in pickle.loads(path.read_bytes()).items():
-            seen = merged.get(link)
-            if seen is None or seen_at < seen:
-                merged[link] = seen_at
-    return merged
+    directory = links_dir(staging_dir, window_index, part)
+    if directory.is_dir():
+        for path in sorted(directory.iterdir()):
+            for link, seen_at in pickle.loads(path.read_bytes()).items():
+                seen = merged.get(link)
+                if seen is None or seen_at < seen:
+                    merged[link] = seen_at
+    out = directory.parent / f"merged-{part}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dumps = orjson.dumps
+    with open(out, "wb") as f:
+        f.writelines(dumps([kind, a, b, seen_at]) + b"\n" for (kind, a, b), seen_at in sorted(merged.items()))
+    return str(out), len(merged)
 
 
 def line_starts(data: bytes):

@@ -19,6 +19,7 @@ instead of spending another Export API query.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 from array import array
 import shutil
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from mixpanel_assets.block_worker import (
     FLAG_NO_DEDUP,
@@ -37,6 +39,7 @@ from mixpanel_assets.block_worker import (
     FileRange,
     block_path,
     line_starts,
+    LINK_PARTS,
     merge_links,
     process_block,
     write_part,
@@ -178,6 +181,47 @@ class StagedRows:
             yield from data.splitlines()
 
 
+class LinkSet:
+    """A window's identity links ((kind, a, b) -> earliest time), kept on disk in sorted partitions.
+
+    A day's links grow with its users; the export's memory must not, so they are never one dict:
+    `sorted_items()` merges the partition files as it reads them (StateStore.write_links streams
+    it into the state file), `len()` is known without reading.
+    """
+
+    def __init__(self, files: list[str] | None = None, count: int = 0):
+        self.files = files or []
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def sorted_items(self) -> Iterator[tuple[tuple[str, str, str], float]]:
+        return heapq.merge(*(self._read(path) for path in self.files))
+
+    def items(self) -> Iterator[tuple[tuple[str, str, str], float]]:
+        return self.sorted_items()
+
+    def __iter__(self) -> Iterator[tuple[str, str, str]]:
+        return (link for link, _ in self.sorted_items())
+
+    def to_dict(self) -> dict[tuple[str, str, str], float]:
+        return dict(self.sorted_items())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, LinkSet):
+            other = other.to_dict()
+        return isinstance(other, dict) and self.to_dict() == other
+
+    @staticmethod
+    def _read(path: str) -> Iterator[tuple[tuple[str, str, str], float]]:
+        loads = orjson.loads
+        with open(path, "rb") as f:
+            for line in f:
+                kind, a, b, seen_at = loads(line)
+                yield (kind, a, b), seen_at
+
+
 def _rows_array(rows) -> array | None:
     """Row numbers as a stdlib array: it pickles to the part workers without importing numpy there."""
     return None if rows is None else array("I", [int(r) for r in rows])
@@ -196,7 +240,7 @@ class StagedWindow(StagedRows):
     window: Window = Window(0.0, 0.0)
     partition_key: str | None = None
     fingerprint: Fingerprint = Fingerprint()
-    links: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    links: "LinkSet | dict[tuple[str, str, str], float]" = field(default_factory=lambda: LinkSet())
     info: object = None  # the Dagster-side PartitionWindow, set by the asset
 
     def content_token(self) -> str:
@@ -496,10 +540,15 @@ def stage_events(
         # Links are merged in the pool while this process deduplicates, unless the input was small
         # enough to be parsed inline (starting worker processes would then cost more than it saves).
         executor = process_pool(workers) if workers > 1 and blocks > 1 else InlineExecutor()
-        links = [executor.submit(merge_links, str(staging_dir), w) for w in range(len(windows))]
+        links = [
+            [executor.submit(merge_links, str(staging_dir), w, part) for part in range(LINK_PARTS)]
+            if (staging_dir / "links" / f"w{w:05d}").is_dir() else []
+            for w in range(len(windows))
+        ]
         drops, fingerprints, dup_counts = _deduplicate(buckets, len(windows))
         for w, window in enumerate(staged.windows):
-            window.links = links[w].result()
+            merged = [future.result() for future in links[w]]
+            window.links = LinkSet([path for path, count in merged if count], sum(count for _, count in merged))
             window.fingerprint = fingerprints[w]
             window.duplicates = int(dup_counts[w])
             for seg_block, seg in _segments_with_blocks(window):
@@ -508,7 +557,8 @@ def stage_events(
         staged.cleanup()
         raise
     shutil.rmtree(staging_dir / "keys", ignore_errors=True)
-    shutil.rmtree(staging_dir / "links", ignore_errors=True)
+    for part_dir in (staging_dir / "links").glob("w*/p*"):
+        shutil.rmtree(part_dir, ignore_errors=True)
     return staged
 
 

@@ -37,8 +37,11 @@ class StateStore:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{_safe(partition_key)}.jsonl.gz"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # staging.LinkSet streams its links already sorted from disk: sorting them here would hold
+        # a whole day's links in memory.
+        items = links.sorted_items() if hasattr(links, "sorted_items") else sorted(links.items())
         with igzip.open(tmp, "wb", compresslevel=1) as f:
-            for (kind, a, b), time in sorted(links.items()):
+            for (kind, a, b), time in items:
                 f.write(orjson.dumps([kind, a, b, time]) + b"\n")
         os.replace(tmp, path)
         return path

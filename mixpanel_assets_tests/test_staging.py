@@ -135,3 +135,25 @@ def test_fingerprints_add_up_so_hours_make_a_day(generated_day, tmp_path):
     assert Fingerprint.from_token(total.token()) == total
     by_hour.cleanup()
     by_day.cleanup()
+
+
+def test_a_windows_identity_links_are_each_link_once_with_its_earliest_time_in_sorted_order(generated_day, tmp_path):
+    from mixpanel_assets.records import identity_links
+
+    expected: dict = {}
+    for line in generated_day.read_bytes().splitlines():
+        event = orjson.loads(line)
+        props = event["properties"]
+        for link in identity_links(event["event"], props):
+            if link not in expected or props["time"] < expected[link]:
+                expected[link] = props["time"]
+    staged = stage_events(chunks_of(generated_day), WHOLE_DAY, ["d"], staging_root=tmp_path, workers=2,
+                          block_bytes=1 << 20)
+    try:
+        links = staged.windows[0].links
+        assert len(links) == len(expected) > 100
+        items = list(links.sorted_items())
+        assert [link for link, _ in items] == sorted(expected)
+        assert dict(items) == expected
+    finally:
+        staged.cleanup()
