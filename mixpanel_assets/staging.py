@@ -5,7 +5,7 @@ The three steps, each with memory that does not grow with the size of the day:
 1. Parse. The source's byte stream is cut into ~4 MB blocks at line ends; worker processes parse
    them (block_worker.py), write each block's rows per window to the staging folder, and return
    one 40-byte dedup-key record per row.
-2. Deduplicate. Key records are spread over 64 bucket files by hash, so one bucket at a time
+2. Deduplicate. Key records are spread over 256 bucket files by hash, so one bucket at a time
    fits in memory; within a bucket, duplicates of Mixpanel's key (event, distinct_id, time,
    $insert_id) are found by sorting. The copy with the latest mp_processing_time_ms is kept
    (Mixpanel shows the latest ingested copy); ties keep the first in stream order.
@@ -49,7 +49,8 @@ from mixpanel_assets.records import MAX_REPORTED_BAD_LINES, BlockResult, LocalFi
 from mixpanel_assets.workers import InlineExecutor, process_pool
 
 BLOCK_BYTES = 4 << 20
-N_BUCKETS = 64
+N_BUCKETS = 256  # dedup-key buckets: a 4M-event day is ~16k records (640 KB) per bucket to sort
+_BUCKET_SHIFT = np.uint64(64 - 8)  # log2(N_BUCKETS) top bits of the hash pick the bucket
 KEY_BUFFER_BYTES = 8 << 20  # dedup-key records buffered before they are appended to bucket files
 PROGRESS_EVERY_SECONDS = 10.0
 _BUCKET_DTYPE = np.dtype(
@@ -408,7 +409,7 @@ class _KeyBuckets:
         if no_dedup:
             records["flags"][np.frombuffer(no_dedup, dtype=np.uint32)] = FLAG_NO_DEDUP
         records["win"], records["blk"] = window, block
-        bucket_of = (records["hi"] >> np.uint64(58)).astype(np.intp)
+        bucket_of = (records["hi"] >> _BUCKET_SHIFT).astype(np.intp)
         order = np.argsort(bucket_of, kind="stable")
         bucket_sorted = bucket_of[order]
         bounds = np.searchsorted(bucket_sorted, np.arange(N_BUCKETS + 1))
@@ -423,7 +424,7 @@ class _KeyBuckets:
     def flush(self) -> None:
         for b, chunks in enumerate(self.buffers):
             if chunks:
-                with open(self.directory / f"bucket{b:02d}.bin", "ab") as f:
+                with open(self.directory / f"bucket{b:03d}.bin", "ab") as f:
                     for chunk in chunks:
                         f.write(chunk.tobytes())
                 chunks.clear()
@@ -432,7 +433,7 @@ class _KeyBuckets:
     def buckets(self) -> Iterator[np.ndarray]:
         self.flush()
         for b in range(N_BUCKETS):
-            path = self.directory / f"bucket{b:02d}.bin"
+            path = self.directory / f"bucket{b:03d}.bin"
             if path.exists():
                 yield np.fromfile(path, dtype=_BUCKET_DTYPE)
                 path.unlink()
