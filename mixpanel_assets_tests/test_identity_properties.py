@@ -21,7 +21,7 @@ from mixpanel_assets.records import LINK_ALIAS, LINK_DEVICE_USER, LINK_IDENTIFY,
 from mixpanel_assets.state import StateStore
 
 DEVICE = "$device:"
-PROPERTY_SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 devices = st.sampled_from([f"{DEVICE}d{i}" for i in range(3)] + [f"{DEVICE}é", DEVICE])
 users = st.sampled_from(["u1", "u2", "u3", "U4", "ü5", "", f"{DEVICE}u1"])
