@@ -101,6 +101,7 @@ def test_cloud_definitions_load_without_importing_cloud_sdks_or_reading_the_envi
         print("loaded")
     """)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                            check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("loaded")

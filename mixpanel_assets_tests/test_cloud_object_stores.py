@@ -152,6 +152,12 @@ def test_partitions_people_and_identity_land_at_mixpanels_keys_and_a_rerun_repla
     rows = json_rows(store, bucket, hour)
     assert len(rows) == 121 and [r["distinct_id"] for r in rows if r["event_name"] == "Late Event"] == ["late_user"]
     assert [p["name"] for p in manifest(store, bucket, hour)["parts"]] == [n for n in after if n.startswith("part-")]
+    # Profiles are replaced whole the same way.
+    with open(source_dir / "profiles.jsonl", "ab") as profiles:
+        profiles.write(b"\n" + orjson.dumps({"$distinct_id": "newcomer", "$properties": {}}))
+    run_partition(defs, "people_job", instance)
+    assert_one_export(folders(store.keys(bucket, people + "/"))[people])
+    assert len(json_rows(store, bucket, people)) == 18
 
 
 def test_parquet_parts_read_back_with_pyarrow_and_duckdb_equal_the_sources_deduplicated_events(

@@ -44,7 +44,7 @@ class AzureBlobBucket(Bucket):
                 account_key: str | None = None, sas_token: str | None = None, tenant_id: str | None = None,
                 client_id: str | None = None, client_secret: str | None = None,
                 credentials_from: str = "DefaultAzureCredential", max_single_put_size: int = MAX_SINGLE_PUT,
-                max_block_size: int = BLOCK_SIZE) -> "AzureBlobBucket":
+                max_block_size: int = BLOCK_SIZE) -> AzureBlobBucket:
         from azure.storage.blob import BlobServiceClient
 
         sizes = {"max_single_put_size": max_single_put_size, "max_block_size": max_block_size}

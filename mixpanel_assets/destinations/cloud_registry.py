@@ -18,8 +18,8 @@ def _env(name: str | None):
 
 
 def _object_store_options(dest) -> dict:
-    return dict(prefix=dest.prefix, format=dest.format, compression=dest.effective_compression,
-                max_file_mb=dest.max_file_mb)
+    return {"prefix": dest.prefix, "format": dest.format, "compression": dest.effective_compression,
+                "max_file_mb": dest.max_file_mb}
 
 
 def cloud_io_manager(dest, common: dict):

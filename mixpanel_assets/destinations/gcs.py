@@ -34,7 +34,7 @@ class GCSBucket(Bucket):
 
     @classmethod
     def connect(cls, bucket: str, *, project: str | None = None, credentials: str | None = None,
-                credentials_env: str | None = None, endpoint_url: str | None = None, **options) -> "GCSBucket":
+                credentials_env: str | None = None, endpoint_url: str | None = None, **options) -> GCSBucket:
         """`credentials` is a service-account key (JSON text or a path to the file), from an env var."""
         client_options = {"api_endpoint": endpoint_url} if endpoint_url else None
         if credentials:

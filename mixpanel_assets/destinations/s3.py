@@ -49,12 +49,12 @@ class S3Bucket(Bucket):
     def connect(cls, bucket: str, *, region: str | None = None, endpoint_url: str | None = None,
                 profile: str | None = None, access_key_id: str | None = None, secret_access_key: str | None = None,
                 session_token: str | None = None, role_arn: str | None = None, external_id: str | None = None,
-                credentials_from: str = "the default AWS credential chain", **options) -> "S3Bucket":
+                credentials_from: str = "the default AWS credential chain", **options) -> S3Bucket:
         """Build the client through dagster-aws' S3Resource, assuming `role_arn` first if given."""
         from dagster_aws.s3 import S3Resource
 
-        keys = dict(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
-                    aws_session_token=session_token)
+        keys = {"aws_access_key_id": access_key_id, "aws_secret_access_key": secret_access_key,
+                "aws_session_token": session_token}
         base = S3Resource(region_name=region, endpoint_url=endpoint_url, profile_name=profile, **keys)
         if role_arn:
             keys = _assume_role(bucket, role_arn, external_id, credentials_from, region=region,
@@ -213,5 +213,5 @@ def _assume_role(bucket: str, role_arn: str, external_id: str | None, credential
         raise BucketAccessError(
             f"could not assume role {role_arn} for S3 bucket {bucket!r} with {credentials_from}: "
             f"{first_line(exc)}") from exc
-    return dict(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
-                aws_session_token=creds["SessionToken"])
+    return {"aws_access_key_id": creds["AccessKeyId"], "aws_secret_access_key": creds["SecretAccessKey"],
+            "aws_session_token": creds["SessionToken"]}

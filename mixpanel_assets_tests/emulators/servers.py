@@ -100,7 +100,8 @@ def _spawn(name: str, argv: list[str], port: int, env: dict | None = None) -> Se
     with os.fdopen(fd, "wb") as log_file:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                                    env={**os.environ, **(env or {})}, start_new_session=True,
-                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                   # fixtures spawn servers from the main thread, where preexec_fn is safe
+                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # noqa: PLW1509
     server = ServerProcess(name, port, process, Path(log))
     server.wait_until_listening()
     return server
@@ -119,8 +120,8 @@ class MotoServer:
     def client(self, service: str, **overrides):
         import boto3
 
-        kwargs = dict(endpoint_url=self.endpoint_url, region_name=MOTO_REGION, aws_access_key_id=MOTO_KEY_ID,
-                      aws_secret_access_key=MOTO_SECRET)
+        kwargs = {"endpoint_url": self.endpoint_url, "region_name": MOTO_REGION, "aws_access_key_id": MOTO_KEY_ID,
+                  "aws_secret_access_key": MOTO_SECRET}
         return boto3.client(service, **{**kwargs, **overrides})
 
     def reset(self) -> None:
