@@ -198,10 +198,11 @@ class BigQueryDestination(Destination):
                            bytes=sum(p.size for p in parts))
 
     def _in_window(self, window: PartitionWindow) -> str:
-        """The window's rows; the mp_date bounds let BigQuery prune to one partition."""
+        """The window's rows. `time` decides; the mp_date bounds only let BigQuery prune partitions,
+        a day wide on each side so rows dated under an earlier timezone setting are found too."""
         tz = window.local_start.tzinfo
-        first = window.start.astimezone(tz).date()
-        last = (window.end - dt.timedelta(microseconds=1)).astimezone(tz).date()
+        first = window.start.astimezone(tz).date() - dt.timedelta(days=1)
+        last = (window.end - dt.timedelta(microseconds=1)).astimezone(tz).date() + dt.timedelta(days=1)
         return (f"mp_date BETWEEN {_date(first)} AND {_date(last)} "
                 f"AND time >= {_ts(window.start)} AND time < {_ts(window.end)}")
 

@@ -58,12 +58,12 @@ def warehouse_io_manager(dest, common: dict, timezone: str):
 
 
 def warehouse_table_location(dest, project_id: int, table: str) -> str:
-    """What readers query: the view for BigQuery's people/identity, the Glue table for Spectrum."""
+    """What readers query: BigQuery's people/identity views, Snowflake's events view, the Glue table."""
     if isinstance(dest, BigQueryDestination):
         name = table if table == EVENTS_TABLE else f"{table}_view"
         return f"{dest.project}.{dest.dataset}.{name}"
     if isinstance(dest, SnowflakeDestination):
         return f"{dest.database}.{dest.schema_name}.{_SNOWFLAKE_NAMES[table]}".upper()
     if isinstance(dest, RedshiftDestination):
-        return f"{dest.external_schema}.{table} (Glue {dest.glue_database}.{table})"
+        return f"{dest.glue_database}.{table}"  # the Glue table; Redshift reads it as <external_schema>.<table>
     raise TypeError(f"not a warehouse destination: {dest.type!r}")
