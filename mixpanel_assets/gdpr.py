@@ -203,7 +203,7 @@ def gdpr_job(pipelines_file: PipelinesFile, base_dir: Path) -> dg.JobDefinition:
         requested = list(config.distinct_ids)
         if config.ids_file:
             requested += read_ids_file(resolve_path(base_dir, config.ids_file))
-        requested = sorted(set(i for i in requested if i))
+        requested = sorted({i for i in requested if i})
         if not requested:
             raise dg.Failure("GDPR deletion: no distinct_ids given (set distinct_ids or ids_file)", allow_retries=False)
         mixpanel = context.resources.mixpanel

@@ -91,17 +91,15 @@ def evaluations(result: dg.ExecuteInProcessResult) -> dict:
 
 
 def test_an_export_run_records_its_checks_on_each_partition_it_wrote(tmp_path, source, instance):
-    defs = definitions(tmp_path, project(source), [DAILY_DB, HOURLY_FILES, HOURLY_PARQUET])
+    defs = definitions(tmp_path, project(source), [DAILY_DB, HOURLY_PARQUET])
     daily = defs.resolve_job_def("daily_db_job").execute_in_process(instance=instance, partition_key=str(DAY))
     hours = {"dagster/asset_partition_range_start": f"{DAY}-00:00", "dagster/asset_partition_range_end": f"{DAY}-23:00"}
-    for name in ("hourly_files", "hourly_parquet"):
-        defs.resolve_job_def(f"{name}_job").execute_in_process(instance=instance, tags=hours)
+    defs.resolve_job_def("hourly_parquet_job").execute_in_process(instance=instance, tags=hours)
 
     assert partition_status(instance, check_keys("daily_db")) == {
         (name, str(DAY)): ("SUCCEEDED", True) for name in EVENT_CHECKS}
-    for name in ("hourly_files", "hourly_parquet"):
-        assert partition_status(instance, check_keys(name)) == {
-            (check, f"{DAY}-{h:02d}:00"): ("SUCCEEDED", True) for check in EVENT_CHECKS for h in range(24)}
+    assert partition_status(instance, check_keys("hourly_parquet")) == {
+        (check, f"{DAY}-{h:02d}:00"): ("SUCCEEDED", True) for check in EVENT_CHECKS for h in range(24)}
     row_count = evaluations(daily)[(ROW_COUNT, str(DAY))]
     assert row_count.metadata["destination_rows"].value == row_count.metadata["source_rows"].value == 24 * 5
 

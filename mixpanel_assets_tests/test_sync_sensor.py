@@ -21,8 +21,8 @@ import pytest
 
 from mixpanel_assets.config import SyncWindow, load_pipelines_file
 from mixpanel_assets.sensors import evaluate_sync, sync_target
-from mixpanel_assets.sync import SYNC_REASON_TAG, SYNC_TAG, Change, candidate_days, day_windows
 from mixpanel_assets.staging import Fingerprint
+from mixpanel_assets.sync import SYNC_REASON_TAG, SYNC_TAG, Change, candidate_days, day_windows
 from mixpanel_assets_tests.helpers import dedup_expected, definitions, event_line, read_folder_rows, write_config
 
 UTC = dt.timezone.utc
@@ -221,14 +221,15 @@ def test_the_cursor_keeps_a_restarted_sensor_from_requesting_again(tmp_path, sou
 
 
 def test_days_outside_the_sync_window_are_neither_probed_nor_synced(tmp_path, source, instance):
-    pipelines = [{**DAILY_DB, "sync_window": {"max_age_days": 2, "min_age_hours": 24}}]
+    pipelines = [{**DAILY_DB, "sync_window": {"max_age_days": 3, "min_age_hours": 24}}]
     sync = Sync(tmp_path, local_project(source), pipelines, "daily_db", instance)
     for day in (D1, D3):
         sync.export(str(day))
     assert sync.tick(time.time() + HOUR) == []  # exported less than 24 h ago: not yet due
     now = time.time() + LATER
     (probe,) = sync.tick(now)
-    # D1 is three days old (four by the clock of the tick): outside the two-day window; D3 is inside.
+    # 25 h on, the tick's date is one or two days after TODAY (depending on the hour): D1 is then four
+    # or five days old, outside the three-day window, and D3 two or three days old, inside it.
     assert probe.run_config["ops"]["daily_db_sync_probe"]["config"] == {"first_day": str(D3), "last_day": str(D3)}
 
 

@@ -250,9 +250,9 @@ def json_part_matches(path: Path, table: str, distinct_ids: frozenset[str]) -> i
         if patterns is not None and not any(p in chunk for p in patterns):
             continue
         for line in chunk.splitlines():
-            if line and (patterns is None or any(p in line for p in patterns)):
-                if _matches(_loads(line), columns, distinct_ids):
-                    count += 1
+            candidate = line and (patterns is None or any(p in line for p in patterns))
+            if candidate and _matches(_loads(line), columns, distinct_ids):
+                count += 1
     return count
 
 
