@@ -45,8 +45,8 @@ from mixpanel_assets.destinations.base import (
     DestinationError,
     WriteResult,
 )
-from mixpanel_assets.parts import PartFile
 from mixpanel_assets.partitions import PartitionWindow
+from mixpanel_assets.parts import PartFile
 from mixpanel_assets.staging import StagedRows, StagedTable, StagedWindow
 
 EXPORT_LOG = "mp_nessie_export_log"
@@ -290,7 +290,7 @@ class BigQueryDestination(Destination):
                 try:
                     self.client.delete_table(self.ref(item.table_id), not_found_ok=True)
                     dropped += 1
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - only leaves an unused table behind
                     self.log.warning(f"pipeline {self.pipeline!r}: could not drop the previous table "
                                      f"{self.ref(item.table_id)}: {_first_line(exc)}")
         return dropped
@@ -441,7 +441,7 @@ class BigQueryDestination(Destination):
             return
         try:
             self.client.delete_table(self.ref(table), not_found_ok=True)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - the staging table expires by itself
             self.log.warning(f"pipeline {self.pipeline!r}: could not drop {self.ref(table)} "
                              f"(it expires by itself): {_first_line(exc)}")
 

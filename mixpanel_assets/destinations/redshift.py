@@ -126,7 +126,7 @@ def aws_session(io_manager):
     return session
 
 
-def open_spectrum_destination(io_manager, store: ObjectStoreDestination, log) -> "RedshiftSpectrumDestination":
+def open_spectrum_destination(io_manager, store: ObjectStoreDestination, log) -> RedshiftSpectrumDestination:
     region = io_manager.glue_region or io_manager.region
     if not region:
         raise _permanent(DestinationError(

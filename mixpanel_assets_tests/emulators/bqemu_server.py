@@ -27,7 +27,7 @@ def _load_json(path, target_ref, ctx):
 executor._LOAD_FORMAT_HANDLERS["NEWLINE_DELIMITED_JSON"] = _load_json
 executor._LOAD_FORMAT_HANDLERS["JSON"] = _load_json
 
-from bqemulator.cli import main  # noqa: E402
+from bqemulator.cli import main  # after the patches, so the server it starts uses them
 
 sys.argv = ["bqemulator", "start", "--rest-host", "127.0.0.1", "--rest-port", sys.argv[1], "--grpc-host", "127.0.0.1",
             "--grpc-port", sys.argv[2], "--ephemeral", "--project", "test-project", "--log-level", "warning"]

@@ -22,6 +22,6 @@ def _inline_variables(self, sql):
 
 Variables.inline_variables = _inline_variables
 
-import fakesnow.server  # noqa: E402
+import fakesnow.server  # after the patch, so every session it opens uses it
 
 uvicorn.run(fakesnow.server.app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
