@@ -6,18 +6,27 @@ disk, and only counts, dedup-key hashes and identity links come back. A block of
 uncompressed file is not sent at all: the worker reads its byte range itself (`FileRange`), so
 the coordinating process never touches the bytes.
 
-`process_block` is the hot loop of every export (one iteration per event). It is written for
-speed: one `orjson.loads` per line, the row built by one `orjson.dumps` with the line's own
-`properties` bytes embedded as an `orjson.Fragment`, the dedup key hashed to 16 raw bytes
-appended to a bytearray. Anything unusual (a malformed line, an id that is not a string, a line
-whose shape is not Mixpanel's compact one) leaves the fast path for `records.parse_event`, which
-is the reference for what a row is and why a line is refused.
+`process_block` is the hot loop of every export (one iteration per event), in three tiers:
+
+1. `_fastrows.scan` (C, `_fastrows.c`) takes the lines of Mixpanel's usual compact shape whole:
+   row, dedup-key digest, processing time, window, identity links, in well under a microsecond.
+   It stops at every line it is not certain about, and hands it to:
+2. the Python loop of `parse_block`: one `orjson.loads` per line, the row built by one
+   `orjson.dumps` with the line's own `properties` bytes embedded as an `orjson.Fragment`, the
+   dedup key hashed to 16 raw bytes appended to a bytearray. It is the reference the compiled
+   path is tested against (test_fastrows.py), and parses everything when the extension is not
+   built or `MIXPANEL_ASSETS_FAST_ROWS=0`. A line it cannot take leaves for
+3. `records.parse_event`, the reference for what a row is and why a line is refused.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import math
+import os
 import pickle
+import struct
 import zoneinfo
 from array import array
 from bisect import bisect_right
@@ -37,8 +46,16 @@ from mixpanel_assets.records import (
     parse_event,
 )
 
+try:
+    from mixpanel_assets import _fastrows
+except ImportError:  # not built (no C compiler at install time): the pure-Python loop does all lines
+    _fastrows = None
+
+FAST_ROWS_ENV = "MIXPANEL_ASSETS_FAST_ROWS"  # "0" parses with the pure-Python loop only (read per run)
 FLAG_NO_DEDUP = 1  # a row without $insert_id: Mixpanel never deduplicates it
 _U64 = 1 << 64
+_U64_NATIVE = struct.Struct("=Q")  # what numpy reads back as uint64 (staging._KeyBuckets)
+_U32_NATIVE = struct.Struct("=I")
 _CLOSE_BRACE = ord("}")
 
 
@@ -54,6 +71,21 @@ class BlockSpec:
     write_rows: bool = True
     collect_links: bool = True
     suppressed_distinct_ids: frozenset[str] | None = None  # deleted users (gdpr.py): rows dropped
+    fast_rows: bool = True  # use the compiled line -> row path when it is built (see fast_rows_enabled)
+
+
+def fast_rows_enabled() -> bool:
+    """Whether this run parses with the compiled path: built, and not turned off by FAST_ROWS_ENV."""
+    return _fastrows is not None and os.environ.get(FAST_ROWS_ENV, "1") != "0"
+
+
+def rows_path() -> str:
+    """Which line -> row path a run takes, for the run log."""
+    if _fastrows is None:
+        return "the pure-Python line parser (the compiled mixpanel_assets._fastrows is not built)"
+    if not fast_rows_enabled():
+        return f"the pure-Python line parser ({FAST_ROWS_ENV}=0)"
+    return "the compiled line parser (mixpanel_assets._fastrows), the Python parser for unusual lines"
 
 
 @dataclass(frozen=True)
@@ -119,6 +151,25 @@ def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> 
     their line index within the block; the coordinator turns that into a line number of the input.
     """
     block = read_range(source) if isinstance(source, FileRange) else source
+    result, buffers, links = parse_block(block, spec)
+    for w, data in enumerate(buffers):
+        if spec.write_rows and data:
+            path = block_path(spec.staging_dir, w, block_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    for w, window_links in enumerate(links):
+        if window_links:
+            _write_block_links(spec.staging_dir, w, block_id, window_links)
+    return result
+
+
+def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytearray], list[dict]]:
+    """A block's rows per window (newline-terminated), its BlockResult, and its identity links per window.
+
+    Lines of Mixpanel's usual shape go through the compiled path (`_fastrows.scan`) when it is
+    built and `spec.fast_rows` is on; it stops at any line it is not certain about, and that line
+    takes the Python loop below, which appends to the same buffers, so rows keep their line order.
+    """
     starts, ends = spec.window_starts, spec.window_ends
     n_windows = len(starts)
     single = n_windows == 1
@@ -126,10 +177,9 @@ def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> 
     # Rows are appended to one buffer per window rather than kept as a list of bytes objects: each
     # row then reuses memory that is warm in the cache instead of claiming new memory (3x slower).
     buffers = [bytearray() for _ in range(n_windows)]
-    counts = [0] * n_windows
-    hashes = [bytearray() for _ in range(n_windows)]
-    procs = [array("Q") for _ in range(n_windows)]
-    no_dedup = [array("I") for _ in range(n_windows)]
+    hashes = [bytearray() for _ in range(n_windows)]  # 16 bytes a row: a window's row count is len // 16
+    procs = [bytearray() for _ in range(n_windows)]  # native uint64 a row
+    no_dedup = [bytearray() for _ in range(n_windows)]  # native uint32 row indexes
     links: list[dict] = [{} for _ in range(n_windows)]
     result = BlockResult(rows_per_window=[0] * n_windows, bytes_per_window=[0] * n_windows)
     convert = _legacy_converter(spec.legacy_timezone) if spec.legacy_timezone else None
@@ -138,12 +188,12 @@ def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> 
     suppressed_ids = spec.suppressed_distinct_ids
     suppressed = 0
     loads, dumps, fragment, digest = orjson.loads, orjson.dumps, orjson.Fragment, xxhash.xxh3_128_digest
+    pack_proc, pack_row = _U64_NATIVE.pack, _U32_NATIVE.pack
     prefixes: dict[str, bytes] = {}
     lines = 0
     outside = 0
-    index = -1
-    for line in block.split(b"\n"):
-        index += 1
+    fast = _FastLines.for_block(block, spec, buffers, hashes, procs, no_dedup, links if collect_links else None)
+    for index, line in fast if fast is not None else enumerate(block.split(b"\n")):
         if not line:
             continue
         try:
@@ -213,43 +263,99 @@ def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> 
                 body = line if line[-1] == _CLOSE_BRACE else line.rstrip()
                 if body[-1] == _CLOSE_BRACE:
                     properties = fragment(body[len(prefix):-1])
+        window_hashes = hashes[w]
         if insert is None:
-            no_dedup[w].append(counts[w])
-        counts[w] += 1
+            no_dedup[w] += pack_row(len(window_hashes) >> 4)
         buffer = buffers[w]
         buffer += dumps({"device_id": device, "distinct_id": distinct, "event_name": name,
                          "insert_id": insert, "properties": properties, "time": time, "user_id": user})
         buffer += b"\n"
-        hashes[w] += digest(dumps((name, distinct, time, insert)))
+        window_hashes += digest(dumps((name, distinct, time, insert)))
         proc = props.get("mp_processing_time_ms")
-        procs[w].append(proc if proc.__class__ is int and 0 <= proc < _U64 else 0)
+        procs[w] += pack_proc(proc if proc.__class__ is int and 0 <= proc < _U64 else 0)
         if collect_links:
             for link in identity_links(name, props):
                 window_links = links[w]
                 seen = window_links.get(link)
                 if seen is None or time < seen:
                     window_links[link] = time
+    if fast is not None:
+        lines += fast.lines
+        outside += fast.outside
+        suppressed += fast.suppressed
+        result.fast_lines = fast.lines
+        result.line_count = fast.index
+    else:
+        result.line_count = block.count(b"\n") + (1 if block and block[-1] != 10 else 0)
     result.lines = lines
     result.outside_window = outside
     result.suppressed = suppressed
-    result.line_count = index + 1 if block and block[-1] != 10 else index
-    for w in range(n_windows):
-        if not counts[w]:
-            continue
-        result.rows_per_window[w] = counts[w]
-        if spec.write_rows:
-            data = buffers[w]
-            result.bytes_per_window[w] = len(data)
-            path = block_path(spec.staging_dir, w, block_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+    result.rows_per_window = [len(h) >> 4 for h in hashes]
+    result.bytes_per_window = [len(b) if spec.write_rows else 0 for b in buffers]
     result.hashes_per_window = [bytes(h) for h in hashes]
-    result.procs_per_window = [p.tobytes() for p in procs]
-    result.no_dedup_per_window = [r.tobytes() if len(r) else b"" for r in no_dedup]
-    for w, window_links in enumerate(links):
-        if window_links:
-            _write_block_links(spec.staging_dir, w, block_id, window_links)
-    return result
+    result.procs_per_window = [bytes(p) for p in procs]
+    result.no_dedup_per_window = [bytes(r) for r in no_dedup]
+    return result, buffers, links
+
+
+class _FastLines:
+    """Drives `_fastrows.scan` over a block and yields, as (index, line), only the lines it leaves
+    to Python; counts what it did itself (lines, outside the windows, suppressed)."""
+
+    def __init__(self, block: bytes, args: tuple):
+        self.block = block
+        self.args = args
+        self.lines = self.outside = self.suppressed = 0
+        self.index = 0  # once iterated: the block's line count (a last line without newline included)
+
+    @classmethod
+    def for_block(cls, block, spec: BlockSpec, buffers, hashes, procs, no_dedup, links) -> "_FastLines | None":
+        if _fastrows is None or not spec.fast_rows or spec.legacy_timezone is not None:
+            return None
+        bounds = _integer_bounds(spec.window_starts, spec.window_ends)
+        if bounds is None:
+            return None
+        events = _utf8_set(spec.events_filter) if spec.events_filter is not None else None
+        suppressed = spec.suppressed_distinct_ids
+        suppressed_bytes = _utf8_set(suppressed) if suppressed is not None else None
+        suppress_none = suppressed is not None and None in suppressed
+        return cls(block, (*bounds, buffers, hashes, procs, no_dedup, links, events, suppressed_bytes, suppress_none))
+
+    def __iter__(self):
+        scan, block, args = _fastrows.scan, self.block, self.args
+        pos = index = 0
+        while True:
+            pos, index, start, end, lines, outside, suppressed = scan(block, pos, index, *args)
+            self.lines += lines
+            self.outside += outside
+            self.suppressed += suppressed
+            if start < 0:
+                self.index = index
+                return
+            yield index, block[start:end]
+            index += 1
+
+
+_BOUND_LIMIT = 1 << 62
+
+
+def _integer_bounds(starts, ends) -> tuple[bytes, bytes] | None:
+    """Window bounds for integer times, as native int64 bytes: for an integer t and a real s,
+    s <= t exactly when ceil(s) <= t. None when a bound is not a finite number of sane size."""
+    try:
+        ceiled = [math.ceil(x) for x in (*starts, *ends)]
+    except (OverflowError, ValueError, TypeError):
+        return None
+    if any(not -_BOUND_LIMIT < x < _BOUND_LIMIT for x in ceiled):
+        return None
+    n = len(starts)
+    return array("q", ceiled[:n]).tobytes(), array("q", ceiled[n:]).tobytes()
+
+
+@functools.lru_cache(maxsize=8)
+def _utf8_set(values: frozenset) -> frozenset[bytes]:
+    """The UTF-8 bytes of a set's strings (what the compiled path compares raw names and ids with)."""
+    return frozenset(v.encode("utf-8", "surrogatepass") for v in values if isinstance(v, str))
 
 
 LINK_PARTS = 8  # a window's links are merged in this many hash partitions: memory is 1/8 of them
