@@ -28,9 +28,17 @@ EVENTS_TABLE = "mp_master_event"
 PEOPLE_TABLE = "mp_people_data"
 IDENTITY_TABLE = "mp_identity_mappings_data"
 
-# Transient failures (rate limits, 5xx, a cut stream) are retried by the step; permanent ones
-# (bad credentials, malformed data, bad config) raise dg.Failure(allow_retries=False) instead.
-RETRY = dg.RetryPolicy(max_retries=3, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+def retry_policy(project: ProjectConfig) -> dg.RetryPolicy | None:
+    """Transient failures (rate limits, 5xx, a cut stream) are retried by the step, with growing
+    delays; permanent ones (bad credentials, malformed data, bad config) raise
+    dg.Failure(allow_retries=False) instead. `project.step_retries` sets the numbers."""
+    retries = project.step_retries
+    if retries.max_retries == 0:
+        return None
+    if retries.delay_seconds == 0:
+        return dg.RetryPolicy(max_retries=retries.max_retries)
+    return dg.RetryPolicy(max_retries=retries.max_retries, delay=retries.delay_seconds,
+                          backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 def project_pool(project: ProjectConfig) -> str:
@@ -83,7 +91,7 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         pool=project_pool(project),
         group_name=pipeline.name,
         kinds={"mixpanel", pipeline.destination.kind},
-        retry_policy=RETRY,
+        retry_policy=retry_policy(project),
         metadata={
             "dagster/table_name": table_location(pipeline, project, EVENTS_TABLE, base_dir),
             "mixpanel/pipeline": pipeline.name,
@@ -150,7 +158,7 @@ def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         pool=project_pool(project),
         group_name=pipeline.name,
         kinds={"mixpanel", pipeline.destination.kind},
-        retry_policy=RETRY,
+        retry_policy=retry_policy(project),
         metadata={"dagster/table_name": table_location(pipeline, project, PEOPLE_TABLE, base_dir),
                   "mixpanel/pipeline": pipeline.name},
         tags={"mixpanel/data_source": "people"},
@@ -185,7 +193,7 @@ def identity_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Pa
         deps=[dg.AssetKey([name, EVENTS_TABLE]) for name in event_pipelines],
         group_name=pipeline.name,
         kinds={"mixpanel", pipeline.destination.kind},
-        retry_policy=RETRY,
+        retry_policy=retry_policy(project),
         metadata={"dagster/table_name": table_location(pipeline, project, IDENTITY_TABLE, base_dir),
                   "mixpanel/pipeline": pipeline.name, "mixpanel/identity_merge": project.identity_merge},
         tags={"mixpanel/data_source": "identity"},
@@ -196,7 +204,8 @@ def identity_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Pa
         ),
     )
     def mp_identity_mappings_data(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
-        staged = export_identity(mixpanel.state(), event_pipelines, project.identity_merge, None)
+        staged = export_identity(mixpanel.state(), event_pipelines, project.identity_merge, None,
+                                 project.identity.memory_limit_mb)
         context.log.info(f"{staged.rows} identity mappings from {staged.extra_metadata['links']} links")
         return dg.Output(staged, metadata={"dagster/row_count": staged.rows, **staged.extra_metadata})
 

@@ -111,6 +111,22 @@ class StateConfig(_Model):
     path: str = ".mixpanel_assets/state"
 
 
+class StepRetries(_Model):
+    """How an export step retries transient failures (429/5xx, a cut stream, a store hiccup).
+
+    Permanent failures (refused credentials, malformed data, a missing bucket) never retry.
+    """
+
+    max_retries: int = Field(3, ge=0, le=20)
+    delay_seconds: float = Field(60, ge=0)  # doubled at each retry, with jitter
+
+
+class IdentitySettings(_Model):
+    """Resources for resolving identity links into mappings (identity.py)."""
+
+    memory_limit_mb: int = Field(512, ge=64)  # DuckDB spills to disk beyond this
+
+
 class ProjectConfig(_Model):
     id: int = Field(gt=0)
     residency: Literal["US", "EU", "IN"] = "US"
@@ -125,6 +141,8 @@ class ProjectConfig(_Model):
     limits: Limits = Limits()
     state: StateConfig = StateConfig()
     export_workers: int = Field(2, ge=1, le=64)
+    step_retries: StepRetries = StepRetries()
+    identity: IdentitySettings = IdentitySettings()
 
     @field_validator("timezone")
     @classmethod

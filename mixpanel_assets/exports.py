@@ -131,7 +131,8 @@ def export_people(source: EventSource, staging_dir: str | None, max_bad_fraction
     return staged
 
 
-def export_identity(state: StateStore, event_pipelines: list[str], system: str, staging_dir: str | None) -> StagedTable:
+def export_identity(state: StateStore, event_pipelines: list[str], system: str, staging_dir: str | None,
+                    memory_limit_mb: int = 512) -> StagedTable:
     """Resolve all stored identity links of the project's events pipelines into mappings.
 
     Reads only the small per-partition link files, never the events, and recomputes the whole
@@ -140,7 +141,8 @@ def export_identity(state: StateStore, event_pipelines: list[str], system: str, 
     from mixpanel_assets.identity import resolve_link_files  # DuckDB + pyarrow: ~40 MB no events run needs
 
     with tempfile.TemporaryDirectory(prefix="mp-identity-", dir=staging_dir) as workdir:
-        resolution = resolve_link_files(state.link_files(event_pipelines), system, workdir)
+        resolution = resolve_link_files(state.link_files(event_pipelines), system, workdir,
+                                        memory_limit=f"{memory_limit_mb}MB")
         staged = stage_table(resolution.lines(), "mp_identity_mappings_data", staging_root=staging_dir)
     staged.extra_metadata = {**resolution.metadata(), "columns": [c for c, _ in IDENTITY_COLUMNS]}
     return staged

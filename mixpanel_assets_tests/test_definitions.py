@@ -64,3 +64,12 @@ def test_lineage_reads_mixpanel_then_events_then_identity(tmp_path):
     assert graph.get(ids).partitions_def is None
     assert {s.name for s in defs.schedules} == {"ev_schedule", "ids_schedule", "ppl_schedule"}
     assert defs.resolve_schedule_def("ev_schedule").cron_schedule == "30 * * * *"
+
+
+def test_step_retries_come_from_pipelines_yaml(tmp_path):
+    pipelines = [{"name": "ev", "data_source": "events", "from_date": "2026-11-01", "destination": {"type": "local", "path": "o"}}]
+    default = definitions(tmp_path, {"id": 5, "source": {"type": "demo"}}, pipelines)
+    policy = default.resolve_assets_def(dg.AssetKey(["ev", "mp_master_event"])).op.retry_policy
+    assert (policy.max_retries, policy.delay, policy.backoff) == (3, 60, dg.Backoff.EXPONENTIAL)
+    none = definitions(tmp_path, {"id": 5, "source": {"type": "demo"}, "step_retries": {"max_retries": 0}}, pipelines)
+    assert none.resolve_assets_def(dg.AssetKey(["ev", "mp_master_event"])).op.retry_policy is None
