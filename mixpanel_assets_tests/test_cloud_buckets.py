@@ -41,6 +41,19 @@ def test_get_bytes_of_a_missing_object_is_none_and_delete_of_a_missing_object_is
     assert store.keys(bucket) == []
 
 
+def test_download_file_streams_an_object_to_disk_and_reports_a_missing_one(store, tmp_path):
+    bucket = unique_name("mp-dl")
+    store.create_bucket(bucket)
+    adapter = store.adapter(bucket)
+    data = os.urandom(3 << 20)
+    source = tmp_path / "part.bin"
+    source.write_bytes(data)
+    adapter.upload_file("7/mp_people_data/part-x.json.gz", source)
+    assert adapter.download_file("7/mp_people_data/part-x.json.gz", tmp_path / "back.bin")
+    assert (tmp_path / "back.bin").read_bytes() == data
+    assert adapter.download_file("7/mp_people_data/missing.json.gz", tmp_path / "missing.bin") is False
+
+
 def test_a_part_larger_than_one_request_is_uploaded_in_pieces_from_the_file(store, tmp_path):
     bucket = unique_name("mp-big")
     store.create_bucket(bucket)

@@ -94,6 +94,20 @@ class AzureBlobBucket(Bucket):
                     return None
                 raise
 
+    def download_file(self, key: str, path: Path) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self._errors("read", key):
+            try:
+                downloader = self.container.download_blob(key)
+                with open(path, "wb") as f:
+                    downloader.readinto(f)  # chunked, straight to disk
+            except ResourceNotFoundError as exc:
+                if _code(exc) == "BlobNotFound":
+                    return False
+                raise
+        return True
+
     def list_files(self, folder: str) -> list[str]:
         from azure.storage.blob import BlobPrefix
 

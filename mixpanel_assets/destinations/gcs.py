@@ -92,6 +92,19 @@ class GCSBucket(Bucket):
             except NotFound:
                 return None
 
+    def download_file(self, key: str, path: Path) -> bool:
+        from google.api_core.exceptions import NotFound
+
+        with self._errors("get", key):
+            blob = self.bucket.get_blob(key)
+            if blob is None:
+                return False
+            try:
+                blob.download_to_filename(str(path))  # chunked, straight to disk
+            except NotFound:
+                return False
+        return True
+
     def list_files(self, folder: str) -> list[str]:
         with self._errors("list", folder):
             blobs = self.client.list_blobs(self.bucket_name, prefix=folder, delimiter="/")

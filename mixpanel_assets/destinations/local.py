@@ -47,6 +47,13 @@ class LocalBucket(Bucket):
         except FileNotFoundError:
             return None
 
+    def download_file(self, key: str, path: Path) -> bool:
+        try:
+            shutil.copyfile(self._path(key), path)
+        except FileNotFoundError:
+            return False
+        return True
+
     def list_files(self, folder: str) -> list[str]:
         directory = self._path(folder)
         if not directory.is_dir():

@@ -52,6 +52,18 @@ class Bucket(ABC):
     def get_bytes(self, key: str) -> bytes | None:
         """The object's content, or None when it does not exist."""
 
+    def download_file(self, key: str, path: Path) -> bool:
+        """Stream an object into a local file (parts can be hundreds of MB: never whole in memory).
+
+        Returns False when the object does not exist. Stores override this with their streaming
+        download; this fallback, through get_bytes, is only for small objects.
+        """
+        data = self.get_bytes(key)
+        if data is None:
+            return False
+        path.write_bytes(data)
+        return True
+
     @abstractmethod
     def list_files(self, folder: str) -> list[str]:
         """Keys of the objects directly inside `folder` (which ends with '/'), not deeper."""
@@ -221,12 +233,8 @@ class ObjectStoreDestination(Destination):
         return [k for k in named if k not in missing]
 
     def _download(self, key: str, directory: Path) -> Path | None:
-        data = self.bucket.get_bytes(key)
-        if data is None:
-            return None
         local = directory / key.rsplit("/", 1)[-1]
-        local.write_bytes(data)
-        return local
+        return local if self.bucket.download_file(key, local) else None
 
     def delete_event_rows(self, distinct_ids, windows, work_dir, dry_run=False):
         from mixpanel_assets.destinations.base import Removal

@@ -100,6 +100,18 @@ class S3Bucket(Bucket):
                     return None
                 raise
 
+    def download_file(self, key: str, path: Path) -> bool:
+        from botocore.exceptions import ClientError
+
+        with self._errors("GetObject", key):
+            try:
+                self.client.download_file(self.bucket, key, str(path))  # ranged GETs straight to disk
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return False
+                raise
+        return True
+
     def list_files(self, folder: str) -> list[str]:
         keys = []
         with self._errors("ListBucket", folder):
