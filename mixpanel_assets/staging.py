@@ -41,6 +41,7 @@ from mixpanel_assets.block_worker import (
     fast_rows_enabled,
     line_starts,
     LINK_PARTS,
+    links_dir,
     merge_links,
     process_block,
     rows_path,
@@ -394,13 +395,21 @@ def split_blocks(chunks: Iterable, block_bytes: int = BLOCK_BYTES) -> Iterator[t
 
 
 class _KeyBuckets:
-    """Dedup-key records spread over bucket files by hash, buffered to keep writes large."""
+    """Dedup-key records spread over bucket files by hash, buffered to keep writes large.
 
-    def __init__(self, directory: Path):
+    Each window's row count, sum of key hashes and latest processing time are totalled here as
+    blocks arrive, so deduplication only has to subtract the duplicates it finds (a dropped copy
+    never has a later processing time than the copy kept, so the maximum is that of all rows).
+    """
+
+    def __init__(self, directory: Path, n_windows: int):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.buffers: list[list[np.ndarray]] = [[] for _ in range(N_BUCKETS)]
+        self.pending: list[np.ndarray] = []
         self.buffered = 0
+        self.rows = [0] * n_windows
+        self.key_sums = [0] * n_windows  # mod 2**64
+        self.max_proc = [0] * n_windows
 
     def add(self, window: int, block: int, hashes: bytes, procs: bytes, no_dedup: bytes) -> None:
         digests = np.frombuffer(hashes, dtype=_DIGEST_DTYPE)
@@ -412,26 +421,29 @@ class _KeyBuckets:
         if no_dedup:
             records["flags"][np.frombuffer(no_dedup, dtype=np.uint32)] = FLAG_NO_DEDUP
         records["win"], records["blk"] = window, block
-        bucket_of = (records["hi"] >> _BUCKET_SHIFT).astype(np.intp)
-        order = np.argsort(bucket_of, kind="stable")
-        bucket_sorted = bucket_of[order]
-        bounds = np.searchsorted(bucket_sorted, np.arange(N_BUCKETS + 1))
-        for b in range(N_BUCKETS):
-            lo, hi = bounds[b], bounds[b + 1]
-            if hi > lo:
-                self.buffers[b].append(records[order[lo:hi]])
+        if len(records):
+            self.rows[window] += len(records)
+            self.key_sums[window] = (self.key_sums[window] + int(records["lo"].sum())) & _U64_MASK
+            self.max_proc[window] = max(self.max_proc[window], int(records["proc"].max()))
+        self.pending.append(records)
         self.buffered += records.nbytes
         if self.buffered > KEY_BUFFER_BYTES:
             self.flush()
 
     def flush(self) -> None:
-        for b, chunks in enumerate(self.buffers):
-            if chunks:
-                with open(self.directory / f"bucket{b:03d}.bin", "ab") as f:
-                    for chunk in chunks:
-                        f.write(chunk.tobytes())
-                chunks.clear()
+        """Append the buffered records to their buckets: one sort and one write per bucket."""
+        if not self.pending:
+            return
+        records = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        self.pending.clear()
         self.buffered = 0
+        bucket_of = records["hi"] >> _BUCKET_SHIFT
+        order = np.argsort(bucket_of, kind="stable")
+        records = records[order]
+        bounds = np.searchsorted(bucket_of[order], np.arange(N_BUCKETS + 1, dtype=np.uint64))
+        for b in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+            with open(self.directory / f"bucket{b:03d}.bin", "ab") as f:
+                f.write(records[bounds[b]:bounds[b + 1]].data)
 
     def buckets(self) -> Iterator[np.ndarray]:
         self.flush()
@@ -439,44 +451,58 @@ class _KeyBuckets:
             path = self.directory / f"bucket{b:03d}.bin"
             if path.exists():
                 yield np.fromfile(path, dtype=_BUCKET_DTYPE)
-                path.unlink()
+
+
+_U64_MASK = (1 << 64) - 1
+_DROP_DTYPE = np.dtype([("win", "<u4"), ("blk", "<u4"), ("row", "<u4")])
 
 
 def _deduplicate(buckets: _KeyBuckets, n_windows: int):
-    """Find duplicates bucket by bucket; return drops per (window, block) and window fingerprints."""
-    drops: dict[tuple[int, int], list[np.ndarray]] = {}
-    counts = np.zeros(n_windows, dtype=np.int64)
-    key_sums = np.zeros(n_windows, dtype=np.uint64)
-    max_proc = np.zeros(n_windows, dtype=np.uint64)
-    dup_counts = np.zeros(n_windows, dtype=np.int64)
+    """Find duplicates bucket by bucket; return drops per (window, block) and window fingerprints.
+
+    A duplicate needs an equal 64-bit `hi`, which a bucket's records rarely share otherwise, so
+    each bucket is sorted by `hi` alone and only the few records in runs of equal `hi` are
+    sorted by the whole rule: key, then latest processing time, then position in the stream.
+    """
+    dropped_parts: list[np.ndarray] = []
     for records in buckets.buckets():
-        dedupable = (records["flags"] & FLAG_NO_DEDUP) == 0
-        cand = records[dedupable]
-        # Sort so each key's group is contiguous with its preferred copy first: latest
-        # processing time, then earliest position in the stream.
-        order = np.lexsort((cand["row"], cand["blk"], ~cand["proc"], cand["lo"], cand["hi"]))
-        cand = cand[order]
-        same_as_previous = np.zeros(len(cand), dtype=bool)
-        if len(cand) > 1:
-            same_as_previous[1:] = (cand["hi"][1:] == cand["hi"][:-1]) & (cand["lo"][1:] == cand["lo"][:-1])
-        dropped = cand[same_as_previous]
-        kept = np.concatenate([cand[~same_as_previous], records[~dedupable]])
-        if len(dropped):
-            np.add.at(dup_counts, dropped["win"].astype(np.intp), 1)
-            for (win, blk) in set(zip(dropped["win"].tolist(), dropped["blk"].tolist())):
-                mask = (dropped["win"] == win) & (dropped["blk"] == blk)
-                drops.setdefault((win, blk), []).append(dropped["row"][mask])
-        if len(kept):
-            wins = kept["win"].astype(np.intp)
-            np.add.at(counts, wins, 1)
-            with np.errstate(over="ignore"):
-                np.add.at(key_sums, wins, kept["lo"])
-            np.maximum.at(max_proc, wins, kept["proc"])
-    merged = {k: np.sort(np.concatenate(v)) for k, v in drops.items()}
-    fingerprints = [
-        Fingerprint(int(counts[w]), int(key_sums[w]), int(max_proc[w])) for w in range(n_windows)
-    ]
-    return merged, fingerprints, dup_counts
+        cand = records[(records["flags"] & FLAG_NO_DEDUP) == 0]
+        if len(cand) < 2:
+            continue
+        hi = cand["hi"]
+        order = np.argsort(hi)
+        repeats = hi[order[1:]] == hi[order[:-1]]
+        if not repeats.any():
+            continue
+        in_run = np.zeros(len(cand), dtype=bool)
+        in_run[1:] |= repeats
+        in_run[:-1] |= repeats
+        group = cand[order[in_run]]
+        # Each key's copies contiguous, the one kept first: latest processing time, then earliest in the stream.
+        group = group[np.lexsort((group["row"], group["blk"], ~group["proc"], group["lo"], group["hi"]))]
+        same_as_previous = np.zeros(len(group), dtype=bool)
+        same_as_previous[1:] = (group["hi"][1:] == group["hi"][:-1]) & (group["lo"][1:] == group["lo"][:-1])
+        if same_as_previous.any():
+            dropped_parts.append(group[same_as_previous])
+    rows, key_sums = list(buckets.rows), list(buckets.key_sums)
+    dup_counts = np.zeros(n_windows, dtype=np.int64)
+    drops: dict[tuple[int, int], np.ndarray] = {}
+    if dropped_parts:
+        dropped = np.concatenate(dropped_parts)
+        for win, count in zip(*np.unique(dropped["win"], return_counts=True)):
+            dup_counts[win] = count
+        for win, lo in zip(dropped["win"].tolist(), dropped["lo"].tolist()):
+            rows[win] -= 1
+            key_sums[win] = (key_sums[win] - lo) & _U64_MASK
+        flat = np.empty(len(dropped), dtype=_DROP_DTYPE)
+        flat["win"], flat["blk"], flat["row"] = dropped["win"], dropped["blk"], dropped["row"]
+        flat.sort(order=["win", "blk", "row"])
+        wins, blks = flat["win"], flat["blk"]
+        starts = np.flatnonzero(np.r_[True, (wins[1:] != wins[:-1]) | (blks[1:] != blks[:-1])]).tolist()
+        for start, end in zip(starts, starts[1:] + [len(flat)]):
+            drops[(int(wins[start]), int(blks[start]))] = flat["row"][start:end].copy()
+    fingerprints = [Fingerprint(rows[w], key_sums[w], buckets.max_proc[w]) for w in range(n_windows)]
+    return drops, fingerprints, dup_counts
 
 
 def stage_events(
@@ -527,7 +553,7 @@ def stage_events(
     )
     if progress is not None:
         progress(f"{describe_source}: parsing lines with {rows_path()}")
-    buckets = _KeyBuckets(staging_dir / "keys")
+    buckets = _KeyBuckets(staging_dir / "keys", len(windows))
     terminated = False
     inputs = _Inputs(chunks, block_bytes, staged)
     meter = _Progress(progress, describe_source, inputs)
@@ -549,7 +575,7 @@ def stage_events(
         executor = process_pool(workers) if workers > 1 and blocks > 1 else InlineExecutor()
         links = [
             [executor.submit(merge_links, str(staging_dir), w, part) for part in range(LINK_PARTS)]
-            if (staging_dir / "links" / f"w{w:05d}").is_dir() else []
+            if links_dir(staging_dir, w).is_dir() else []
             for w in range(len(windows))
         ]
         drops, fingerprints, dup_counts = _deduplicate(buckets, len(windows))
@@ -564,8 +590,8 @@ def stage_events(
         staged.cleanup()
         raise
     shutil.rmtree(staging_dir / "keys", ignore_errors=True)
-    for part_dir in (staging_dir / "links").glob("w*/p*"):
-        shutil.rmtree(part_dir, ignore_errors=True)
+    for w in range(len(windows)):
+        shutil.rmtree(links_dir(staging_dir, w), ignore_errors=True)
     return staged
 
 

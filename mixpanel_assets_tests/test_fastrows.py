@@ -18,6 +18,7 @@ import os
 import random
 import subprocess
 import sys
+from array import array
 from pathlib import Path
 
 import orjson
@@ -26,9 +27,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mixpanel_assets import _fastrows  # CI builds the extension: a missing build fails here
-from mixpanel_assets.block_worker import FAST_ROWS_ENV, BlockSpec, parse_block
+from mixpanel_assets.block_worker import (
+    FAST_ROWS_ENV,
+    BlockSpec,
+    filter_lines_fast,
+    filter_lines_python,
+    parse_block,
+)
 from mixpanel_assets.records import Window
-from mixpanel_assets.staging import stage_events
+from mixpanel_assets.staging import Fingerprint, _deduplicate, _KeyBuckets, stage_events
 from mixpanel_assets_tests.helpers import epoch
 
 DAY = epoch("2024-11-22T00:00:00")
@@ -317,6 +324,57 @@ def test_mutated_real_lines_give_the_same_results_on_both_paths(generated_day):
     both_paths(b"\n".join(mutants))
     # Most single-byte changes inside a string keep the line valid; many others must not be taken.
     assert 0.1 * len(mutants) < taken < 0.9 * len(mutants)
+
+
+# ------------------------------------------------------------------ dropping duplicate rows from a staged block
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=6).map(lambda b: b.replace(b"\n", b"")), max_size=30), st.booleans(),
+       st.lists(st.integers(min_value=-3, max_value=40), max_size=12))
+def test_dropping_rows_in_c_gives_what_the_python_reference_gives(rows, unterminated, drop):
+    data = b"".join(row + b"\n" for row in rows) + (b"tail" if unterminated else b"")
+    expected = filter_lines_python(data, drop)
+    assert filter_lines_fast(data, drop) == expected
+    assert filter_lines_fast(data, None) == filter_lines_python(data, None) == (data, len(rows))
+    assert filter_lines_fast(data, array("I", sorted({d for d in drop if d >= 0}))) == expected
+
+
+# ------------------------------------------------------------------ the coordinator's dedup against brute force
+
+block_records = st.lists(  # (window, [(key, processing time, has $insert_id)]) per block; few keys: many duplicates
+    st.tuples(st.integers(0, 2), st.lists(st.tuples(st.integers(0, 12), st.integers(0, 3), st.booleans()), max_size=12)),
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(block_records)
+def test_dedup_drops_and_fingerprints_equal_a_brute_force_of_mixpanels_rule(tmp_path_factory, blocks):
+    import xxhash
+
+    buckets = _KeyBuckets(tmp_path_factory.mktemp("keys"), 3)
+    rows = []  # (window, block, row, digest, proc, dedupable)
+    for block, (window, items) in enumerate(blocks):
+        digests = [xxhash.xxh3_128_digest(b"%d-%d" % (window, key)) for key, _, _ in items]
+        procs = array("Q", [proc for _, proc, _ in items])
+        no_dedup = array("I", [i for i, (_, _, dedupable) in enumerate(items) if not dedupable])
+        buckets.add(window, block, b"".join(digests), procs.tobytes(), no_dedup.tobytes())
+        rows += [(window, block, i, d, item[1], item[2]) for i, (d, item) in enumerate(zip(digests, items))]
+    drops, fingerprints, dup_counts = _deduplicate(buckets, 3)
+    best: dict = {}
+    for r in rows:  # the copy kept: latest processing time, then first in stream order
+        if r[5] and (r[3] not in best or (r[4], -r[1], -r[2]) > (best[r[3]][4], -best[r[3]][1], -best[r[3]][2])):
+            best[r[3]] = r
+    expected_drops: dict = {}
+    for r in rows:
+        if r[5] and best[r[3]] is not r:
+            expected_drops.setdefault((r[0], r[1]), []).append(r[2])
+    assert {k: v.tolist() for k, v in drops.items()} == expected_drops
+    for w in range(3):
+        kept = [r for r in rows if r[0] == w and not (r[5] and best[r[3]] is not r)]
+        key_sum = sum(int.from_bytes(r[3][8:], "big") for r in kept) % (1 << 64)
+        assert fingerprints[w] == Fingerprint(len(kept), key_sum, max((r[4] for r in kept), default=0))
+        assert dup_counts[w] == sum(len(v) for (win, _), v in expected_drops.items() if win == w)
 
 
 # ------------------------------------------------------------------ the staging tests on the Python path
