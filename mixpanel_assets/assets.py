@@ -8,6 +8,7 @@ Upstream, the Mixpanel project appears as external assets, so lineage reads Mixp
 """
 
 
+import contextlib
 import dataclasses
 import warnings
 from pathlib import Path
@@ -63,8 +64,19 @@ def source_specs(project: ProjectConfig) -> list[dg.AssetSpec]:
     ]
 
 
-def _permanent(exc: Exception) -> dg.Failure:
-    return dg.Failure(description=str(exc), allow_retries=False)
+@contextlib.contextmanager
+def _failing_permanently_when_retries_cannot_help():
+    """Malformed data and refused requests (bad credentials, a missing project) fail the step
+    without retries: retrying would only spend Export API quota. Transient errors pass through
+    to the step's retry policy."""
+    try:
+        yield
+    except BadInputError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    except MixpanelAPIError as exc:
+        if not exc.retryable:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        raise
 
 
 def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Path) -> dg.AssetsDefinition:
@@ -110,13 +122,8 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         run_spec = dataclasses.replace(spec, suppressed_distinct_ids=suppressed_distinct_ids(mixpanel.state_path))
         source = mixpanel.open(context.log)
         try:
-            staged = export_events(source, windows, run_spec, mixpanel.state(), context.log)
-        except BadInputError as exc:
-            raise _permanent(exc) from exc
-        except MixpanelAPIError as exc:
-            if not exc.retryable:
-                raise _permanent(exc) from exc
-            raise
+            with _failing_permanently_when_retries_cannot_help():
+                staged = export_events(source, windows, run_spec, mixpanel.state(), context.log)
         finally:
             source.close()
         for window in staged.windows:
@@ -167,13 +174,8 @@ def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
     def mp_people_data(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
         source = ProfilesWithoutDeleted(mixpanel.open(context.log), suppressed_distinct_ids(mixpanel.state_path))
         try:
-            staged = export_people(source, None, mixpanel.max_bad_fraction, context.log)
-        except BadInputError as exc:
-            raise _permanent(exc) from exc
-        except MixpanelAPIError as exc:
-            if not exc.retryable:
-                raise _permanent(exc) from exc
-            raise
+            with _failing_permanently_when_retries_cannot_help():
+                staged = export_people(source, None, mixpanel.max_bad_fraction, context.log)
         finally:
             source.close()
         return dg.Output(staged, metadata={"dagster/row_count": staged.rows, **staged.extra_metadata,

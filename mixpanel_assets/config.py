@@ -13,14 +13,13 @@ import datetime as dt
 import re
 import zoneinfo
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mixpanel_assets.destinations.configs import DestinationConfig
+from mixpanel_assets.destinations.configs import DestinationConfig, env_var_name
 
-ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PIPELINE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -30,15 +29,6 @@ class ConfigError(ValueError):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def env_var_name(value: str | None) -> str | None:
-    if value is not None and not ENV_VAR_NAME.match(value):
-        raise ValueError(
-            "this is not an environment variable name (its value is not repeated here, in case it is a secret); "
-            "pipelines.yaml holds the *name* of the variable that carries the secret, never the secret itself"
-        )
-    return value
 
 
 class ServiceAccountCredentials(_Model):
@@ -79,7 +69,7 @@ class DemoSource(_Model):
     users: int = Field(300, ge=1)
 
 
-SourceConfig = Annotated[Union[MixpanelApiSource, LocalFilesSource, DemoSource], Field(discriminator="type")]
+SourceConfig = Annotated[MixpanelApiSource | LocalFilesSource | DemoSource, Field(discriminator="type")]
 
 
 class ExportApiLimits(_Model):
@@ -203,7 +193,7 @@ class PipelineConfig(_Model):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "PipelineConfig":
+    def _consistent(self) -> PipelineConfig:
         if self.data_source == "events":
             if self.from_date is None:
                 raise ValueError("from_date is required for an events pipeline (the first day to export)")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from mixpanel_assets.mixpanel.errors import MixpanelStreamError
 from mixpanel_assets.mixpanel.sources import EventSource, Span
 from mixpanel_assets.partitions import PartitionWindow, query_spans
-from mixpanel_assets.records import IDENTITY_COLUMNS, MAX_REPORTED_BAD_LINES, BadLine, profile_row
+from mixpanel_assets.records import IDENTITY_COLUMNS, MAX_REPORTED_BAD_LINES, BadLine, Window, profile_row
 from mixpanel_assets.staging import (
     BadInputError,
     ExportStreamError,
@@ -51,54 +51,66 @@ def _inputs_for_spans(source: EventSource, spans, spec: EventsExportSpec) -> Ite
         yield from source.event_inputs(Span(start, end), spec.events, spec.where)
 
 
-def export_events(source: EventSource, windows: list[PartitionWindow], spec: EventsExportSpec,
-                  state: StateStore | None, log: logging.Logger) -> StagedEvents:
-    """Stage the events of `windows` (retrying a cut stream), and record their identity links."""
-    spans = query_spans(windows, zoneinfo.ZoneInfo(spec.timezone), spec.max_days_per_query)
+def stage_source(source: EventSource, spans, windows: list[Window], keys: list[str], spec: EventsExportSpec,
+                 describe: str, log: logging.Logger, *, write_rows: bool = True, progress=None,
+                 retrying: str = "exporting the span again") -> StagedEvents:
+    """Stage the source's events of `spans` into `windows`, reading the spans again if the stream
+    is cut (each attempt is one more query); the same parsing, dedup, filters and bad-line policy
+    for an export and for a sync probe, so their fingerprints compare."""
     client_filter = spec.events if (spec.events and not source.filters_events_server_side()) else None
-    describe = f"pipeline {spec.pipeline!r}: {source.description}, partitions {windows[0].partition_key}" + (
-        f"..{windows[-1].partition_key}" if len(windows) > 1 else ""
-    )
+    queries_before = source.queries
     for attempt in range(1, STREAM_ATTEMPTS + 1):
-        queries_before = source.queries
-        started = time.monotonic()
         try:
             staged = stage_events(
                 _inputs_for_spans(source, spans, spec),
-                [w.window for w in windows],
-                [w.partition_key for w in windows],
+                windows,
+                keys,
                 staging_root=spec.staging_dir,
                 workers=spec.workers,
                 events_filter=client_filter,
                 legacy_timezone=spec.legacy_timezone,
                 max_bad_fraction=spec.max_bad_fraction,
                 max_bad_count=spec.max_bad_count,
+                write_rows=write_rows,
                 describe_source=describe,
-                progress=log.info,
+                progress=progress,
                 suppressed_distinct_ids=spec.suppressed_distinct_ids,
             )
         except (ExportStreamError, MixpanelStreamError) as exc:
             if attempt == STREAM_ATTEMPTS:
                 raise
-            log.warning(f"{exc}; exporting the span again (attempt {attempt + 1} of {STREAM_ATTEMPTS})")
+            log.warning(f"{exc}; {retrying} (attempt {attempt + 1} of {STREAM_ATTEMPTS})")
             time.sleep(min(30, 2**attempt))
             continue
         staged.queries = source.queries - queries_before
-        elapsed = max(time.monotonic() - started, 1e-6)
-        log.info(
-            f"{describe}: {staged.lines} lines, {staged.rows} rows after removing {staged.duplicates} duplicates, "
-            f"{staged.bad_lines} bad lines, {staged.outside_window} outside the windows; "
-            f"{staged.lines / elapsed:,.0f} lines/s with {spec.workers} workers, {staged.queries} source queries"
-        )
-        if staged.bad_examples:
-            log.warning("malformed lines skipped:\n" + "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples))
-        by_key = {w.partition_key: w for w in windows}
-        for staged_window in staged.windows:
-            staged_window.info = by_key[staged_window.partition_key]
-            if state is not None:
-                state.write_links(spec.pipeline, staged_window.partition_key, staged_window.links)
         return staged
     raise AssertionError("unreachable")
+
+
+def export_events(source: EventSource, windows: list[PartitionWindow], spec: EventsExportSpec,
+                  state: StateStore | None, log: logging.Logger) -> StagedEvents:
+    """Stage the events of `windows` (retrying a cut stream), and record their identity links."""
+    spans = query_spans(windows, zoneinfo.ZoneInfo(spec.timezone), spec.max_days_per_query)
+    describe = f"pipeline {spec.pipeline!r}: {source.description}, partitions {windows[0].partition_key}" + (
+        f"..{windows[-1].partition_key}" if len(windows) > 1 else ""
+    )
+    started = time.monotonic()
+    staged = stage_source(source, spans, [w.window for w in windows], [w.partition_key for w in windows], spec,
+                          describe, log, progress=log.info)
+    elapsed = max(time.monotonic() - started, 1e-6)
+    log.info(
+        f"{describe}: {staged.lines} lines, {staged.rows} rows after removing {staged.duplicates} duplicates, "
+        f"{staged.bad_lines} bad lines, {staged.outside_window} outside the windows; "
+        f"{staged.lines / elapsed:,.0f} lines/s with {spec.workers} workers, {staged.queries} source queries"
+    )
+    if staged.bad_examples:
+        log.warning("malformed lines skipped:\n" + "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples))
+    by_key = {w.partition_key: w for w in windows}
+    for staged_window in staged.windows:
+        staged_window.info = by_key[staged_window.partition_key]
+        if state is not None:
+            state.write_links(spec.pipeline, staged_window.partition_key, staged_window.links)
+    return staged
 
 
 def export_people(source: EventSource, staging_dir: str | None, max_bad_fraction: float,

@@ -30,11 +30,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from mixpanel_assets.config import PipelineConfig, ProjectConfig, SyncWindow
-from mixpanel_assets.exports import STREAM_ATTEMPTS, EventsExportSpec
-from mixpanel_assets.mixpanel.errors import MixpanelStreamError
+from mixpanel_assets.exports import EventsExportSpec, stage_source
 from mixpanel_assets.mixpanel.sources import EventSource, Span
 from mixpanel_assets.partitions import UTC, PartitionWindow
-from mixpanel_assets.staging import ExportStreamError, Fingerprint, stage_events
+from mixpanel_assets.staging import Fingerprint
 
 # Metadata keys, shared by the export (materializations), the probe (observations) and the sensor.
 FINGERPRINT_KEY = "mixpanel/fingerprint"
@@ -185,36 +184,15 @@ def probe_source(source: EventSource, pipeline: PipelineConfig, project: Project
         legacy_timezone=project.timezone if project.legacy_project_timezone_dates else None,
         workers=workers or project.export_workers, max_bad_fraction=project.bad_lines.max_fraction,
         max_bad_count=project.bad_lines.max_count, staging_dir=staging_dir,
+        suppressed_distinct_ids=suppressed_distinct_ids,
     )
-    client_filter = spec.events if (spec.events and not source.filters_events_server_side()) else None
     describe = f"pipeline {pipeline.name!r} sync probe: {source.description}, days {first}..{last}"
-    queries_before = source.queries
-    for attempt in range(1, STREAM_ATTEMPTS + 1):
-        started = time.time()
-        try:
-            staged = stage_events(
-                source.event_inputs(span, spec.events, spec.where),
-                [w.window for w in windows],
-                [w.partition_key for w in windows],
-                staging_root=spec.staging_dir,
-                workers=spec.workers,
-                events_filter=client_filter,
-                legacy_timezone=spec.legacy_timezone,
-                max_bad_fraction=spec.max_bad_fraction,
-                max_bad_count=spec.max_bad_count,
-                write_rows=False,
-                describe_source=describe,
-                suppressed_distinct_ids=suppressed_distinct_ids,
-            )
-        except (ExportStreamError, MixpanelStreamError) as exc:
-            if attempt == STREAM_ATTEMPTS:
-                raise
-            log.warning(f"{exc}; probing again (attempt {attempt + 1} of {STREAM_ATTEMPTS})")
-            time.sleep(min(30, 2**attempt))
-            continue
-        try:
-            fingerprints = {w.partition_key: w.fingerprint for w in staged.windows}
-            return ProbeResult(fingerprints, started, source.queries - queries_before, staged.lines, staged.bad_lines)
-        finally:
-            staged.cleanup()
-    raise AssertionError("unreachable")
+    started = time.time()
+    staged = stage_source(source, [(span.start, span.end, windows)], [w.window for w in windows],
+                          [w.partition_key for w in windows], spec, describe, log, write_rows=False,
+                          retrying="probing again")
+    try:
+        fingerprints = {w.partition_key: w.fingerprint for w in staged.windows}
+        return ProbeResult(fingerprints, started, staged.queries, staged.lines, staged.bad_lines)
+    finally:
+        staged.cleanup()

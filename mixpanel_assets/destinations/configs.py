@@ -7,14 +7,15 @@ the Snowflake connector (they cost seconds and hundreds of MB while the code loc
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _env_name(value: str | None) -> str | None:
+def env_var_name(value: str | None) -> str | None:
+    """A field that names an environment variable holding a secret (never the secret itself)."""
     if value is not None and not _ENV_VAR_NAME.match(value):
         raise ValueError(
             "this is not an environment variable name (its value is not repeated here, in case it is a secret); "
@@ -115,10 +116,10 @@ class S3Destination(_ObjectStoreOptions):
     server_side_encryption: Literal["AES256", "aws:kms"] | None = None
     kms_key_id: str | None = None  # key id/ARN/alias for aws:kms; empty = the account's aws/s3 key
 
-    _check_env = field_validator("access_key_id_env", "secret_access_key_env", "session_token_env")(_env_name)
+    _check_env = field_validator("access_key_id_env", "secret_access_key_env", "session_token_env")(env_var_name)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "S3Destination":
+    def _consistent(self) -> S3Destination:
         if (self.access_key_id_env is None) != (self.secret_access_key_env is None):
             raise ValueError("access_key_id_env and secret_access_key_env go together: give both or neither")
         if self.kms_key_id and self.server_side_encryption != "aws:kms":
@@ -142,7 +143,7 @@ class GCSDestination(_ObjectStoreOptions):
     credentials_env: str | None = None
     endpoint_url: str | None = Field(None, pattern=_HTTP_URL)  # emulators: anonymous access
 
-    _check_env = field_validator("credentials_env")(_env_name)
+    _check_env = field_validator("credentials_env")(env_var_name)
 
     def location_key(self) -> tuple:
         return ("gcs", self.endpoint_url, self.bucket, self.prefix)
@@ -167,10 +168,10 @@ class AzureDestination(_ObjectStoreOptions):
     client_secret_env: str | None = None
 
     _check_env = field_validator("connection_string_env", "account_key_env", "sas_token_env", "tenant_id_env",
-                                 "client_id_env", "client_secret_env")(_env_name)
+                                 "client_id_env", "client_secret_env")(env_var_name)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "AzureDestination":
+    def _consistent(self) -> AzureDestination:
         principal = (self.tenant_id_env, self.client_id_env, self.client_secret_env)
         if any(principal) and not all(principal):
             raise ValueError("a service principal needs tenant_id_env, client_id_env and client_secret_env")
@@ -217,7 +218,7 @@ class BigQueryDestination(_Destination):
     load_compression: Literal["gzip", "none"] = "gzip"  # bytes uploaded per load job
     job_timeout_seconds: float = Field(1800.0, gt=0)
 
-    _check_env = field_validator("credentials_env")(_env_name)
+    _check_env = field_validator("credentials_env")(env_var_name)
 
     def location_key(self) -> tuple:
         return ("bigquery", self.api_endpoint, self.project, self.dataset)
@@ -249,10 +250,10 @@ class SnowflakeDestination(_Destination):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    _check_env = field_validator("password_env", "private_key_env", "private_key_password_env")(_env_name)
+    _check_env = field_validator("password_env", "private_key_env", "private_key_password_env")(env_var_name)
 
     @model_validator(mode="after")
-    def _one_secret(self) -> "SnowflakeDestination":
+    def _one_secret(self) -> SnowflakeDestination:
         if bool(self.password_env) == bool(self.private_key_env):
             raise ValueError("give exactly one of password_env and private_key_env")
         if self.private_key_password_env and not self.private_key_env:
@@ -281,7 +282,7 @@ class RedshiftDestination(S3Destination):
     statement_timeout_seconds: float = Field(120.0, gt=0)
 
     @model_validator(mode="after")
-    def _spectrum_readable(self) -> "RedshiftDestination":
+    def _spectrum_readable(self) -> RedshiftDestination:
         if self.format != "json" or self.effective_compression not in ("gzip", "none"):
             raise ValueError("Redshift Spectrum tables here read gzip or plain JSON lines (Glue's JSON SerDe): "
                              "use format: json with compression gzip or none")
@@ -294,7 +295,7 @@ class RedshiftDestination(S3Destination):
 
 
 DestinationConfig = Annotated[
-    Union[LocalDestination, DuckDBDestination, S3Destination, GCSDestination, AzureDestination,
-          BigQueryDestination, SnowflakeDestination, RedshiftDestination],
+    LocalDestination | DuckDBDestination | S3Destination | GCSDestination | AzureDestination
+    | BigQueryDestination | SnowflakeDestination | RedshiftDestination,
     Field(discriminator="type"),
 ]
