@@ -210,6 +210,99 @@ class SnowflakeDestination(Destination):
             "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position", (self.schema, name)).fetchall()
         return [(column.lower(), _LOGICAL.get(kind, kind)) for column, kind in found]
 
+    # --- deleting users (GDPR) -----------------------------------------------------------------
+    # The distinct_ids go in as the exports' rows do: a file PUT into a temporary stage and copied
+    # into a temporary table, joined on. They are never part of SQL text (nothing to escape, no
+    # statement-size limit, nothing in the query history) and vanish with the session.
+
+    def delete_event_rows(self, distinct_ids, windows, work_dir, dry_run=False):
+        """Rows are matched by DATA:distinct_id and attributed to the windows by DATA:time through one
+        grouped count (window_counts.py); then one transaction deletes them from all the windows,
+        each window all-or-nothing, as one DML statement rather than one per partition."""
+        from mixpanel_assets.destinations.window_counts import bucket_seconds, removals_by_window
+
+        if not windows or not distinct_ids:
+            return []
+        start, end = windows[0].start.timestamp(), windows[-1].end.timestamp()
+        bucket = bucket_seconds(windows)
+        try:
+            with self._cursor(ensure=False) as cur:
+                if not self._columns(cur, RAW):
+                    return []  # never written: nothing to delete
+                ids = self._load_ids(cur, distinct_ids, Path(work_dir))
+                match = (f"DATA:distinct_id::STRING IN (SELECT DATA:distinct_id::STRING FROM {ids}) "
+                         f"AND {_EPOCH} >= {start!r} AND {_EPOCH} < {end!r}")
+                counts = cur.execute(f"SELECT FLOOR({_EPOCH} / {bucket}), COUNT(*) FROM {self.q}.{RAW} "
+                                     f"WHERE {match} GROUP BY 1").fetchall()
+                removals = removals_by_window(windows, counts, bucket, self.location(RAW))
+                if removals and not dry_run:
+                    self._delete(cur, f"{self.q}.{RAW}", match, sum(r.rows for r in removals))
+        except Exception as exc:
+            raise self._delete_failed(f"the events of {len(windows)} partitions of {self.q}.{RAW}", exc) from exc
+        return removals
+
+    def delete_table_rows(self, table, distinct_ids, work_dir, dry_run=False):
+        from mixpanel_assets.destinations.base import Removal
+
+        name = NAMES[table]
+        if not distinct_ids:
+            return Removal(table, None, 0, self.location(name))
+        try:
+            with self._cursor(ensure=False) as cur:
+                if not self._columns(cur, name):
+                    return Removal(table, None, 0, self.location(name))
+                among = f"(SELECT DATA:distinct_id::STRING FROM {self._load_ids(cur, distinct_ids, Path(work_dir))})"
+                match = f"(DISTINCT_ID IN {among}" + (f" OR RESOLVED_DISTINCT_ID IN {among})"
+                                                      if table == IDENTITY_TABLE else ")")
+                rows = cur.execute(f"SELECT COUNT(*) FROM {self.q}.{name} WHERE {match}").fetchone()[0]
+                if rows and not dry_run:
+                    self._delete(cur, f"{self.q}.{name}", match, rows)
+        except Exception as exc:
+            raise self._delete_failed(f"{self.q}.{name}", exc) from exc
+        return Removal(table, None, int(rows), self.location(name))
+
+    def _load_ids(self, cur, distinct_ids, work_dir: Path) -> str:
+        """A temporary table of the ids (DATA:distinct_id), through the exports' PUT + COPY; its name."""
+        import gzip
+
+        import orjson
+
+        work_dir.mkdir(parents=True, exist_ok=True)
+        path = work_dir / f"gdpr-ids-{uuid.uuid4().hex[:12]}.json.gz"
+        raw = b"".join(orjson.dumps({"distinct_id": i}) + b"\n" for i in sorted(distinct_ids))
+        path.write_bytes(gzip.compress(raw, compresslevel=1))
+        try:
+            load = self._load(cur, [PartFile(path, len(distinct_ids), len(raw), path.stat().st_size)], "gdpr ids")
+            self._check_load(cur, load, len(distinct_ids), None)
+        finally:
+            path.unlink(missing_ok=True)
+        return load
+
+    def _delete(self, cur, target: str, match: str, expected: int) -> None:
+        """DELETE in a transaction that commits only if it removed exactly the counted rows and
+        none are left."""
+        cur.execute("BEGIN")
+        try:
+            removed = cur.execute(f"DELETE FROM {target} WHERE {match}").rowcount
+            if removed != expected:
+                raise DestinationError(f"{removed} rows matched when deleting, {expected} when they were counted "
+                                       "(an export wrote them meanwhile?)")
+            left = cur.execute(f"SELECT COUNT(*) FROM {target} WHERE {match}").fetchone()[0]
+            if left:
+                raise DestinationError(f"{left} rows of the deleted users were left after the DELETE")
+            cur.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cur.execute("ROLLBACK")
+            raise
+
+    def _delete_failed(self, what: str, exc: Exception) -> DestinationError:
+        return DestinationError(
+            f"pipeline {self.pipeline!r}: removing deleted users' rows from {what} in {self.describe()} failed: "
+            f"{type(exc).__name__}: {_first_line(exc)}; the transaction was rolled back, so those rows are all "
+            "still there (rerun the deletion)"
+        )
+
     # --- building blocks ---------------------------------------------------------------------
 
     def _parts(self, staged: StagedRows, work_dir: Path, table: str) -> list[PartFile]:
