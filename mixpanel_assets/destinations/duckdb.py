@@ -14,6 +14,7 @@ take a file lock for the few seconds a load lasts; concurrent runs queue instead
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def ensure_schema(conn, schema: str) -> None:
 
 
 def _naive_utc(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 class DuckDBDestination(Destination):
@@ -96,40 +97,18 @@ class DuckDBDestination(Destination):
         parts = staged.write_parts(work_dir, fmt="json", compression="gzip", workers=self.workers, table=table)
         return [str(p.path) for p in parts]
 
-    def _fail(self, what: str, exc: Exception) -> DestinationError:
-        return DestinationError(
-            f"pipeline {self.pipeline!r}: loading {what} into {self.describe()} failed: {type(exc).__name__}: {exc}; "
-            "the transaction was rolled back and the previous rows are unchanged"
-        )
-
-    def write_event_window(self, staged: StagedWindow, window: PartitionWindow, work_dir: Path) -> WriteResult:
-        files = self._parts(staged, work_dir, EVENTS_TABLE)
-        table = f"{self.schema}.{EVENTS_TABLE}"
-        start, end = _naive_utc(window.start), _naive_utc(window.end)
+    @contextlib.contextmanager
+    def _transaction(self, failure: str, unchanged: str = "the previous rows are unchanged", create: bool = True):
+        """The writers' lock, a connection and one transaction: committed if the block succeeds,
+        rolled back otherwise, and then a DestinationError saying what failed (`failure`)."""
         try:
             with writer_lock(self.path):
                 conn = connect(self.path)
                 try:
-                    ensure_schema(conn, self.schema)
+                    if create:
+                        ensure_schema(conn, self.schema)
                     conn.execute("BEGIN TRANSACTION")
-                    removed = conn.execute(
-                        f"DELETE FROM {table} WHERE time >= ? AND time < ?", [start, end]
-                    ).fetchone()[0]
-                    if files:
-                        conn.execute(
-                            f"INSERT INTO {table} {_SELECT_EVENTS} FROM read_json(?, format='newline_delimited', "
-                            f"columns={_EVENT_COLUMNS}, compression='gzip')",
-                            [files],
-                        )
-                    loaded = conn.execute(
-                        f"SELECT count(*) FROM {table} WHERE time >= ? AND time < ?", [start, end]
-                    ).fetchone()[0]
-                    if loaded != staged.rows:
-                        raise DestinationError(
-                            f"{loaded} rows in the window after loading, expected {staged.rows} "
-                            "(events outside the window in the staged files?)"
-                        )
-                    self._log(conn, EVENTS_TABLE, window.partition_key, start, end, loaded, staged.fingerprint.token())
+                    yield conn
                     conn.execute("COMMIT")
                 except Exception:
                     _rollback_quietly(conn)
@@ -137,7 +116,40 @@ class DuckDBDestination(Destination):
                 finally:
                     conn.close()
         except Exception as exc:
-            raise self._fail(f"partition {window.partition_key} of {table}", exc) from exc
+            raise DestinationError(
+                f"pipeline {self.pipeline!r}: {failure} in {self.describe()} failed: {type(exc).__name__}: {exc}; "
+                f"the transaction was rolled back and {unchanged}"
+            ) from exc
+
+    @contextlib.contextmanager
+    def _reading(self):
+        with writer_lock(self.path):
+            conn = connect(self.path, read_only=True)
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+    def write_event_window(self, staged: StagedWindow, window: PartitionWindow, work_dir: Path) -> WriteResult:
+        files = self._parts(staged, work_dir, EVENTS_TABLE)
+        table = f"{self.schema}.{EVENTS_TABLE}"
+        start, end = _naive_utc(window.start), _naive_utc(window.end)
+        try:
+            with self._transaction(f"loading partition {window.partition_key} of {table}") as conn:
+                removed = conn.execute(f"DELETE FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
+                if files:
+                    conn.execute(
+                        f"INSERT INTO {table} {_SELECT_EVENTS} FROM read_json(?, format='newline_delimited', "
+                        f"columns={_EVENT_COLUMNS}, compression='gzip')",
+                        [files],
+                    )
+                loaded = conn.execute(f"SELECT count(*) FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
+                if loaded != staged.rows:
+                    raise DestinationError(
+                        f"{loaded} rows in the window after loading, expected {staged.rows} "
+                        "(events outside the window in the staged files?)"
+                    )
+                self._log(conn, EVENTS_TABLE, window.partition_key, start, end, loaded, staged.fingerprint.token())
         finally:
             for f in files:
                 Path(f).unlink(missing_ok=True)
@@ -148,30 +160,18 @@ class DuckDBDestination(Destination):
         table = f"{self.schema}.{staged.table}"
         columns, names = _TABLE_COLUMNS[staged.table]
         try:
-            with writer_lock(self.path):
-                conn = connect(self.path)
-                try:
-                    ensure_schema(conn, self.schema)
-                    conn.execute("BEGIN TRANSACTION")
-                    removed = conn.execute(f"DELETE FROM {table}").fetchone()[0]
-                    if files:
-                        conn.execute(
-                            f"INSERT INTO {table} SELECT {names} FROM read_json(?, format='newline_delimited', "
-                            f"columns={columns}, compression='gzip')",
-                            [files],
-                        )
-                    loaded = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                    if loaded != staged.rows:
-                        raise DestinationError(f"{loaded} rows after loading, expected {staged.rows}")
-                    self._log(conn, staged.table, None, None, None, loaded, staged.digest)
-                    conn.execute("COMMIT")
-                except Exception:
-                    _rollback_quietly(conn)
-                    raise
-                finally:
-                    conn.close()
-        except Exception as exc:
-            raise self._fail(table, exc) from exc
+            with self._transaction(f"loading {table}") as conn:
+                removed = conn.execute(f"DELETE FROM {table}").fetchone()[0]
+                if files:
+                    conn.execute(
+                        f"INSERT INTO {table} SELECT {names} FROM read_json(?, format='newline_delimited', "
+                        f"columns={columns}, compression='gzip')",
+                        [files],
+                    )
+                loaded = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                if loaded != staged.rows:
+                    raise DestinationError(f"{loaded} rows after loading, expected {staged.rows}")
+                self._log(conn, staged.table, None, None, None, loaded, staged.digest)
         finally:
             for f in files:
                 Path(f).unlink(missing_ok=True)
@@ -181,7 +181,7 @@ class DuckDBDestination(Destination):
         conn.execute(
             f"INSERT INTO {self.schema}.mp_export_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [table, self.pipeline, partition_key, start, end, rows, fingerprint,
-             dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)],
+             dt.datetime.now(dt.UTC).replace(tzinfo=None)],
         )
 
     # --- reading back (asset checks) and deleting users (GDPR) -------------------------------
@@ -206,21 +206,17 @@ class DuckDBDestination(Destination):
         start, end = _naive_utc(window.start), _naive_utc(window.end)
         if not self.path.exists():
             return EventWindowReadback(self._location(EVENTS_TABLE), 0, 0, 0, [], [f"{self.path} does not exist"])
-        with writer_lock(self.path):
-            conn = connect(self.path, read_only=True)
-            try:
-                columns = self._columns(conn, EVENTS_TABLE)
-                if not columns:
-                    return EventWindowReadback(self._location(EVENTS_TABLE), 0, 0, 0, [], [f"no table {table}"])
-                rows = conn.execute(f"SELECT count(*) FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
-                keys, extra = conn.execute(
-                    f"SELECT count(*), coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {table} "
-                    "WHERE time >= ? AND time < ? AND insert_id IS NOT NULL "
-                    "GROUP BY event_name, distinct_id, time, insert_id HAVING count(*) > 1)",
-                    [start, end],
-                ).fetchone()
-            finally:
-                conn.close()
+        with self._reading() as conn:
+            columns = self._columns(conn, EVENTS_TABLE)
+            if not columns:
+                return EventWindowReadback(self._location(EVENTS_TABLE), 0, 0, 0, [], [f"no table {table}"])
+            rows = conn.execute(f"SELECT count(*) FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
+            keys, extra = conn.execute(
+                f"SELECT count(*), coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {table} "
+                "WHERE time >= ? AND time < ? AND insert_id IS NOT NULL "
+                "GROUP BY event_name, distinct_id, time, insert_id HAVING count(*) > 1)",
+                [start, end],
+            ).fetchone()
         return EventWindowReadback(self._location(EVENTS_TABLE), int(rows), int(keys), int(extra), columns)
 
     def read_table(self, table: str):
@@ -229,18 +225,14 @@ class DuckDBDestination(Destination):
         qualified = f"{self.schema}.{table}"
         if not self.path.exists():
             return TableReadback(self._location(table), 0, 0, [], [f"{self.path} does not exist"])
-        with writer_lock(self.path):
-            conn = connect(self.path, read_only=True)
-            try:
-                columns = self._columns(conn, table)
-                if not columns:
-                    return TableReadback(self._location(table), 0, 0, [], [f"no table {qualified}"])
-                rows = conn.execute(f"SELECT count(*) FROM {qualified}").fetchone()[0]
-                duplicates = conn.execute(
-                    f"SELECT count(*) FROM (SELECT distinct_id FROM {qualified} GROUP BY distinct_id HAVING count(*) > 1)"
-                ).fetchone()[0]
-            finally:
-                conn.close()
+        with self._reading() as conn:
+            columns = self._columns(conn, table)
+            if not columns:
+                return TableReadback(self._location(table), 0, 0, [], [f"no table {qualified}"])
+            rows = conn.execute(f"SELECT count(*) FROM {qualified}").fetchone()[0]
+            duplicates = conn.execute(
+                f"SELECT count(*) FROM (SELECT distinct_id FROM {qualified} GROUP BY distinct_id HAVING count(*) > 1)"
+            ).fetchone()[0]
         return TableReadback(self._location(table), int(rows), int(duplicates), columns)
 
     def delete_event_rows(self, distinct_ids, windows, work_dir, dry_run=False):
@@ -280,29 +272,14 @@ class DuckDBDestination(Destination):
 
     def _delete(self, table: str, distinct_ids, where: str, params: list, select: str, dry_run: bool, what: str):
         """Select the rows to remove, then delete them, in one transaction; returns the selected rows."""
-        try:
-            with writer_lock(self.path):
-                conn = connect(self.path)
-                try:
-                    if not self._columns(conn, table.split(".", 1)[1]):
-                        return []  # never written: nothing to delete
-                    conn.execute("BEGIN TRANSACTION")
-                    conn.execute("CREATE TEMP TABLE gdpr_ids AS SELECT unnest(?::VARCHAR[]) AS distinct_id",
-                                 [sorted(distinct_ids)])
-                    rows = conn.execute(select, params).fetchall()
-                    if rows and not dry_run:
-                        conn.execute(f"DELETE FROM {table} WHERE {where}", params)
-                    conn.execute("COMMIT")
-                except Exception:
-                    _rollback_quietly(conn)
-                    raise
-                finally:
-                    conn.close()
-        except Exception as exc:
-            raise DestinationError(
-                f"pipeline {self.pipeline!r}: removing deleted users' rows from {what} in {self.describe()} failed: "
-                f"{type(exc).__name__}: {exc}; the transaction was rolled back and the rows are unchanged"
-            ) from exc
+        with self._transaction(f"removing deleted users' rows from {what}", "the rows are unchanged", create=False) as conn:
+            if not self._columns(conn, table.split(".", 1)[1]):
+                return []  # never written: nothing to delete
+            conn.execute("CREATE TEMP TABLE gdpr_ids AS SELECT unnest(?::VARCHAR[]) AS distinct_id",
+                         [sorted(distinct_ids)])
+            rows = conn.execute(select, params).fetchall()
+            if rows and not dry_run:
+                conn.execute(f"DELETE FROM {table} WHERE {where}", params)
         return rows
 
 
@@ -311,7 +288,7 @@ _LOGICAL_TYPES = {"VARCHAR": "STRING", "JSON": "JSON", "TIMESTAMP": "TIMESTAMP"}
 
 def _rollback_quietly(conn) -> None:
     """Roll back if a transaction is open; DuckDB raises when there is none, which is fine here."""
-    try:
+    import duckdb
+
+    with contextlib.suppress(duckdb.Error):
         conn.execute("ROLLBACK")
-    except Exception:
-        pass
