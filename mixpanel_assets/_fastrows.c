@@ -376,6 +376,137 @@ static int parse_line(const u8 *p, const u8 *end, line_t *out) {
     return 1;
 }
 
+/* ------------------------------------------------------------------ RowBuffer */
+
+/* A growable byte buffer for a window's rows that keeps its memory when cleared. A worker reuses
+ * a few of them from block to block (block_worker.process_block), so rows are written into pages
+ * it already has: growing a fresh 4 MB bytearray per block costs more in page faults than the
+ * parsing. Python code appends with `+=`; it exports a read-only buffer (file writes, bytes()). */
+typedef struct {
+    PyObject_HEAD
+    char *data;
+    Py_ssize_t size, capacity;
+    Py_ssize_t exports;
+} RowBuffer;
+
+static PyTypeObject RowBufferType;
+
+static int rowbuffer_reserve(RowBuffer *self, Py_ssize_t extra) {
+    Py_ssize_t need = self->size + extra;
+    if (need <= self->capacity) return 0;
+    if (self->exports) {
+        PyErr_SetString(PyExc_BufferError, "RowBuffer: cannot grow while its buffer is exported");
+        return -1;
+    }
+    Py_ssize_t capacity = self->capacity + self->capacity / 2;
+    if (capacity < need) capacity = need;
+    if (capacity < 65536) capacity = 65536;
+    char *data = PyMem_RawRealloc(self->data, (size_t)capacity);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->data = data;
+    self->capacity = capacity;
+    return 0;
+}
+
+static char *rowbuffer_extend(RowBuffer *self, Py_ssize_t n) {
+    if (rowbuffer_reserve(self, n) < 0) return NULL;
+    char *w = self->data + self->size;
+    self->size += n;
+    return w;
+}
+
+static void rowbuffer_dealloc(RowBuffer *self) {
+    PyMem_RawFree(self->data);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t rowbuffer_length(RowBuffer *self) { return self->size; }
+
+static PyObject *rowbuffer_inplace_concat(RowBuffer *self, PyObject *other) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(other, &view, PyBUF_SIMPLE) < 0) return NULL;
+    char *w = rowbuffer_extend(self, view.len);
+    if (w != NULL) memcpy(w, view.buf, (size_t)view.len);
+    PyBuffer_Release(&view);
+    if (w == NULL) return NULL;
+    return Py_NewRef(self);
+}
+
+static int rowbuffer_getbuffer(RowBuffer *self, Py_buffer *view, int flags) {
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->data ? self->data : "", self->size, 1, flags) < 0) return -1;
+    self->exports++;
+    return 0;
+}
+
+static void rowbuffer_releasebuffer(RowBuffer *self, Py_buffer *view) { self->exports--; }
+
+static PyObject *rowbuffer_clear(RowBuffer *self, PyObject *unused) {
+    if (self->exports) {
+        PyErr_SetString(PyExc_BufferError, "RowBuffer: cannot clear while its buffer is exported");
+        return NULL;
+    }
+    self->size = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *rowbuffer_capacity(RowBuffer *self, void *closure) { return PyLong_FromSsize_t(self->capacity); }
+
+static PySequenceMethods rowbuffer_as_sequence = {
+    .sq_length = (lenfunc)rowbuffer_length,
+    .sq_inplace_concat = (binaryfunc)rowbuffer_inplace_concat,
+};
+
+static PyBufferProcs rowbuffer_as_buffer = {
+    .bf_getbuffer = (getbufferproc)rowbuffer_getbuffer,
+    .bf_releasebuffer = (releasebufferproc)rowbuffer_releasebuffer,
+};
+
+static PyMethodDef rowbuffer_methods[] = {
+    {"clear", (PyCFunction)rowbuffer_clear, METH_NOARGS, "Empty it, keeping its memory for the next block."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef rowbuffer_getset[] = {
+    {"capacity", (getter)rowbuffer_capacity, NULL, "bytes of memory held", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RowBufferType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "mixpanel_assets._fastrows.RowBuffer",
+    .tp_basicsize = sizeof(RowBuffer),
+    .tp_dealloc = (destructor)rowbuffer_dealloc,
+    .tp_as_sequence = &rowbuffer_as_sequence,
+    .tp_as_buffer = &rowbuffer_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A window's rows: append with +=, read through the buffer protocol, clear() keeps the memory.",
+    .tp_methods = rowbuffer_methods,
+    .tp_getset = rowbuffer_getset,
+    .tp_new = PyType_GenericNew,
+};
+
+/* buffers[w], taking a RowBuffer from `pool` (or a new one) the first time window w gets a row. */
+static RowBuffer *window_buffer(PyObject *buffers, Py_ssize_t w, PyObject *pool) {
+    PyObject *b = PyList_GET_ITEM(buffers, w);
+    if (b != Py_None) return (RowBuffer *)b;
+    Py_ssize_t n = PyList_GET_SIZE(pool);
+    if (n > 0) {
+        b = Py_NewRef(PyList_GET_ITEM(pool, n - 1));
+        if (PyList_SetSlice(pool, n - 1, n, NULL) < 0) {
+            Py_DECREF(b);
+            return NULL;
+        }
+    } else {
+        b = PyType_GenericNew(&RowBufferType, NULL, NULL);
+        if (b == NULL) return NULL;
+    }
+    PyList_SetItem(buffers, w, b); /* steals the reference; the list keeps it alive */
+    return (RowBuffer *)b;
+}
+
 /* ------------------------------------------------------------------ output */
 
 static int append(PyObject *bytearray, const void *data, Py_ssize_t n) {
@@ -389,13 +520,12 @@ static int append(PyObject *bytearray, const void *data, Py_ssize_t n) {
 #define PUT_SPAN(s) ((s).ptr ? (memcpy(w, (s).ptr, (size_t)(s).len), w += (s).len) : (memcpy(w, "null", 4), w += 4))
 #define SPAN_LEN(s) ((s).ptr ? (s).len : 4)
 
-static int append_row(PyObject *buffer, const line_t *ln) {
+static int append_row(RowBuffer *buffer, const line_t *ln) {
     Py_ssize_t n = 13 + SPAN_LEN(ln->ids[K_DEVICE]) + 15 + SPAN_LEN(ln->ids[K_DISTINCT]) + 14 + ln->name.len + 13 +
                    SPAN_LEN(ln->ids[K_INSERT]) + 14 + ln->props.len + 8 + ln->ids[K_TIME].len + 11 +
                    SPAN_LEN(ln->ids[K_USER]) + 2;
-    Py_ssize_t size = PyByteArray_GET_SIZE(buffer);
-    if (PyByteArray_Resize(buffer, size + n) < 0) return -1;
-    char *w = PyByteArray_AS_STRING(buffer) + size;
+    char *w = rowbuffer_extend(buffer, n);
+    if (w == NULL) return -1;
     PUT("{\"device_id\":");
     PUT_SPAN(ln->ids[K_DEVICE]);
     PUT(",\"distinct_id\":");
@@ -514,7 +644,15 @@ static int check_list(PyObject *obj, Py_ssize_t n, const char *what, int of_byte
         PyErr_Format(PyExc_TypeError, "scan(): %s must be a list of %zd items", what, n);
         return -1;
     }
-    if (of_bytearrays) {
+    if (of_bytearrays == 2) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *item = PyList_GET_ITEM(obj, i);
+            if (item != Py_None && !Py_IS_TYPE(item, &RowBufferType)) {
+                PyErr_Format(PyExc_TypeError, "scan(): %s must hold RowBuffers or None", what);
+                return -1;
+            }
+        }
+    } else if (of_bytearrays) {
         for (Py_ssize_t i = 0; i < n; i++) {
             if (!PyByteArray_CheckExact(PyList_GET_ITEM(obj, i))) {
                 PyErr_Format(PyExc_TypeError, "scan(): %s must hold bytearrays", what);
@@ -534,19 +672,25 @@ static int check_list(PyObject *obj, Py_ssize_t n, const char *what, int of_byte
 
 PyDoc_STRVAR(scan_doc,
 "scan(block, pos, index, starts, ends, buffers, hashes, procs, no_dedup, links, events_filter,\n"
-"     suppressed, suppress_none) -> (pos, index, fallback_start, fallback_end, lines, outside, suppressed)\n"
+"     suppressed, suppress_none, pool) -> (pos, index, fallback_start, fallback_end, lines, outside, suppressed)\n"
 "\n"
 "Process the lines of `block` from byte offset `pos` (line number `index` in the block) until a\n"
 "line the compiled path leaves to Python, or the end. `starts`/`ends` are the windows' bounds as\n"
-"native int64 bytes (ceil'ed); per window: `buffers` (rows), `hashes` (16-byte digests), `procs`\n"
+"native int64 bytes (ceil'ed); per window: `buffers` (rows: a RowBuffer, or None until the window\n"
+"gets a row, then one from the list `pool` or a new one), `hashes` (16-byte digests), `procs`\n"
 "(native uint64), `no_dedup` (native uint32 row indexes) are bytearrays appended to, `links` dicts\n"
 "(or None) get (kind, a, b) -> earliest time. `events_filter`/`suppressed`: frozensets of UTF-8\n"
 "bytes or None. Returns where it stopped: the next `pos` and `index` to resume from and the\n"
 "fallback line's [start, end) (-1, -1 at the end of the block); counts are of the lines it did.");
 
 static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 13) {
-        PyErr_SetString(PyExc_TypeError, "scan() takes 13 arguments");
+    if (nargs != 14) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes 14 arguments");
+        return NULL;
+    }
+    PyObject *pool = args[13];
+    if (!PyList_CheckExact(pool)) {
+        PyErr_SetString(PyExc_TypeError, "scan(): pool must be a list");
         return NULL;
     }
     PyObject *links = args[9], *events_filter = args[10], *suppressed_set = args[11];
@@ -583,7 +727,7 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "scan(): bad window bounds or position");
         goto done;
     }
-    if (check_list(args[5], n_windows, "buffers", 1) || check_list(args[6], n_windows, "hashes", 1) ||
+    if (check_list(args[5], n_windows, "buffers", 2) || check_list(args[6], n_windows, "hashes", 1) ||
         check_list(args[7], n_windows, "procs", 1) || check_list(args[8], n_windows, "no_dedup", 1) ||
         (links != Py_None && check_list(links, n_windows, "links", 0)))
         goto done;
@@ -641,7 +785,8 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             uint32_t row = (uint32_t)(PyByteArray_GET_SIZE(hashes) / 16);
             if (append(PyList_GET_ITEM(args[8], w), &row, 4) < 0) goto done;
         }
-        if (append_row(PyList_GET_ITEM(args[5], w), &ln) < 0 || append_digest(hashes, &ln) < 0 ||
+        RowBuffer *rows = window_buffer(args[5], w, pool);
+        if (rows == NULL || append_row(rows, &ln) < 0 || append_digest(hashes, &ln) < 0 ||
             append(PyList_GET_ITEM(args[7], w), &ln.proc, 8) < 0)
             goto done;
         if (links != Py_None && add_links(PyList_GET_ITEM(links, w), &ln) < 0) goto done;
@@ -730,7 +875,7 @@ static PyObject *filter_lines(PyObject *module, PyObject *const *args, Py_ssize_
             if (_PyBytes_Resize(&out, w - PyBytes_AS_STRING(out)) < 0) out = NULL;
         }
     }
-    if (drop.buf) PyBuffer_Release(&drop);
+    if (args[1] != Py_None) PyBuffer_Release(&drop);
     if (out == NULL) return NULL;
     PyObject *result = Py_BuildValue("Nn", out, total - dropped);
     return result;
@@ -752,8 +897,13 @@ PyMODINIT_FUNC PyInit__fastrows(void) {
     KIND_DEVICE_USER = PyUnicode_InternFromString("device_user");
     KIND_REKEY = PyUnicode_InternFromString("rekey");
     if (KIND_DEVICE_USER == NULL || KIND_REKEY == NULL) return NULL;
+    if (PyType_Ready(&RowBufferType) < 0) return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "RowBuffer", (PyObject *)&RowBufferType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     if (PyModule_AddIntConstant(m, "MAX_DEPTH", MAX_DEPTH) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -21,9 +21,11 @@ the coordinating process never touches the bytes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import math
+import mmap
 import os
 import pickle
 import struct
@@ -132,6 +134,31 @@ def read_range(source: FileRange) -> bytes:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _mapped_range(source: FileRange):
+    """The lines read_range returns, as a read-only view of the file mapped into memory: the
+    compiled path parses the page cache in place instead of copying the block first."""
+    fd = os.open(source.path, os.O_RDONLY)
+    try:
+        begin = 0 if source.start == 0 else _after_newline(fd, source.start - 1, source.end)
+        if begin is None or begin >= source.end:
+            yield b""
+            return
+        stop = _after_newline(fd, source.end - 1, None)
+        base = begin - begin % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(fd, stop - base, flags=mmap.MAP_SHARED | _MAP_POPULATE, prot=mmap.PROT_READ, offset=base)
+        try:
+            with memoryview(mapped) as whole, whole[begin - base:] as view:
+                yield view
+        finally:
+            mapped.close()
+    finally:
+        os.close(fd)
+
+
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map the pages in one call, not one fault per page
+
+
 def _after_newline(fd: int, pos: int, limit: int | None) -> int | None:
     """The offset just past the first newline at or after `pos` (before `limit`, if given);
     the end of the file if there is none, or None if `limit` comes first."""
@@ -157,21 +184,40 @@ def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> 
     duplicates across the whole run without holding rows in memory. Bad lines are reported by
     their line index within the block; the coordinator turns that into a line number of the input.
     """
-    block = read_range(source) if isinstance(source, FileRange) else source
-    result, buffers, links = parse_block(block, spec)
+    if isinstance(source, FileRange) and _fastrows is not None and spec.fast_rows:
+        with _mapped_range(source) as block:
+            result, buffers, links = parse_block(block, spec, _ROW_BUFFERS)
+    else:
+        block = read_range(source) if isinstance(source, FileRange) else source
+        result, buffers, links = parse_block(block, spec, _ROW_BUFFERS)
     for w, data in enumerate(buffers):
         if spec.write_rows and data:
             path = block_path(spec.staging_dir, w, block_id)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+    _keep_row_buffers(buffers)
     for w, window_links in enumerate(links):
         if window_links:
             _write_block_links(spec.staging_dir, w, block_id, window_links)
     return result
 
 
-def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytearray], list[dict]]:
+_ROW_BUFFERS: list = []  # RowBuffers this process keeps between blocks (their memory stays mapped)
+_KEPT_ROW_BUFFERS = 2  # a block's rows rarely span more windows; a few MB each, whatever the day
+
+
+def _keep_row_buffers(buffers: list) -> None:
+    for buffer in buffers:
+        if buffer is not None and buffer.__class__ is not bytearray and len(_ROW_BUFFERS) < _KEPT_ROW_BUFFERS:
+            buffer.clear()
+            _ROW_BUFFERS.append(buffer)
+
+
+def parse_block(block: bytes | memoryview, spec: BlockSpec, pool: list | None = None) -> tuple[BlockResult, list, list[dict]]:
     """A block's rows per window (newline-terminated), its BlockResult, and its identity links per window.
+
+    The rows of a window are a bytearray (Python path) or a `_fastrows.RowBuffer` (compiled path;
+    None for a window without rows), both bytes-like. `pool` lends RowBuffers kept from earlier blocks.
 
     Lines of Mixpanel's usual shape go through the compiled path (`_fastrows.scan`) when it is
     built and `spec.fast_rows` is on; it stops at any line it is not certain about, and that line
@@ -183,7 +229,10 @@ def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytear
     first_start, first_end = starts[0], ends[0]
     # Rows are appended to one buffer per window rather than kept as a list of bytes objects: each
     # row then reuses memory that is warm in the cache instead of claiming new memory (3x slower).
-    buffers = [bytearray() for _ in range(n_windows)]
+    fast_args = _FastLines.arguments(spec)
+    # The compiled path writes rows into RowBuffers, taken from `pool` as windows get rows.
+    buffers: list = [None] * n_windows if fast_args is not None else [bytearray() for _ in range(n_windows)]
+    pool = [] if pool is None else pool
     hashes = [bytearray() for _ in range(n_windows)]  # 16 bytes a row: a window's row count is len // 16
     procs = [bytearray() for _ in range(n_windows)]  # native uint64 a row
     no_dedup = [bytearray() for _ in range(n_windows)]  # native uint32 row indexes
@@ -199,7 +248,12 @@ def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytear
     prefixes: dict[str, bytes] = {}
     lines = 0
     outside = 0
-    fast = _FastLines.for_block(block, spec, buffers, hashes, procs, no_dedup, links if collect_links else None)
+    fast = None
+    if fast_args is not None:
+        fast = _FastLines(block, (*fast_args[:2], buffers, hashes, procs, no_dedup, links if collect_links else None,
+                                  *fast_args[2:], pool))
+    elif block.__class__ is not bytes:
+        block = bytes(block)  # a mapped file range (process_block): the Python loop splits bytes
     for index, line in fast if fast is not None else enumerate(block.split(b"\n")):
         if not line:
             continue
@@ -274,6 +328,8 @@ def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytear
         if insert is None:
             no_dedup[w] += pack_row(len(window_hashes) >> 4)
         buffer = buffers[w]
+        if buffer is None:
+            buffer = buffers[w] = pool.pop() if pool else _fastrows.RowBuffer()
         buffer += dumps({"device_id": device, "distinct_id": distinct, "event_name": name,
                          "insert_id": insert, "properties": properties, "time": time, "user_id": user})
         buffer += b"\n"
@@ -298,7 +354,7 @@ def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytear
     result.outside_window = outside
     result.suppressed = suppressed
     result.rows_per_window = [len(h) >> 4 for h in hashes]
-    result.bytes_per_window = [len(b) if spec.write_rows else 0 for b in buffers]
+    result.bytes_per_window = [len(b) if spec.write_rows and b is not None else 0 for b in buffers]
     result.hashes_per_window = [bytes(h) for h in hashes]
     result.procs_per_window = [bytes(p) for p in procs]
     result.no_dedup_per_window = [bytes(r) for r in no_dedup]
@@ -315,8 +371,10 @@ class _FastLines:
         self.lines = self.outside = self.suppressed = 0
         self.index = 0  # once iterated: the block's line count (a last line without newline included)
 
-    @classmethod
-    def for_block(cls, block, spec: BlockSpec, buffers, hashes, procs, no_dedup, links) -> "_FastLines | None":
+    @staticmethod
+    def arguments(spec: BlockSpec) -> tuple | None:
+        """scan()'s run-wide arguments (window bounds, filters), or None when the run must take
+        the Python path: not built, turned off, legacy timezones, bounds it cannot compare exactly."""
         if _fastrows is None or not spec.fast_rows or spec.legacy_timezone is not None:
             return None
         bounds = _integer_bounds(spec.window_starts, spec.window_ends)
@@ -326,7 +384,7 @@ class _FastLines:
         suppressed = spec.suppressed_distinct_ids
         suppressed_bytes = _utf8_set(suppressed) if suppressed is not None else None
         suppress_none = suppressed is not None and None in suppressed
-        return cls(block, (*bounds, buffers, hashes, procs, no_dedup, links, events, suppressed_bytes, suppress_none))
+        return (*bounds, events, suppressed_bytes, suppress_none)
 
     def __iter__(self):
         scan, block, args = _fastrows.scan, self.block, self.args
@@ -339,7 +397,7 @@ class _FastLines:
             if start < 0:
                 self.index = index
                 return
-            yield index, block[start:end]
+            yield index, bytes(block[start:end])  # bytes even from a mapped range: bad-line reports repr() it
             index += 1
 
 
