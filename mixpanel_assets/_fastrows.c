@@ -814,24 +814,30 @@ static PyObject *accepts(PyObject *module, PyObject *arg) {
 
 PyDoc_STRVAR(filter_lines_doc,
 "filter_lines(data, drop) -> (bytes, rows)\n\n"
-"`data` minus its newline-terminated lines whose indexes are in `drop` (native uint32, sorted\n"
+"`data` (bytes-like) minus its newline-terminated lines whose indexes are in `drop` (native uint32, sorted\n"
 "ascending, or None; indexes past the last line are ignored), and the number of lines kept.\n"
 "What block_worker.filtered_lines does with bytes.count and bytes.find, at memchr speed.");
 
 static PyObject *filter_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "filter_lines(data: bytes, drop)");
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "filter_lines(data, drop)");
         return NULL;
     }
     PyObject *data_obj = args[0];
-    const char *data = PyBytes_AS_STRING(data_obj), *end = data + PyBytes_GET_SIZE(data_obj);
+    Py_buffer data_buf;
+    if (PyObject_GetBuffer(data_obj, &data_buf, PyBUF_SIMPLE) < 0) return NULL;
+    const char *data = data_buf.buf, *end = data + data_buf.len;
     Py_ssize_t total = 0;
     for (const char *p = data; (p = memchr(p, '\n', (size_t)(end - p))) != NULL; p++) total++;
     Py_buffer drop = {0};
     Py_ssize_t n_drop = 0;
     if (args[1] != Py_None) {
-        if (PyObject_GetBuffer(args[1], &drop, PyBUF_SIMPLE) < 0) return NULL;
+        if (PyObject_GetBuffer(args[1], &drop, PyBUF_SIMPLE) < 0) {
+            PyBuffer_Release(&data_buf);
+            return NULL;
+        }
         if (drop.len % 4) {
+            PyBuffer_Release(&data_buf);
             PyBuffer_Release(&drop);
             PyErr_SetString(PyExc_ValueError, "filter_lines(): drop must hold uint32 values");
             return NULL;
@@ -842,6 +848,7 @@ static PyObject *filter_lines(PyObject *module, PyObject *const *args, Py_ssize_
     Py_ssize_t dropped = 0;
     for (Py_ssize_t i = 0; i < n_drop; i++) {
         if (i && rows[i] <= rows[i - 1]) {
+            PyBuffer_Release(&data_buf);
             PyBuffer_Release(&drop);
             PyErr_SetString(PyExc_ValueError, "filter_lines(): drop must be sorted and unique");
             return NULL;
@@ -852,9 +859,10 @@ static PyObject *filter_lines(PyObject *module, PyObject *const *args, Py_ssize_
     if (args[1] != Py_None && dropped == total) {
         out = PyBytes_FromStringAndSize(NULL, 0); /* every line dropped: nothing left, as the reference */
     } else if (dropped == 0) {
-        out = Py_NewRef(data_obj);
+        /* the same bytes object, or a copy of any other buffer (a RowBuffer is reused after this) */
+        out = PyBytes_CheckExact(data_obj) ? Py_NewRef(data_obj) : PyBytes_FromStringAndSize(data, data_buf.len);
     } else {
-        out = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(data_obj));
+        out = PyBytes_FromStringAndSize(NULL, data_buf.len);
         if (out != NULL) {
             char *w = PyBytes_AS_STRING(out);
             const char *p = data; /* start of line `row` */
@@ -876,6 +884,7 @@ static PyObject *filter_lines(PyObject *module, PyObject *const *args, Py_ssize_
         }
     }
     if (args[1] != Py_None) PyBuffer_Release(&drop);
+    PyBuffer_Release(&data_buf);
     if (out == NULL) return NULL;
     PyObject *result = Py_BuildValue("Nn", out, total - dropped);
     return result;

@@ -22,6 +22,7 @@ the coordinating process never touches the bytes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import math
@@ -74,6 +75,9 @@ class BlockSpec:
     collect_links: bool = True
     suppressed_distinct_ids: frozenset[str] | None = None  # deleted users (gdpr.py): rows dropped
     fast_rows: bool = True  # use the compiled line -> row path when it is built (see fast_rows_enabled)
+    # Local-file blocks on the compiled path stage a reference to their lines, not their rows: the
+    # rows are parsed again when parts are written (see regenerated_rows). Needs SPEC_FILE in staging_dir.
+    rows_by_reference: bool = False
 
 
 def fast_rows_enabled() -> bool:
@@ -112,8 +116,17 @@ def _legacy_converter(timezone: str):
     return convert
 
 
-def block_path(staging_dir: str | Path, window_index: int, block_id: int) -> Path:
-    return Path(staging_dir) / f"w{window_index:05d}" / f"b{block_id:07d}.jsonl"
+def block_path(staging_dir: str | Path, window_index: int, block_id: int, by_reference: bool = False) -> Path:
+    """A staged block's rows of one window: the rows (.jsonl) or a reference to the input lines (.ref)."""
+    return Path(staging_dir) / f"w{window_index:05d}" / f"b{block_id:07d}{REF_SUFFIX if by_reference else '.jsonl'}"
+
+
+SPEC_FILE = "block-spec.pickle"  # the run's BlockSpec, beside the staged blocks, for regenerated_rows
+REF_SUFFIX = ".ref"
+
+
+class StagedInputChanged(RuntimeError):
+    """A local input file changed between staging and writing parts: its rows cannot be parsed again."""
 
 
 def read_range(source: FileRange) -> bytes:
@@ -190,11 +203,21 @@ def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> 
     else:
         block = read_range(source) if isinstance(source, FileRange) else source
         result, buffers, links = parse_block(block, spec, _ROW_BUFFERS)
+    # Writing a day's rows to disk and reading them back costs more than parsing its lines again
+    # (page-cache copies of the whole day, twice), so local-file blocks on the compiled path stage a
+    # reference: where the lines are, and the length and hash of each window's rows to check them by.
+    by_reference = (isinstance(source, FileRange) and spec.rows_by_reference
+                    and _FastLines.arguments(spec) is not None)
     for w, data in enumerate(buffers):
         if spec.write_rows and data:
-            path = block_path(spec.staging_dir, w, block_id)
+            path = block_path(spec.staging_dir, w, block_id, by_reference)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            if by_reference:
+                ref = (source.path, source.start, source.end, w, len(data), xxhash.xxh3_64_intdigest(data))
+                path.write_bytes(pickle.dumps(ref, pickle.HIGHEST_PROTOCOL))
+            else:
+                path.write_bytes(data)
+    result.rows_by_reference = by_reference
     _keep_row_buffers(buffers)
     for w, window_links in enumerate(links):
         if window_links:
@@ -496,16 +519,56 @@ def line_starts(data: bytes):
     return starts
 
 
-def filtered_lines(path, drop_rows) -> tuple[bytes, int]:
+def filtered_lines(path, drop_rows, keep_buffers: bool = True) -> tuple[bytes, int]:
     """A staged block's rows minus the rows listed in `drop_rows`; (newline-terminated data, rows).
 
-    Dropped rows (about 1% of a day) are cut out as byte ranges found with bytes.find, so a block
-    costs a few copies, not a split and join of every line, and the worker needs no numpy.
+    Dropped rows (about 1% of a day) are cut out as byte ranges, so a block costs a copy, not a
+    split and join of every line, and the worker needs no numpy. A staged reference (REF_SUFFIX)
+    is parsed again from its input (regenerated_rows).
     """
-    data = Path(path).read_bytes()
+    path = Path(path)
+    if path.suffix == REF_SUFFIX:
+        return regenerated_rows(path, drop_rows, keep_buffers)
+    data = path.read_bytes()
     if _fastrows is not None:
         return filter_lines_fast(data, drop_rows)
     return filter_lines_python(data, drop_rows)
+
+
+def regenerated_rows(ref_path: Path, drop_rows, keep_buffers: bool = True) -> tuple[bytes, int]:
+    """A staged reference's rows, parsed again from the input lines, checked against the length
+    and hash recorded when the block was staged; minus `drop_rows`.
+
+    The parse is the one that staged the block (same BlockSpec, SPEC_FILE), so the rows are the
+    same bytes; a changed input file is caught by the check and named.
+    """
+    path, start, end, window, size, digest = pickle.loads(ref_path.read_bytes())
+    spec = _regeneration_spec(str(ref_path.parent.parent / SPEC_FILE))
+    pool = _ROW_BUFFERS if keep_buffers else []
+    with _mapped_range(FileRange(path, start, end)) as block:
+        _, buffers, _ = parse_block(block, spec, pool)
+    try:
+        rows = buffers[window]
+        if rows is None or len(rows) != size or xxhash.xxh3_64_intdigest(rows) != digest:
+            raise StagedInputChanged(
+                f"{path} changed while it was being exported (its lines at bytes {start}-{end} no longer give "
+                f"the rows staged from them); export the partition again")
+        if _fastrows is not None:
+            return filter_lines_fast(rows, drop_rows)
+        return filter_lines_python(bytes(rows), drop_rows)
+    finally:
+        if keep_buffers:
+            _keep_row_buffers(buffers)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_spec(spec_file: str, mtime_ns: int) -> BlockSpec:
+    spec = pickle.loads(Path(spec_file).read_bytes())
+    return dataclasses.replace(spec, collect_links=False)
+
+
+def _regeneration_spec(spec_file: str) -> BlockSpec:
+    return _cached_spec(spec_file, os.stat(spec_file).st_mtime_ns)
 
 
 def filter_lines_fast(data: bytes, drop_rows) -> tuple[bytes, int]:

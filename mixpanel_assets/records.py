@@ -102,6 +102,7 @@ class BlockResult:
     bad_lines: int = 0
     bad_examples: list[tuple[int, str]] = field(default_factory=list)  # (line index in the block, why)
     fast_lines: int = 0  # of `lines`, those the compiled path (_fastrows) parsed; the rest took Python's
+    rows_by_reference: bool = False  # rows staged as a reference to the input lines (block_worker.process_block)
     # Identity links ((kind, a, b) -> earliest time) go to staging files, merged per window at the end.
     terminated_early: bool = False
 

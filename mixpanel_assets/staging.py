@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import os
+import pickle
 from array import array
 import shutil
 import tempfile
@@ -35,10 +36,12 @@ import orjson
 
 from mixpanel_assets.block_worker import (
     FLAG_NO_DEDUP,
+    SPEC_FILE,
     BlockSpec,
     FileRange,
     block_path,
     fast_rows_enabled,
+    filtered_lines,
     line_starts,
     LINK_PARTS,
     links_dir,
@@ -149,7 +152,7 @@ class StagedRows:
             if first == last:
                 _plan(plans, first).append((str(seg.path), _rows_array(seg.drop_rows)))
                 continue
-            starts = line_starts(Path(seg.path).read_bytes()) + begin
+            starts = line_starts(filtered_lines(seg.path, None, keep_buffers=False)[0]) + begin
             owner = starts // max_bytes
             dropped = seg.drop_rows if seg.drop_rows is not None else np.empty(0, dtype=np.int64)
             for k in range(int(owner[0]), int(owner[-1]) + 1):
@@ -178,8 +181,6 @@ class StagedRows:
 
     def iter_rows(self) -> Iterator[bytes]:
         """The kept rows as JSON lines (tests, checks and small destinations)."""
-        from mixpanel_assets.block_worker import filtered_lines
-
         for seg in self.segments:
             data, _ = filtered_lines(seg.path, seg.drop_rows)
             yield from data.splitlines()
@@ -551,7 +552,9 @@ def stage_events(
         write_rows=write_rows,
         suppressed_distinct_ids=frozenset(suppressed_distinct_ids) if suppressed_distinct_ids else None,
         fast_rows=fast_rows_enabled(),
+        rows_by_reference=write_rows,
     )
+    (staging_dir / SPEC_FILE).write_bytes(pickle.dumps(spec, pickle.HIGHEST_PROTOCOL))
     if progress is not None:
         progress(f"{describe_source}: parsing lines with {rows_path()}")
     buckets = _KeyBuckets(staging_dir / "keys", len(windows))
@@ -714,7 +717,8 @@ def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: B
             continue
         window.rows_read += rows
         window.segments.append(
-            Segment(block_path(spec.staging_dir, w, block_id), rows, result.bytes_per_window[w])
+            Segment(block_path(spec.staging_dir, w, block_id, result.rows_by_reference), rows,
+                    result.bytes_per_window[w])
         )
         buckets.add(w, block_id, result.hashes_per_window[w], result.procs_per_window[w],
                     result.no_dedup_per_window[w])

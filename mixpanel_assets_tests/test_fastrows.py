@@ -30,11 +30,12 @@ from mixpanel_assets import _fastrows  # CI builds the extension: a missing buil
 from mixpanel_assets.block_worker import (
     FAST_ROWS_ENV,
     BlockSpec,
+    StagedInputChanged,
     filter_lines_fast,
     filter_lines_python,
     parse_block,
 )
-from mixpanel_assets.records import Window
+from mixpanel_assets.records import LocalFile, Window
 from mixpanel_assets.staging import Fingerprint, _deduplicate, _KeyBuckets, stage_events
 from mixpanel_assets_tests.helpers import epoch
 
@@ -236,6 +237,47 @@ def test_a_run_uses_the_python_path_when_the_environment_says_so(generated_day, 
                           progress=messages.append)
     assert staged.fast_lines == 0 and "pure-Python" in messages[-1]
     assert list(staged.windows[0].iter_rows()) == fast_rows
+    staged.cleanup()
+
+
+def test_local_files_stage_references_whose_rows_equal_rows_staged_from_a_stream(generated_day, tmp_path):
+    windows = [Window(DAY + h * 3600, DAY + (h + 1) * 3600) for h in range(24)]
+    keys = [str(h) for h in range(24)]
+    by_reference = stage_events([LocalFile(str(generated_day), generated_day.name)], windows, keys,
+                                staging_root=tmp_path, workers=2, block_bytes=1 << 20)
+    streamed = stage_events([generated_day.read_bytes()], windows, keys, staging_root=tmp_path, block_bytes=1 << 20)
+    try:
+        segments = [seg for w in by_reference.windows for seg in w.segments]
+        assert segments and all(seg.path.suffix == ".ref" for seg in segments)
+        assert all(seg.path.suffix == ".jsonl" for w in streamed.windows for seg in w.segments)
+        for ours, theirs in zip(by_reference.windows, streamed.windows):
+            assert list(ours.iter_rows()) == list(theirs.iter_rows())
+            assert ours.fingerprint == theirs.fingerprint and ours.rows > 0
+    finally:
+        by_reference.cleanup()
+        streamed.cleanup()
+
+
+def test_an_input_file_changed_after_staging_fails_the_part_write_and_names_the_file(generated_day, tmp_path):
+    source = tmp_path / "day.jsonl"
+    source.write_bytes(generated_day.read_bytes())
+    staged = stage_events([LocalFile(str(source), source.name)], WHOLE_DAY, ["d"], staging_root=tmp_path,
+                          block_bytes=1 << 20)
+    try:
+        data = source.read_bytes()
+        at = data.index(b'"mp_lib":"web"', 5_000_000)  # same length, another value: only the rows differ
+        source.write_bytes(data[:at] + b'"mp_lib":"wob"' + data[at + 14:])
+        with pytest.raises(StagedInputChanged, match=f"{source}.*changed while it was being exported"):
+            staged.windows[0].write_parts(tmp_path / "out", workers=1)
+    finally:
+        staged.cleanup()
+
+
+def test_the_python_path_stages_rows_not_references(generated_day, tmp_path, monkeypatch):
+    monkeypatch.setenv(FAST_ROWS_ENV, "0")
+    staged = stage_events([LocalFile(str(generated_day), generated_day.name)], WHOLE_DAY, ["d"],
+                          staging_root=tmp_path, block_bytes=1 << 20)
+    assert {seg.path.suffix for seg in staged.windows[0].segments} == {".jsonl"}
     staged.cleanup()
 
 
