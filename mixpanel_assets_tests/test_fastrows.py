@@ -420,6 +420,32 @@ def test_dedup_drops_and_fingerprints_equal_a_brute_force_of_mixpanels_rule(tmp_
         assert dup_counts[w] == sum(len(v) for (win, _), v in expected_drops.items() if win == w)
 
 
+# ------------------------------------------------------------------ without the extension
+
+WITHOUT_EXTENSION = """
+import sys
+sys.modules["mixpanel_assets._fastrows"] = None  # as if it was never built: importing it fails
+from mixpanel_assets.records import LocalFile, Window
+from mixpanel_assets.staging import stage_events
+messages = []
+staged = stage_events([LocalFile(sys.argv[1], "day")], [Window(float(sys.argv[2]), float(sys.argv[2]) + 86400)], ["d"],
+                      staging_root=sys.argv[3], workers=2, block_bytes=1 << 20, progress=messages.append)
+sys.stdout.buffer.write(b"\\n".join(staged.windows[0].iter_rows()))
+assert staged.fast_lines == 0 and "not built" in messages[0], messages
+staged.cleanup()
+"""
+
+
+def test_the_package_exports_the_same_rows_when_the_extension_is_missing(generated_day, tmp_path):
+    done = subprocess.run([sys.executable, "-c", WITHOUT_EXTENSION, str(generated_day), str(DAY), str(tmp_path)],
+                          capture_output=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    staged = stage_events([LocalFile(str(generated_day), "day")], WHOLE_DAY, ["d"], staging_root=tmp_path,
+                          block_bytes=1 << 20)
+    assert staged.fast_lines > 0 and done.stdout == b"\n".join(staged.windows[0].iter_rows())
+    staged.cleanup()
+
+
 # ------------------------------------------------------------------ the staging tests on the Python path
 
 def test_staging_tests_also_pass_with_the_python_path_forced():
