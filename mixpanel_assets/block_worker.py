@@ -3,8 +3,9 @@
 Both functions take and return only plain, picklable values, and write their bulk output to
 files in the run's staging folder, so little crosses the process boundary: a block's rows go to
 disk, and only counts, dedup-key hashes and identity links come back. A block of a local,
-uncompressed file is not sent at all: the worker reads its byte range itself (`FileRange`), so
-the coordinating process never touches the bytes.
+uncompressed file is not sent at all: the worker maps its byte range itself (`FileRange`), so
+the coordinating process never touches the bytes, and on the compiled path only a reference to
+the range is staged; its rows are parsed again when parts are written (`regenerated_rows`).
 
 `process_block` is the hot loop of every export (one iteration per event), in three tiers:
 
