@@ -65,7 +65,7 @@ def source_specs(project: ProjectConfig) -> list[dg.AssetSpec]:
 
 
 @contextlib.contextmanager
-def _failing_permanently_when_retries_cannot_help():
+def failing_permanently_when_retries_cannot_help():
     """Malformed data and refused requests (bad credentials, a missing project) fail the step
     without retries: retrying would only spend Export API quota. Transient errors pass through
     to the step's retry policy."""
@@ -122,7 +122,7 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         run_spec = dataclasses.replace(spec, suppressed_distinct_ids=suppressed_distinct_ids(mixpanel.state_path))
         source = mixpanel.open(context.log)
         try:
-            with _failing_permanently_when_retries_cannot_help():
+            with failing_permanently_when_retries_cannot_help():
                 staged = export_events(source, windows, run_spec, mixpanel.state(), context.log)
         finally:
             source.close()
@@ -174,7 +174,7 @@ def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
     def mp_people_data(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
         source = ProfilesWithoutDeleted(mixpanel.open(context.log), suppressed_distinct_ids(mixpanel.state_path))
         try:
-            with _failing_permanently_when_retries_cannot_help():
+            with failing_permanently_when_retries_cannot_help():
                 staged = export_people(source, None, mixpanel.max_bad_fraction, context.log)
         finally:
             source.close()

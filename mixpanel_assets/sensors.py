@@ -26,14 +26,12 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from mixpanel_assets.assets import EVENTS_TABLE, project_pool, source_keys
+from mixpanel_assets.assets import EVENTS_TABLE, failing_permanently_when_retries_cannot_help, project_pool, source_keys
 from mixpanel_assets.config import PipelineConfig, PipelinesFile, SyncWindow
 from mixpanel_assets.gdpr_register import suppressed_distinct_ids
-from mixpanel_assets.mixpanel.errors import MixpanelAPIError
 from mixpanel_assets.partitions import events_partitions_def
 from mixpanel_assets.resources import MixpanelSourceResource
 from mixpanel_assets.schedules import job_name
-from mixpanel_assets.staging import BadInputError
 from mixpanel_assets.sync import (
     EXPORTED_FINGERPRINT_TAG,
     FINGERPRINT_KEY,
@@ -312,15 +310,10 @@ def probe_job(pipeline: PipelineConfig, config: PipelinesFile) -> dg.JobDefiniti
                              allow_retries=False)
         source = mixpanel.open(context.log)
         try:
-            result = probe_source(source, pipeline, project, first, last, context.log,
-                                  workers=mixpanel.export_workers, staging_dir=mixpanel.staging_dir,
-                                  suppressed_distinct_ids=suppressed_distinct_ids(mixpanel.state_path))
-        except BadInputError as exc:
-            raise dg.Failure(description=str(exc), allow_retries=False) from exc
-        except MixpanelAPIError as exc:
-            if not exc.retryable:
-                raise dg.Failure(description=str(exc), allow_retries=False) from exc
-            raise
+            with failing_permanently_when_retries_cannot_help():
+                result = probe_source(source, pipeline, project, first, last, context.log,
+                                      workers=mixpanel.export_workers, staging_dir=mixpanel.staging_dir,
+                                      suppressed_distinct_ids=suppressed_distinct_ids(mixpanel.state_path))
         finally:
             source.close()
         context.log.info(f"probed {len(result.fingerprints)} days with {result.queries} source queries, "
