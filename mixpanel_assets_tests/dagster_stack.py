@@ -278,14 +278,14 @@ class DagsterStack:
                           f"backfill {backfill_id} to finish\n{self.logs()}", interval=2)
         return status
 
-    def step_intervals(self, run_id: str) -> tuple[float, float]:
-        """(first step start, last step end) of a run, from the webserver's step stats."""
+    def step_interval(self, run_id: str, step_key: str) -> tuple[float, float]:
+        """(start, end) of one step of a run, from the webserver's step stats."""
         data = self.graphql(
-            "query S($id: ID!) { runOrError(runId: $id) { ... on Run { stepStats { startTime endTime } } } }",
+            "query S($id: ID!) { runOrError(runId: $id) { ... on Run { stepStats { stepKey startTime endTime } } } }",
             {"id": run_id},
         )
-        stats = data["runOrError"]["stepStats"]
-        return min(s["startTime"] for s in stats), max(s["endTime"] for s in stats)
+        [stats] = [s for s in data["runOrError"]["stepStats"] if s["stepKey"] == step_key]
+        return stats["startTime"], stats["endTime"]
 
     def source_lines(self, day: str) -> list[bytes]:
         return (self.source / f"{day}.jsonl").read_bytes().splitlines()
