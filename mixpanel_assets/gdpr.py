@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from mixpanel_assets.destinations.registry import io_manager_key
 from mixpanel_assets.gdpr_register import add_to_register
 from mixpanel_assets.partitions import events_partitions_def, windows_for_keys
 from mixpanel_assets.resources import resolve_path
+from mixpanel_assets.scratch import scratch_dir
 from mixpanel_assets.state import StateStore
 
 JOB_NAME = "gdpr_deletion_job"
@@ -132,7 +132,7 @@ def _mentions(link: list, ids: set[str]) -> bool:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _supports_deletion(destination: Destination, pipeline: PipelineConfig) -> bool:
@@ -186,7 +186,7 @@ def delete_everywhere(config: PipelinesFile, destinations: dict[str, Destination
 def write_audit(state_root: str | Path, record: dict) -> Path:
     directory = Path(state_root) / AUDIT_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     path = directory / f"{stamp}-{record['run_id'][:8]}.json"
     path.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
     return path
@@ -208,7 +208,7 @@ def gdpr_job(pipelines_file: PipelinesFile, base_dir: Path) -> dg.JobDefinition:
             raise dg.Failure("GDPR deletion: no distinct_ids given (set distinct_ids or ids_file)", allow_retries=False)
         mixpanel = context.resources.mixpanel
         state = mixpanel.state()
-        work_dir = Path(tempfile.mkdtemp(prefix="mp-gdpr-", dir=mixpanel.staging_dir))
+        work_dir = scratch_dir("gdpr", mixpanel.staging_dir)
         destinations = {name: getattr(context.resources, key).destination(context.log) for name, key in io_keys.items()}
         record = {"run_id": context.run_id, "started_at": _now(), "dry_run": config.dry_run,
                   "project_id": project.id, "requested_distinct_ids": requested}

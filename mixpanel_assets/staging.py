@@ -22,10 +22,9 @@ import hashlib
 import heapq
 import os
 import pickle
-from array import array
 import shutil
-import tempfile
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import orjson
 
 from mixpanel_assets.block_worker import (
     FLAG_NO_DEDUP,
+    LINK_PARTS,
     SPEC_FILE,
     BlockSpec,
     FileRange,
@@ -43,7 +43,6 @@ from mixpanel_assets.block_worker import (
     fast_rows_enabled,
     filtered_lines,
     line_starts,
-    LINK_PARTS,
     links_dir,
     merge_links,
     process_block,
@@ -52,6 +51,7 @@ from mixpanel_assets.block_worker import (
 )
 from mixpanel_assets.parts import EXTENSIONS, PartFile
 from mixpanel_assets.records import MAX_REPORTED_BAD_LINES, BlockResult, LocalFile, Origin, Window
+from mixpanel_assets.scratch import scratch_dir
 from mixpanel_assets.workers import InlineExecutor, process_pool
 
 BLOCK_BYTES = 4 << 20
@@ -87,7 +87,7 @@ class Fingerprint:
     key_sum: int = 0  # sum of the 64-bit dedup-key hashes of kept rows, mod 2**64
     max_processing_time_ms: int = 0
 
-    def __add__(self, other: "Fingerprint") -> "Fingerprint":
+    def __add__(self, other: Fingerprint) -> Fingerprint:
         return Fingerprint(
             self.rows + other.rows,
             (self.key_sum + other.key_sum) & ((1 << 64) - 1),
@@ -98,7 +98,7 @@ class Fingerprint:
         return f"{self.rows}-{self.key_sum:016x}-{self.max_processing_time_ms}"
 
     @classmethod
-    def from_token(cls, token: str) -> "Fingerprint":
+    def from_token(cls, token: str) -> Fingerprint:
         rows, key_sum, proc = token.split("-")
         return cls(int(rows), int(key_sum, 16), int(proc))
 
@@ -245,7 +245,7 @@ class StagedWindow(StagedRows):
     window: Window = Window(0.0, 0.0)
     partition_key: str | None = None
     fingerprint: Fingerprint = Fingerprint()
-    links: "LinkSet | dict[tuple[str, str, str], float]" = field(default_factory=lambda: LinkSet())
+    links: LinkSet | dict[tuple[str, str, str], float] = field(default_factory=lambda: LinkSet())
     info: object = None  # the Dagster-side PartitionWindow, set by the asset
 
     def content_token(self) -> str:
@@ -272,7 +272,7 @@ class StagedTable(StagedRows):
 def stage_table(lines: Iterable[bytes], table: str, *, staging_root: str | Path | None = None,
                 block_bytes: int = BLOCK_BYTES) -> StagedTable:
     """Stage already-transformed row lines of a whole table in blocks (bounded memory)."""
-    staging_dir = Path(tempfile.mkdtemp(prefix=f"mp-{table}-", dir=staging_root))
+    staging_dir = scratch_dir(table, staging_root)
     staged = StagedTable(table=table, staging_dir=staging_dir)
     digest = hashlib.sha1()
     buffer: list[bytes] = []
@@ -537,7 +537,7 @@ def stage_events(
     ordered = sorted(range(len(windows)), key=lambda i: windows[i].start)
     windows = [windows[i] for i in ordered]
     partition_keys = [partition_keys[i] for i in ordered]
-    staging_dir = Path(tempfile.mkdtemp(prefix="mp-stage-", dir=staging_root))
+    staging_dir = scratch_dir("stage", staging_root)
     staged = StagedEvents(
         staging_dir,
         [StagedWindow(window=w, partition_key=k) for w, k in zip(windows, partition_keys)],

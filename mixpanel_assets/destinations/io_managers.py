@@ -8,7 +8,6 @@ it succeeded or not.
 
 from __future__ import annotations
 
-import tempfile
 from abc import abstractmethod
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import dagster as dg
 
 from mixpanel_assets.destinations.base import Destination, WriteResult
 from mixpanel_assets.partitions import PartitionWindow
+from mixpanel_assets.scratch import scratch_dir
 from mixpanel_assets.staging import StagedEvents, StagedTable
 
 MAX_URIS_IN_METADATA = 20
@@ -33,7 +33,7 @@ class MixpanelIOManager(dg.ConfigurableIOManager):
         if obj is None:
             return
         destination = self.destination(context.log)
-        work_dir = Path(tempfile.mkdtemp(prefix="mp-parts-"))
+        work_dir = scratch_dir("parts")
         try:
             if isinstance(obj, StagedEvents):
                 results = self._write_events(context, destination, obj, work_dir)
