@@ -37,7 +37,7 @@ def add_to_register(state_root: str | Path, distinct_ids: Iterable[str]) -> Path
     path = register_path(state_root)
     path.parent.mkdir(parents=True, exist_ok=True)
     ids = sorted(suppressed_distinct_ids(state_root) | set(distinct_ids))
-    updated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    updated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"updated_at": updated, "distinct_ids": ids}, indent=1), encoding="utf-8")
     os.replace(tmp, path)

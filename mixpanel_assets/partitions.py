@@ -16,7 +16,7 @@ import dagster as dg
 from mixpanel_assets.config import PipelineConfig, ProjectConfig
 from mixpanel_assets.records import Window
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 HOURLY_FMT = "%Y-%m-%d-%H:%M"
 HOURLY_FMT_WITH_OFFSET = "%Y-%m-%d-%H:%M%z"  # non-UTC zones: the repeated DST hour needs an offset
 

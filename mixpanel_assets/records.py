@@ -250,4 +250,4 @@ def identity_row(distinct_id: str, resolved: str) -> bytes:
 
 
 def epoch_to_datetime(value: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+    return dt.datetime.fromtimestamp(value, tz=dt.UTC)

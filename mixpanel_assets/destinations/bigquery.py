@@ -115,7 +115,7 @@ def _schema(fields):
 
 
 def _ts(value: dt.datetime) -> str:
-    return "TIMESTAMP '" + value.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f") + "+00'"
+    return "TIMESTAMP '" + value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f") + "+00'"
 
 
 def _date(value: dt.date) -> str:
@@ -237,7 +237,7 @@ class BigQueryDestination(Destination):
     def write_table(self, staged: StagedTable, work_dir: Path) -> WriteResult:
         table = staged.table
         view = f"{table}_view"
-        new = f"{table}_{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:6]}"
+        new = f"{table}_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:6]}"
         what = f"{self.ref(view)} (new table {new})"
         parts = []
         swapped = False
@@ -519,7 +519,7 @@ class BigQueryDestination(Destination):
             spec.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY,
                                                                field=partition_field)
         if expires:
-            spec.expires = dt.datetime.now(dt.timezone.utc) + STAGING_EXPIRY
+            spec.expires = dt.datetime.now(dt.UTC) + STAGING_EXPIRY
         try:
             self.client.create_table(spec, timeout=60)
         except Conflict:

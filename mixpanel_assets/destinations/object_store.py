@@ -27,8 +27,8 @@ from mixpanel_assets.destinations.base import (
     WriteResult,
     utc_now_iso,
 )
-from mixpanel_assets.parts import PartFile
 from mixpanel_assets.partitions import PartitionWindow
+from mixpanel_assets.parts import PartFile
 from mixpanel_assets.staging import StagedRows, StagedTable, StagedWindow
 
 MANIFEST = "manifest.json"

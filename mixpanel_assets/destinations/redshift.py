@@ -293,7 +293,7 @@ class RedshiftSpectrumDestination(Destination):
         partition = {
             "Values": [day],
             "StorageDescriptor": self._storage(EVENTS_TABLE, location),
-            "Parameters": {"mixpanel_assets.exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "Parameters": {"mixpanel_assets.exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                            "mixpanel_assets.last_partition_key": window.partition_key},
         }
         try:

@@ -6,8 +6,13 @@ from pathlib import Path
 
 from mixpanel_assets.config import PipelineConfig, ProjectConfig
 from mixpanel_assets.destinations.cloud_registry import cloud_io_manager, cloud_table_location
-from mixpanel_assets.destinations.configs import AzureDestination, GCSDestination, S3Destination
-from mixpanel_assets.destinations.configs import DuckDBDestination, LocalDestination
+from mixpanel_assets.destinations.configs import (
+    AzureDestination,
+    DuckDBDestination,
+    GCSDestination,
+    LocalDestination,
+    S3Destination,
+)
 from mixpanel_assets.destinations.io_managers import DuckDBIOManager, LocalFolderIOManager, MixpanelIOManager
 from mixpanel_assets.destinations.warehouse_registry import WAREHOUSES, warehouse_io_manager, warehouse_table_location
 from mixpanel_assets.resources import resolve_path

@@ -380,7 +380,7 @@ class SnowflakeDestination(Destination):
 
 
 def _naive_utc(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def _quoted_path(path: Path) -> str:

@@ -29,7 +29,7 @@ CITIES = [("Berlin", "DE"), ("San Francisco", "US"), ("São Paulo", "BR"), ("東
           ("London", "GB"), ("Montréal", "CA"), ("Bengaluru", "IN")]
 BROWSERS = ["Chrome", "Safari", "Firefox", "Microsoft Edge"]
 PATHS = ["/", "/pricing", "/features", "/app/dashboard", "/blog/ünïcode-tips", "/docs/start"]
-EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 HOUR = 3600
 
 

@@ -20,7 +20,7 @@ import orjson
 from mixpanel_assets.mixpanel.client import ExportQuery, MixpanelClient
 from mixpanel_assets.records import LocalFile, Origin
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @dataclass(frozen=True)
