@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -128,6 +129,11 @@ class RunnerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=60)
         self.log.close()
+
+
+def scratch_folders_of(pid: int) -> list[Path]:
+    """The staging folders (mixpanel_assets.scratch) a run process has made in the temp folder."""
+    return sorted(Path(tempfile.gettempdir()).glob(f"mp-*~*~{pid}~*"))
 
 
 def step_up_for_retry(home: Path) -> str | None:
@@ -256,14 +262,17 @@ def test_a_run_killed_inside_the_destination_write_leaves_one_whole_version_and_
     runner = RunnerProcess(config, job, home, pause_at)
     try:
         wait_for(lambda: runner.alive() and runner.marker.exists(), 240, f"the run to reach {pause_at}")
+        left_behind = scratch_folders_of(runner.proc.pid)
     finally:
         runner.kill()  # SIGKILL to the run's whole process group, its worker processes included
 
     assert read() == versions[sees]
     if job == "files_job":
         assert not (window_folder(tmp_path) / "complete").exists()  # readers of part-* know to wait
+    assert left_behind and all(folder.exists() for folder in left_behind)  # the killed run could not clean up
     run_partition(defs, job, instance, DAY)
     assert read() == versions["v2"]
+    assert not any(folder.exists() for folder in left_behind)  # the next run swept them
     if job == "files_job":
         assert (window_folder(tmp_path) / "complete").exists()
 
