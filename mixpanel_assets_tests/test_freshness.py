@@ -87,7 +87,7 @@ def test_a_missing_newest_hour_is_a_warning(tmp_path, source, instance):
 
 def test_the_freshness_sensor_asks_for_every_newest_partition_check(tmp_path, source, instance):
     defs = definitions(tmp_path, project(source), [events("hourly_db", "hourly"), events("daily_db", "daily")], today=TODAY)
-    sensor = defs.get_sensor_def(FRESHNESS_SENSOR)
+    sensor = defs.resolve_sensor_def(FRESHNESS_SENSOR)
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
     data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
     requested = {key for request in data.run_requests for key in request.asset_check_keys}

@@ -197,7 +197,7 @@ def test_the_cursor_keeps_a_restarted_sensor_from_requesting_again(tmp_path, sou
     config = {"sync_window": {"min_age_hours": 0, "max_age_days": None}}
     pipelines = [{**DAILY_DB, **config}]
     defs = definitions(tmp_path, local_project(source), pipelines)
-    sensor = defs.get_sensor_def("daily_db_sync_sensor")
+    sensor = defs.resolve_sensor_def("daily_db_sync_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
 
     def tick(cursor):
