@@ -58,8 +58,10 @@ def _init_worker(coordinator_pid: int) -> None:
 
     glibc raises its mmap threshold after the first large free, so 4 MB block buffers would then
     come from the heap and the worker's RSS would stay at its high-water mark; a fixed threshold
-    keeps it at what the worker holds. A worker whose run process was killed (OOM, SIGKILL, a lost
-    node) would otherwise wait forever on its task queue.
+    keeps it at what the worker holds. Arrow (Parquet parts) is pointed at the same malloc rather
+    than its own mimalloc, which keeps freed row groups mapped: ~130 MB less for the process tree
+    of a 1M-event Parquet export, no slower. A worker whose run process was killed (OOM, SIGKILL,
+    a lost node) would otherwise wait forever on its task queue.
     """
     try:
         import ctypes
@@ -67,6 +69,7 @@ def _init_worker(coordinator_pid: int) -> None:
         ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MB
     except (OSError, AttributeError):
         pass
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # read when pyarrow is imported; a user's choice stands
 
     def watch() -> None:
         while True:
