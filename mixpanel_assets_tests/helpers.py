@@ -16,6 +16,20 @@ from mixpanel_assets.parts import iter_part_lines
 TODAY = dt.date(2026, 11, 22)
 
 
+def local_project(project_id: int, folder: Path, *, profiles: bool = False, **settings) -> dict:
+    """The `project:` block for export files in `folder` (a `local` source), state in ./state."""
+    source = {"type": "local", "path": str(folder)}
+    if profiles:
+        source["profiles_path"] = str(folder / "profiles.jsonl")
+    return {"id": project_id, "state": {"path": "state"}, "source": source, **settings}
+
+
+def events_pipeline(name: str, frequency: str, destination: dict, first_day: str = "2024-11-20", **settings) -> dict:
+    """An events pipeline set up (`created`) on its first partition's day, so no backfill limit applies."""
+    return {"name": name, "data_source": "events", "frequency": frequency, "from_date": first_day,
+            "created": first_day, "destination": destination, **settings}
+
+
 def write_config(directory: Path, project: dict, pipelines: list[dict], name: str = "pipelines.yaml") -> Path:
     path = directory / name
     path.write_text(yaml.safe_dump({"project": project, "pipelines": pipelines}, sort_keys=False))

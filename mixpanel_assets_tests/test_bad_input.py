@@ -18,7 +18,16 @@ import pytest
 
 from mixpanel_assets.build import build_definitions
 from mixpanel_assets.config import ConfigError
-from mixpanel_assets_tests.helpers import TODAY, dedup_expected, epoch, event_line, read_folder_rows, run_partition, write_config
+from mixpanel_assets_tests.helpers import (
+    TODAY,
+    dedup_expected,
+    epoch,
+    event_line,
+    local_project,
+    read_folder_rows,
+    run_partition,
+    write_config,
+)
 
 PROJECT_ID = 777
 DAY = "2024-11-22"
@@ -30,7 +39,7 @@ def good_lines(n: int = 200) -> list[bytes]:
 
 
 def project(source: Path, **extra) -> dict:
-    return {"id": PROJECT_ID, "state": {"path": "state"}, "source": {"type": "local", "path": str(source)}, **extra}
+    return local_project(PROJECT_ID, source, **extra)
 
 
 RANGED = {"data_source": "events", "frequency": "daily", "from_date": "2024-11-20", "to_date": "2024-11-30",

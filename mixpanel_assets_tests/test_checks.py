@@ -18,7 +18,7 @@ import pytest
 from mixpanel_assets.checks import NO_DUPLICATES, ROW_COUNT, SCHEMA, TABLE_ROW_COUNT, UNIQUE_IDS, _evaluate_window
 from mixpanel_assets.destinations.base import Destination
 from mixpanel_assets.partitions import PartitionWindow
-from mixpanel_assets_tests.helpers import definitions, event_line
+from mixpanel_assets_tests.helpers import definitions, event_line, events_pipeline, local_project
 
 UTC = dt.timezone.utc
 DAY = dt.date(2024, 11, 22)
@@ -46,14 +46,12 @@ def source(tmp_path):
 
 
 def project(folder) -> dict:
-    return {"id": PROJECT_ID, "state": {"path": "state"}, "export_workers": 1,
-            "limits": {"enforce_mixpanel_limits": False},  # three recurring events pipelines side by side
-            "source": {"type": "local", "path": str(folder), "profiles_path": str(folder / "profiles.jsonl")}}
+    return local_project(PROJECT_ID, folder, profiles=True, export_workers=1,
+                         limits={"enforce_mixpanel_limits": False})  # three recurring events pipelines side by side
 
 
 def events(name, frequency, destination):
-    return {"name": name, "data_source": "events", "frequency": frequency, "from_date": "2024-11-20",
-            "created": "2024-11-20", "sync": False, "destination": destination}
+    return events_pipeline(name, frequency, destination, sync=False)
 
 
 DAILY_DB = events("daily_db", "daily", {"type": "duckdb", "path": "wh.duckdb"})

@@ -19,7 +19,15 @@ import pytest
 
 from mixpanel_assets_tests.emulators.fixtures import unique_name
 from mixpanel_assets_tests.emulators.stores import store_for
-from mixpanel_assets_tests.helpers import dedup_expected, definitions, epoch, event_line, run_partition
+from mixpanel_assets_tests.helpers import (
+    dedup_expected,
+    definitions,
+    epoch,
+    event_line,
+    events_pipeline,
+    local_project,
+    run_partition,
+)
 
 PROJECT_ID = 4321
 HOUR_13 = (epoch("2024-11-22T13:00:00"), epoch("2024-11-22T14:00:00"))
@@ -65,13 +73,7 @@ def source_dir(tmp_path):
 
 
 def project(source_dir) -> dict:
-    return {"id": PROJECT_ID, "timezone": "UTC", "state": {"path": "state"},
-            "source": {"type": "local", "path": str(source_dir), "profiles_path": str(source_dir / "profiles.jsonl")}}
-
-
-def events_pipeline(name: str, frequency: str, destination: dict) -> dict:
-    return {"name": name, "data_source": "events", "frequency": frequency, "from_date": "2024-11-20",
-            "created": "2024-11-20", "destination": destination}
+    return local_project(PROJECT_ID, source_dir, profiles=True, timezone="UTC")
 
 
 def folders(keys: list[str]) -> dict[str, list[str]]:

@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from mixpanel_assets.freshness import FRESHNESS_SENSOR
-from mixpanel_assets_tests.helpers import definitions, event_line
+from mixpanel_assets_tests.helpers import definitions, event_line, events_pipeline, local_project
 
 UTC = dt.timezone.utc
 TODAY = dt.datetime.now(UTC).date()
@@ -36,12 +36,12 @@ def source(tmp_path):
 
 
 def project(folder) -> dict:
-    return {"id": 5150, "state": {"path": "state"}, "export_workers": 1, "source": {"type": "local", "path": str(folder)}}
+    return local_project(5150, folder, export_workers=1)
 
 
 def events(name, frequency, **extra):
-    return {"name": name, "data_source": "events", "frequency": frequency, "from_date": str(FIRST),
-            "created": str(FIRST), "sync": False, "destination": {"type": "duckdb", "path": f"{name}.duckdb"}, **extra}
+    return events_pipeline(name, frequency, {"type": "duckdb", "path": f"{name}.duckdb"}, str(FIRST),
+                           sync=False, **extra)
 
 
 def freshness_result(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:

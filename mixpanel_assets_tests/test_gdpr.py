@@ -26,7 +26,14 @@ from mixpanel_assets.destinations.local import LocalBucket
 from mixpanel_assets.destinations.object_store import ObjectStoreDestination
 from mixpanel_assets.gdpr import delete_everywhere
 from mixpanel_assets.gdpr_register import register_path
-from mixpanel_assets_tests.helpers import definitions, event_line, read_folder_rows, write_config
+from mixpanel_assets_tests.helpers import (
+    definitions,
+    event_line,
+    events_pipeline,
+    local_project,
+    read_folder_rows,
+    write_config,
+)
 
 UTC = dt.timezone.utc
 DAY = "2024-11-22"
@@ -62,14 +69,12 @@ def source(tmp_path):
 
 
 def project(folder) -> dict:
-    return {"id": PROJECT_ID, "state": {"path": "state"}, "export_workers": 1,
-            "limits": {"enforce_mixpanel_limits": False},  # two daily events pipelines side by side
-            "source": {"type": "local", "path": str(folder), "profiles_path": str(folder / "profiles.jsonl")}}
+    return local_project(PROJECT_ID, folder, profiles=True, export_workers=1,
+                         limits={"enforce_mixpanel_limits": False})  # two daily events pipelines side by side
 
 
 def events(name, frequency, destination):
-    return {"name": name, "data_source": "events", "frequency": frequency, "from_date": "2024-11-20",
-            "created": "2024-11-20", "sync": False, "destination": destination}
+    return events_pipeline(name, frequency, destination, sync=False)
 
 
 PIPELINES = [

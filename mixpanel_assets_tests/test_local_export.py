@@ -6,7 +6,15 @@ import duckdb
 import orjson
 import pytest
 
-from mixpanel_assets_tests.helpers import dedup_expected, definitions, epoch, event_line, read_folder_rows, run_partition
+from mixpanel_assets_tests.helpers import (
+    dedup_expected,
+    definitions,
+    epoch,
+    event_line,
+    local_project,
+    read_folder_rows,
+    run_partition,
+)
 
 PROJECT_ID = 777
 
@@ -23,8 +31,7 @@ def source_dir(tmp_path, generated_day):
 
 
 def project(source_dir, timezone="UTC"):
-    return {"id": PROJECT_ID, "timezone": timezone, "state": {"path": "state"},
-            "source": {"type": "local", "path": str(source_dir), "profiles_path": str(source_dir / "profiles.jsonl")}}
+    return local_project(PROJECT_ID, source_dir, profiles=True, timezone=timezone)
 
 
 def pipelines():

@@ -13,7 +13,14 @@ import orjson
 import pytest
 
 from mixpanel_assets_tests.fake_mixpanel import PROJECT_ID, SECRET, USERNAME, cut_stream, terminated_early
-from mixpanel_assets_tests.helpers import dedup_expected, definitions, epoch, read_folder_rows, run_partition
+from mixpanel_assets_tests.helpers import (
+    dedup_expected,
+    definitions,
+    epoch,
+    events_pipeline,
+    read_folder_rows,
+    run_partition,
+)
 
 USER_ENV = "E2E_MIXPANEL_USERNAME"
 SECRET_ENV = "E2E_MIXPANEL_SECRET"
@@ -36,11 +43,6 @@ def day_lines(generated_day) -> list[bytes]:
 def project(fake, timezone: str = "UTC") -> dict:
     return {"id": PROJECT_ID, "timezone": timezone, "state": {"path": "state"},
             "source": fake.source_config(username_env=USER_ENV, secret_env=SECRET_ENV)}
-
-
-def events_pipeline(name: str, frequency: str, destination: dict) -> dict:
-    return {"name": name, "data_source": "events", "frequency": frequency, "from_date": "2024-11-20",
-            "created": "2024-11-20", "destination": destination}
 
 
 DAILY_DB = events_pipeline("daily_db", "daily", {"type": "duckdb", "path": "wh.duckdb"})

@@ -1,6 +1,5 @@
 """Staging: exact dedup by Mixpanel's key with bounded memory, windows, bad lines, cut streams."""
 
-import datetime as dt
 
 import orjson
 import pytest

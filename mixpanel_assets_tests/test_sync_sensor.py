@@ -23,7 +23,15 @@ from mixpanel_assets.config import SyncWindow, load_pipelines_file
 from mixpanel_assets.sensors import evaluate_sync, sync_target
 from mixpanel_assets.staging import Fingerprint
 from mixpanel_assets.sync import SYNC_REASON_TAG, SYNC_TAG, Change, candidate_days, day_windows
-from mixpanel_assets_tests.helpers import dedup_expected, definitions, event_line, read_folder_rows, write_config
+from mixpanel_assets_tests.helpers import (
+    dedup_expected,
+    definitions,
+    event_line,
+    events_pipeline,
+    local_project,
+    read_folder_rows,
+    write_config,
+)
 
 UTC = dt.timezone.utc
 TODAY = dt.datetime.now(UTC).date()
@@ -68,18 +76,16 @@ def source(tmp_path):
     return folder
 
 
-def local_project(folder) -> dict:
-    return {"id": PROJECT_ID, "state": {"path": "state"}, "export_workers": 1,
-            "source": {"type": "local", "path": str(folder)}}
+def project(folder) -> dict:
+    return local_project(PROJECT_ID, folder, export_workers=1)
 
 
-def events_pipeline(name: str, frequency: str, destination: dict, **extra) -> dict:
-    return {"name": name, "data_source": "events", "frequency": frequency, "from_date": str(FIRST),
-            "created": str(FIRST), "destination": destination, **extra}
+def events(name: str, frequency: str, destination: dict, **extra) -> dict:
+    return events_pipeline(name, frequency, destination, str(FIRST), **extra)
 
 
-DAILY_DB = events_pipeline("daily_db", "daily", {"type": "duckdb", "path": "wh.duckdb"})
-HOURLY_FILES = events_pipeline("hourly_files", "hourly", {"type": "local", "path": "bucket"})
+DAILY_DB = events("daily_db", "daily", {"type": "duckdb", "path": "wh.duckdb"})
+HOURLY_FILES = events("hourly_files", "hourly", {"type": "local", "path": "bucket"})
 
 
 class Sync:
@@ -131,7 +137,7 @@ def source_count(folder, day: dt.date) -> int:
 
 
 def test_late_events_in_a_past_day_re_export_exactly_that_day_and_the_destination_then_matches(tmp_path, source, instance):
-    sync = Sync(tmp_path, local_project(source), [DAILY_DB], "daily_db", instance)
+    sync = Sync(tmp_path, project(source), [DAILY_DB], "daily_db", instance)
     for day in (D1, D2, D3):
         sync.export(str(day))
     db = tmp_path / "wh.duckdb"
@@ -159,7 +165,7 @@ def test_late_events_in_a_past_day_re_export_exactly_that_day_and_the_destinatio
 
 
 def test_a_deletion_and_a_back_dated_import_are_detected_with_their_reasons(tmp_path, source, instance):
-    sync = Sync(tmp_path, local_project(source), [DAILY_DB], "daily_db", instance)
+    sync = Sync(tmp_path, project(source), [DAILY_DB], "daily_db", instance)
     for day in (D1, D3):
         sync.export(str(day))
     lines = (source / f"{D1}.jsonl").read_bytes().splitlines()
@@ -178,7 +184,7 @@ def test_a_deletion_and_a_back_dated_import_are_detected_with_their_reasons(tmp_
 
 
 def test_an_hourly_day_is_re_exported_as_one_run_over_its_hours(tmp_path, source, instance):
-    sync = Sync(tmp_path, local_project(source), [HOURLY_FILES], "hourly_files", instance)
+    sync = Sync(tmp_path, project(source), [HOURLY_FILES], "hourly_files", instance)
     hours = (f"{D2}-00:00", f"{D2}-23:00")
     sync.export(range_=hours)
     sync.export(f"{D3}-05:00")  # a day with missing hours is left to backfills, not synced
@@ -196,7 +202,7 @@ def test_an_hourly_day_is_re_exported_as_one_run_over_its_hours(tmp_path, source
 def test_the_cursor_keeps_a_restarted_sensor_from_requesting_again(tmp_path, source, instance):
     config = {"sync_window": {"min_age_hours": 0, "max_age_days": None}}
     pipelines = [{**DAILY_DB, **config}]
-    defs = definitions(tmp_path, local_project(source), pipelines)
+    defs = definitions(tmp_path, project(source), pipelines)
     sensor = defs.resolve_sensor_def("daily_db_sync_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
 
@@ -204,7 +210,7 @@ def test_the_cursor_keeps_a_restarted_sensor_from_requesting_again(tmp_path, sou
         data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs))
         return list(data.run_requests or []), data.cursor
 
-    sync = Sync(tmp_path, local_project(source), pipelines, "daily_db", instance)
+    sync = Sync(tmp_path, project(source), pipelines, "daily_db", instance)
     for day in (D1, D2):
         sync.export(str(day))
     (source / f"{D2}-late.jsonl").write_bytes(b"\n".join(late_lines(D2)) + b"\n")  # arrives before the probe
@@ -222,7 +228,7 @@ def test_the_cursor_keeps_a_restarted_sensor_from_requesting_again(tmp_path, sou
 
 def test_days_outside_the_sync_window_are_neither_probed_nor_synced(tmp_path, source, instance):
     pipelines = [{**DAILY_DB, "sync_window": {"max_age_days": 3, "min_age_hours": 24}}]
-    sync = Sync(tmp_path, local_project(source), pipelines, "daily_db", instance)
+    sync = Sync(tmp_path, project(source), pipelines, "daily_db", instance)
     for day in (D1, D3):
         sync.export(str(day))
     assert sync.tick(time.time() + HOUR) == []  # exported less than 24 h ago: not yet due
@@ -235,7 +241,7 @@ def test_days_outside_the_sync_window_are_neither_probed_nor_synced(tmp_path, so
 
 def test_the_sync_window_config_accepts_any_age_and_rejects_nonsense(tmp_path, source):
     any_age = {**DAILY_DB, "sync_window": {"max_age_days": None}}
-    config = load_pipelines_file(write_config(tmp_path, local_project(source), [any_age]))
+    config = load_pipelines_file(write_config(tmp_path, project(source), [any_age]))
     assert config.pipeline("daily_db").effective_sync_window.max_age_days is None
     assert candidate_days([FIRST, D1, TODAY], TODAY, SyncWindow(max_age_days=None)) == [FIRST, D1]
     for bad, message in [({**DAILY_DB, "sync": False, "sync_window": {}}, "sync_window applies only when sync is true"),
@@ -243,11 +249,11 @@ def test_the_sync_window_config_accepts_any_age_and_rejects_nonsense(tmp_path, s
                          ({"name": "people", "data_source": "people", "sync_window": {},
                            "destination": {"type": "duckdb", "path": "wh.duckdb"}}, "sync_window applies only to events")]:
         with pytest.raises(Exception, match=message):
-            load_pipelines_file(write_config(tmp_path, local_project(source), [bad]))
+            load_pipelines_file(write_config(tmp_path, project(source), [bad]))
 
 
 def test_a_pipeline_without_sync_has_no_sensor(tmp_path, source):
-    defs = definitions(tmp_path, local_project(source), [{**DAILY_DB, "sync": False}, HOURLY_FILES])
+    defs = definitions(tmp_path, project(source), [{**DAILY_DB, "sync": False}, HOURLY_FILES])
     assert [s.name for s in defs.sensors if s.name.endswith("_sync_sensor")] == ["hourly_files_sync_sensor"]
 
 

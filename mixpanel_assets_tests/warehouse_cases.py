@@ -16,7 +16,7 @@ import orjson
 
 from mixpanel_assets.partitions import PartitionWindow
 from mixpanel_assets.staging import stage_events
-from mixpanel_assets_tests.helpers import dedup_expected, epoch, event_line
+from mixpanel_assets_tests.helpers import dedup_expected, epoch, event_line, local_project
 
 PROJECT_ID = 777
 TZ = "America/Los_Angeles"
@@ -62,8 +62,7 @@ def source_lines(generated_day) -> list[bytes]:
 
 
 def project(source_dir) -> dict:
-    return {"id": PROJECT_ID, "timezone": TZ, "state": {"path": "state"},
-            "source": {"type": "local", "path": str(source_dir), "profiles_path": str(source_dir / "profiles.jsonl")}}
+    return local_project(PROJECT_ID, source_dir, profiles=True, timezone=TZ)
 
 
 def pipelines(daily: dict, hourly: dict, tables: dict, prefix: str) -> list[dict]:
