@@ -8,7 +8,6 @@ destination's IO manager. `export_people` and `export_identity` stage whole tabl
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 import zoneinfo
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from mixpanel_assets.mixpanel.errors import MixpanelStreamError
 from mixpanel_assets.mixpanel.sources import EventSource, Span
 from mixpanel_assets.partitions import PartitionWindow, query_spans
 from mixpanel_assets.records import IDENTITY_COLUMNS, MAX_REPORTED_BAD_LINES, BadLine, Window, profile_row
-from mixpanel_assets.scratch import scratch_dir
+from mixpanel_assets.scratch import scratch_folder
 from mixpanel_assets.staging import (
     BadInputError,
     ExportStreamError,
@@ -153,12 +152,9 @@ def export_identity(state: StateStore, event_pipelines: list[str], system: str, 
     """
     from mixpanel_assets.identity import resolve_link_files  # DuckDB + pyarrow: ~40 MB no events run needs
 
-    workdir = scratch_dir("identity", staging_dir)
-    try:
+    with scratch_folder("identity", staging_dir) as workdir:
         resolution = resolve_link_files(state.link_files(event_pipelines), system, workdir,
                                         memory_limit=f"{memory_limit_mb}MB")
         staged = stage_table(resolution.lines(), "mp_identity_mappings_data", staging_root=staging_dir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     staged.extra_metadata = {**resolution.metadata(), "columns": [c for c, _ in IDENTITY_COLUMNS]}
     return staged

@@ -15,6 +15,8 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _NAME = re.compile(r"^mp-[a-z_]+~(?P<host>[A-Za-z0-9_]+)~(?P<pid>\d+)~(?P<started>\d+)~")
@@ -27,6 +29,16 @@ def scratch_dir(kind: str, root: str | Path | None = None) -> Path:
     sweep_abandoned(base)
     owner = f"{_host()}~{os.getpid()}~{_start_time(os.getpid()) or 0}"
     return Path(tempfile.mkdtemp(prefix=f"mp-{kind}~{owner}~", dir=base))
+
+
+@contextmanager
+def scratch_folder(kind: str, root: str | Path | None = None) -> Iterator[Path]:
+    """`scratch_dir` for the length of a `with` block, removed when it ends."""
+    folder = scratch_dir(kind, root)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def sweep_abandoned(root: Path) -> list[Path]:

@@ -15,7 +15,7 @@ import dagster as dg
 
 from mixpanel_assets.destinations.base import Destination, WriteResult
 from mixpanel_assets.partitions import PartitionWindow
-from mixpanel_assets.scratch import scratch_dir
+from mixpanel_assets.scratch import scratch_folder
 from mixpanel_assets.staging import StagedEvents, StagedTable
 
 MAX_URIS_IN_METADATA = 20
@@ -33,20 +33,17 @@ class MixpanelIOManager(dg.ConfigurableIOManager):
         if obj is None:
             return
         destination = self.destination(context.log)
-        work_dir = scratch_dir("parts")
         try:
-            if isinstance(obj, StagedEvents):
-                results = self._write_events(context, destination, obj, work_dir)
-            elif isinstance(obj, StagedTable):
-                results = [destination.write_table(obj, work_dir)]
-            else:
-                raise TypeError(f"{type(self).__name__} got {type(obj).__name__}; expected staged Mixpanel data")
+            with scratch_folder("parts") as work_dir:
+                if isinstance(obj, StagedEvents):
+                    results = self._write_events(context, destination, obj, work_dir)
+                elif isinstance(obj, StagedTable):
+                    results = [destination.write_table(obj, work_dir)]
+                else:
+                    raise TypeError(f"{type(self).__name__} got {type(obj).__name__}; expected staged Mixpanel data")
         finally:
             obj.cleanup()
             destination.close()
-            import shutil
-
-            shutil.rmtree(work_dir, ignore_errors=True)
         uris = [u for r in results for u in r.uris]
         context.add_output_metadata({
             "destination": destination.describe(),
