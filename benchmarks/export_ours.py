@@ -51,7 +51,7 @@ def main() -> int:
     args = parser.parse_args()
     import dagster as dg
 
-    from mixpanel_assets.build import build_definitions
+    from mixpanel_assets.defs.build import build_definitions
 
     config = write_config(args.out, args.input, args.format, args.workers)
     defs = build_definitions(config, today=dt.date.fromisoformat(DAY) + dt.timedelta(days=1))

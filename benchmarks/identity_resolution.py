@@ -51,7 +51,7 @@ def _uuids(rng: np.random.Generator, n: int) -> list[str]:
 
 def generate(system: str, n_links: int, folder: Path, seed: int = 5) -> dict:
     """Write ~n_links link rows as one StateStore partition file per day; returns a summary."""
-    from mixpanel_assets.state import StateStore
+    from mixpanel_assets.transform.link_store import StateStore
 
     rng = np.random.default_rng(seed)
     per_device = 1.5 + (0.4 if system == "simplified" else 0.3) + 0.01 + (0.05 if system == "original" else 0)
@@ -117,8 +117,8 @@ def generate(system: str, n_links: int, folder: Path, seed: int = 5) -> dict:
 
 
 def resolve_child(system: str, folder: Path, memory_limit: str) -> None:
-    from mixpanel_assets.identity import resolve_link_files
-    from mixpanel_assets.state import StateStore
+    from mixpanel_assets.transform.identity import resolve_link_files
+    from mixpanel_assets.transform.link_store import StateStore
 
     files = StateStore(folder).link_files(["events_daily"])
     started = time.perf_counter()

@@ -13,7 +13,7 @@ import time
 import dagster as dg
 
 from mixpanel_assets.config import load_pipelines_file
-from mixpanel_assets.schedules import job_name
+from mixpanel_assets.defs.schedules import job_name
 
 
 def _latest_keys(defs: dg.Definitions, asset_key: dg.AssetKey, count: int) -> list[str]:
@@ -22,7 +22,7 @@ def _latest_keys(defs: dg.Definitions, asset_key: dg.AssetKey, count: int) -> li
 
 
 def run_demo(config_path, hours: int, days: int) -> int:
-    from mixpanel_assets.build import build_definitions
+    from mixpanel_assets.defs.build import build_definitions
 
     config = load_pipelines_file(config_path)
     defs = build_definitions(config_path)

@@ -6,7 +6,7 @@ To run other pipelines, point `workspace.yaml` at your own module that calls
 
 from pathlib import Path
 
-from mixpanel_assets.build import build_definitions
+from mixpanel_assets.defs.build import build_definitions
 
 PIPELINES_FILE = Path(__file__).resolve().parent.parent / "pipelines.yaml"
 

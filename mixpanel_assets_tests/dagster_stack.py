@@ -166,7 +166,7 @@ class DagsterStack:
         self.postgres = Postgres()
         self.code_port, self.web_port = free_port(), free_port()
         (work / "code_location.py").write_text(
-            "from mixpanel_assets.build import build_definitions\n"
+            "from mixpanel_assets.defs.build import build_definitions\n"
             f"defs = build_definitions({str(pipelines_file)!r})\n"
         )
         (work / "workspace.yaml").write_text(

@@ -10,8 +10,8 @@ import dagster as dg
 import orjson
 import yaml
 
-from mixpanel_assets.build import build_definitions
-from mixpanel_assets.parts import iter_part_lines
+from mixpanel_assets.defs.build import build_definitions
+from mixpanel_assets.staging.parts import iter_part_lines
 
 TODAY = dt.date(2026, 11, 22)
 

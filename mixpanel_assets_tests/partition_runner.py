@@ -26,8 +26,8 @@ def _freeze(marker: Path) -> None:
 
 
 def install_pause(point: str, marker: Path) -> None:
-    from mixpanel_assets.destinations.duckdb import DuckDBDestination
-    from mixpanel_assets.destinations.local import LocalBucket
+    from mixpanel_assets.destinations.objects.local import LocalBucket
+    from mixpanel_assets.destinations.warehouses.duckdb import DuckDBDestination
 
     put_bytes, delete, log = LocalBucket.put_bytes, LocalBucket.delete, DuckDBDestination._log
 
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> int:
         install_pause(argv[4], Path(argv[5]))
     import dagster as dg
 
-    from mixpanel_assets.build import build_definitions
+    from mixpanel_assets.defs.build import build_definitions
 
     defs = build_definitions(config)
     with dg.DagsterInstance.local_temp(tempdir=home) as instance:

@@ -17,9 +17,10 @@ import pytest
 from dagster._core.definitions.automation_tick_evaluation_context import build_run_requests_with_backfill_policies
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
-from mixpanel_assets.partitions import plan_backfill, query_spans, windows_for_keys
-from mixpanel_assets.records import LocalFile, Window
-from mixpanel_assets.staging import stage_events
+from mixpanel_assets.defs.partitions import plan_backfill, windows_for_keys
+from mixpanel_assets.staging.stage import stage_events
+from mixpanel_assets.transform.records import LocalFile
+from mixpanel_assets.windows import Window, query_spans
 from mixpanel_assets_tests.fake_mixpanel import PROJECT_ID, SECRET, USERNAME
 from mixpanel_assets_tests.helpers import definitions, epoch, run_partition
 
@@ -133,7 +134,7 @@ def test_runs_send_exactly_the_queries_the_plan_counts(tmp_path, mixpanel, insta
 RUN_ONE_RANGE = """
 import sys
 import dagster as dg
-from mixpanel_assets.build import build_definitions
+from mixpanel_assets.defs.build import build_definitions
 import datetime as dt
 config, job, first, last = sys.argv[1:5]
 defs = build_definitions(config, today=dt.date(2024, 11, 30))
@@ -167,7 +168,7 @@ def test_concurrent_runs_share_one_query_budget_per_project(tmp_path, mixpanel):
 
 
 def test_progress_lines_tell_lines_done_and_time_to_go(tmp_path, generated_day, monkeypatch):
-    import mixpanel_assets.staging as staging
+    import mixpanel_assets.staging.stage as staging
 
     monkeypatch.setattr(staging, "PROGRESS_EVERY_SECONDS", 0.0)
     lines: list[str] = []

@@ -16,8 +16,8 @@ import duckdb
 import orjson
 import pytest
 
-from mixpanel_assets.build import build_definitions
 from mixpanel_assets.config import ConfigError
+from mixpanel_assets.defs.build import build_definitions
 from mixpanel_assets_tests.helpers import (
     TODAY,
     dedup_expected,

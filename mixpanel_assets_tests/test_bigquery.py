@@ -8,7 +8,7 @@ import dagster as dg
 import pytest
 
 from mixpanel_assets.destinations.base import DestinationError
-from mixpanel_assets.destinations.bigquery import BigQueryDestination
+from mixpanel_assets.destinations.warehouses.bigquery import BigQueryDestination
 from mixpanel_assets_tests.emulators.bigquery import PROJECT, bigquery_emulator  # noqa: F401
 from mixpanel_assets_tests.helpers import definitions, epoch, event_line, run_partition
 from mixpanel_assets_tests.warehouse_cases import (

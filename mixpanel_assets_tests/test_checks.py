@@ -15,9 +15,9 @@ import duckdb
 import orjson
 import pytest
 
-from mixpanel_assets.checks import NO_DUPLICATES, ROW_COUNT, SCHEMA, TABLE_ROW_COUNT, UNIQUE_IDS, _evaluate_window
+from mixpanel_assets.defs.checks import NO_DUPLICATES, ROW_COUNT, SCHEMA, TABLE_ROW_COUNT, UNIQUE_IDS, _evaluate_window
 from mixpanel_assets.destinations.base import Destination
-from mixpanel_assets.partitions import PartitionWindow
+from mixpanel_assets.windows import PartitionWindow
 from mixpanel_assets_tests.helpers import definitions, event_line, events_pipeline, local_project
 
 UTC = dt.timezone.utc

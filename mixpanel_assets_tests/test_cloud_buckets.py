@@ -101,7 +101,7 @@ def test_s3_objects_carry_the_configured_server_side_encryption(moto_server, tmp
 
 
 def test_s3_can_write_through_an_assumed_role(moto_server):
-    from mixpanel_assets.destinations.s3 import S3Bucket
+    from mixpanel_assets.destinations.objects.s3 import S3Bucket
 
     bucket = unique_name("mp-role")
     moto_server.client("s3").create_bucket(Bucket=bucket)
@@ -123,7 +123,7 @@ def test_azure_accepts_an_account_key_or_a_sas_token_instead_of_a_connection_str
 
     from azure.storage.blob import ContainerSasPermissions, generate_container_sas
 
-    from mixpanel_assets.destinations.azure import AzureBlobBucket
+    from mixpanel_assets.destinations.objects.azure import AzureBlobBucket
     from mixpanel_assets_tests.emulators.servers import AZURITE_ACCOUNT, AZURITE_KEY
 
     container = unique_name("mp-cred")

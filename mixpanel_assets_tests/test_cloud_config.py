@@ -91,7 +91,7 @@ def test_cloud_definitions_load_without_importing_cloud_sdks_or_reading_the_envi
                 reads.append(key); return dict.get(self, key, default)
         import dagster as dg
         os.environ = Watched(os.environ)
-        from mixpanel_assets.build import build_definitions
+        from mixpanel_assets.defs.build import build_definitions
         defs = build_definitions({str(config)!r}, today=datetime.date(2026, 11, 22))
         dg.Definitions.validate_loadable(defs)
         assert not [k for k in reads if k.startswith(("ACME", "AWS", "GOOGLE", "AZURE"))], reads

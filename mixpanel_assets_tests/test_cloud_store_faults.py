@@ -13,10 +13,9 @@ import orjson
 import pytest
 
 from mixpanel_assets.destinations.base import DestinationError
-from mixpanel_assets.destinations.object_store import Bucket, ObjectStoreDestination
-from mixpanel_assets.partitions import PartitionWindow
-from mixpanel_assets.records import Window
-from mixpanel_assets.staging import stage_events
+from mixpanel_assets.destinations.objects.store import Bucket, ObjectStoreDestination
+from mixpanel_assets.staging.stage import stage_events
+from mixpanel_assets.windows import PartitionWindow, Window
 from mixpanel_assets_tests.emulators.fixtures import unique_name
 from mixpanel_assets_tests.emulators.servers import MOTO_REGION, start_moto
 from mixpanel_assets_tests.emulators.stores import store_for
@@ -187,7 +186,7 @@ def run_to_guarded(tmp_path, instance, monkeypatch, server, key_id: str, secret:
 def test_the_writer_identity_can_export_to_the_guarded_bucket(iam_moto, tmp_path):
     """The control for the two tests below: the same server and bucket accept the right keys."""
     server, keys = iam_moto
-    from mixpanel_assets.destinations.s3 import S3Bucket
+    from mixpanel_assets.destinations.objects.s3 import S3Bucket
 
     bucket = S3Bucket.connect("guarded", region=MOTO_REGION, endpoint_url=server.endpoint_url,
                               access_key_id=keys["writer"]["AccessKeyId"],

@@ -11,8 +11,9 @@ import gzip
 import orjson
 import pytest
 
-from mixpanel_assets.records import LocalFile, Window
-from mixpanel_assets.staging import stage_events
+from mixpanel_assets.staging.stage import stage_events
+from mixpanel_assets.transform.records import LocalFile
+from mixpanel_assets.windows import Window
 from mixpanel_assets_tests.fake_mixpanel import PROJECT_ID, SECRET, USERNAME
 from mixpanel_assets_tests.helpers import dedup_expected, definitions, epoch, run_partition
 

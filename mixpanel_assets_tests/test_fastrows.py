@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mixpanel_assets import _fastrows  # CI builds the extension: a missing build fails here
-from mixpanel_assets.block_worker import (
+from mixpanel_assets.staging.block_worker import (
     FAST_ROWS_ENV,
     BlockSpec,
     StagedInputChanged,
@@ -35,8 +35,9 @@ from mixpanel_assets.block_worker import (
     filter_lines_python,
     parse_block,
 )
-from mixpanel_assets.records import LocalFile, Window
-from mixpanel_assets.staging import Fingerprint, _deduplicate, _KeyBuckets, stage_events
+from mixpanel_assets.staging.stage import Fingerprint, _deduplicate, _KeyBuckets, stage_events
+from mixpanel_assets.transform.records import LocalFile
+from mixpanel_assets.windows import Window
 from mixpanel_assets_tests.helpers import epoch
 
 DAY = epoch("2024-11-22T00:00:00")
@@ -425,8 +426,9 @@ def test_dedup_drops_and_fingerprints_equal_a_brute_force_of_mixpanels_rule(tmp_
 WITHOUT_EXTENSION = """
 import sys
 sys.modules["mixpanel_assets._fastrows"] = None  # as if it was never built: importing it fails
-from mixpanel_assets.records import LocalFile, Window
-from mixpanel_assets.staging import stage_events
+from mixpanel_assets.transform.records import LocalFile
+from mixpanel_assets.windows import Window
+from mixpanel_assets.staging.stage import stage_events
 messages = []
 staged = stage_events([LocalFile(sys.argv[1], "day")], [Window(float(sys.argv[2]), float(sys.argv[2]) + 86400)], ["d"],
                       staging_root=sys.argv[3], workers=2, block_bytes=1 << 20, progress=messages.append)

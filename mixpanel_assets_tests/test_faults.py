@@ -23,11 +23,10 @@ import duckdb
 import orjson
 import pytest
 
+from mixpanel_assets.defs.build import build_definitions
 from mixpanel_assets_tests.dagster_stack import REPO, wait_for
 from mixpanel_assets_tests.fake_mixpanel import SECRET, USERNAME, cut_stream, terminated_early
-from mixpanel_assets_tests.helpers import dedup_expected, epoch, event_line, run_partition, write_config
-from mixpanel_assets.build import build_definitions
-from mixpanel_assets_tests.helpers import TODAY
+from mixpanel_assets_tests.helpers import TODAY, dedup_expected, epoch, event_line, run_partition, write_config
 
 PROJECT_ID = 777
 DAY = "2024-11-22"
@@ -49,7 +48,7 @@ def row_keys(rows: list[dict]) -> list[tuple]:
 
 
 def read_parts(paths: list[Path]) -> list[dict]:
-    from mixpanel_assets.parts import iter_part_lines
+    from mixpanel_assets.staging.parts import iter_part_lines
 
     return [orjson.loads(line) for path in paths for line in iter_part_lines(path)]
 
@@ -132,7 +131,7 @@ class RunnerProcess:
 
 
 def scratch_folders_of(pid: int) -> list[Path]:
-    """The staging folders (mixpanel_assets.scratch) a run process has made in the temp folder."""
+    """The staging folders (mixpanel_assets.staging.scratch) a run process has made in the temp folder."""
     return sorted(Path(tempfile.gettempdir()).glob(f"mp-*~*~{pid}~*"))
 
 

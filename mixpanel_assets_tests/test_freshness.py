@@ -12,7 +12,7 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from mixpanel_assets.freshness import FRESHNESS_SENSOR
+from mixpanel_assets.defs.freshness import FRESHNESS_SENSOR
 from mixpanel_assets_tests.helpers import definitions, event_line, events_pipeline, local_project
 
 UTC = dt.timezone.utc

@@ -19,13 +19,13 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from mixpanel_assets.checks import ROW_COUNT
 from mixpanel_assets.config import load_pipelines_file
+from mixpanel_assets.defs.checks import ROW_COUNT
+from mixpanel_assets.defs.gdpr import delete_everywhere
+from mixpanel_assets.defs.gdpr_register import register_path
 from mixpanel_assets.destinations.base import Destination
-from mixpanel_assets.destinations.local import LocalBucket
-from mixpanel_assets.destinations.object_store import ObjectStoreDestination
-from mixpanel_assets.gdpr import delete_everywhere
-from mixpanel_assets.gdpr_register import register_path
+from mixpanel_assets.destinations.objects.local import LocalBucket
+from mixpanel_assets.destinations.objects.store import ObjectStoreDestination
 from mixpanel_assets_tests.helpers import (
     definitions,
     event_line,

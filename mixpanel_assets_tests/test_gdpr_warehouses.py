@@ -18,13 +18,13 @@ import dagster as dg
 import orjson
 import pytest
 
-from mixpanel_assets.checks import NO_DUPLICATES, ROW_COUNT, SCHEMA, TABLE_ROW_COUNT, UNIQUE_IDS
+from mixpanel_assets.defs.checks import NO_DUPLICATES, ROW_COUNT, SCHEMA, TABLE_ROW_COUNT, UNIQUE_IDS
+from mixpanel_assets.defs.gdpr_register import register_path
 from mixpanel_assets.destinations.base import DestinationError, Removal
-from mixpanel_assets.destinations.bigquery import BigQueryDestination
-from mixpanel_assets.destinations.snowflake import SnowflakeDestination, snowflake_resource
-from mixpanel_assets.destinations.window_counts import bucket_seconds, removals_by_window
-from mixpanel_assets.gdpr_register import register_path
-from mixpanel_assets.partitions import PartitionWindow
+from mixpanel_assets.destinations.warehouses.bigquery import BigQueryDestination
+from mixpanel_assets.destinations.warehouses.snowflake import SnowflakeDestination, snowflake_resource
+from mixpanel_assets.destinations.warehouses.window_counts import bucket_seconds, removals_by_window
+from mixpanel_assets.windows import PartitionWindow
 from mixpanel_assets_tests.emulators.bigquery import PROJECT, start_bigquery_emulator
 from mixpanel_assets_tests.emulators.snowflake import (
     ACCOUNT,

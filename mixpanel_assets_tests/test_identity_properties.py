@@ -16,9 +16,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from mixpanel_assets.identity import resolve_link_files, resolve_links
-from mixpanel_assets.records import LINK_ALIAS, LINK_DEVICE_USER, LINK_IDENTIFY, LINK_MERGE, LINK_REKEY
-from mixpanel_assets.state import StateStore
+from mixpanel_assets.transform.identity import resolve_link_files, resolve_links
+from mixpanel_assets.transform.link_store import StateStore
+from mixpanel_assets.transform.records import LINK_ALIAS, LINK_DEVICE_USER, LINK_IDENTIFY, LINK_MERGE, LINK_REKEY
 
 DEVICE = "$device:"
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

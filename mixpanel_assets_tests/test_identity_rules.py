@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mixpanel_assets import identity
-from mixpanel_assets.identity import MAX_CLUSTER_IDS, IdentityLinksError, resolve_link_files, resolve_links
-from mixpanel_assets.records import LINK_ALIAS, LINK_DEVICE_USER, LINK_IDENTIFY, LINK_MERGE, LINK_REKEY
-from mixpanel_assets.state import StateStore
+from mixpanel_assets.transform import identity
+from mixpanel_assets.transform.identity import MAX_CLUSTER_IDS, IdentityLinksError, resolve_link_files, resolve_links
+from mixpanel_assets.transform.link_store import StateStore
+from mixpanel_assets.transform.records import LINK_ALIAS, LINK_DEVICE_USER, LINK_IDENTIFY, LINK_MERGE, LINK_REKEY
 
 
 def resolve(tmp_path, links, system):

@@ -24,7 +24,7 @@ from mixpanel_assets.mixpanel.errors import (
 )
 from mixpanel_assets.mixpanel.rate_budget import RateBudget
 from mixpanel_assets.mixpanel.sources import MixpanelApiSource, Span
-from mixpanel_assets.records import Origin
+from mixpanel_assets.transform.records import Origin
 from mixpanel_assets_tests.fake_mixpanel import (
     PROJECT_ID,
     SECRET,

@@ -9,9 +9,10 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from mixpanel_assets import parquet_parts
-from mixpanel_assets.records import Window, identity_row, profile_row
-from mixpanel_assets.staging import stage_events, stage_table
+from mixpanel_assets.staging import parquet_parts
+from mixpanel_assets.staging.stage import stage_events, stage_table
+from mixpanel_assets.transform.records import identity_row, profile_row
+from mixpanel_assets.windows import Window
 from mixpanel_assets_tests.helpers import epoch, event_line
 
 DAY = Window(epoch("2024-11-22T00:00:00"), epoch("2024-11-23T00:00:00"))

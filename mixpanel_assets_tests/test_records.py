@@ -3,7 +3,7 @@
 import orjson
 import pytest
 
-from mixpanel_assets.records import (
+from mixpanel_assets.transform.records import (
     LINK_ALIAS,
     LINK_DEVICE_USER,
     LINK_IDENTIFY,

@@ -18,7 +18,7 @@ import dagster as dg
 import orjson
 import pytest
 
-from mixpanel_assets.destinations.redshift import external_schema_sql
+from mixpanel_assets.destinations.warehouses.redshift import external_schema_sql
 from mixpanel_assets_tests.emulators.fixtures import unique_name
 from mixpanel_assets_tests.emulators.servers import MOTO_KEY_ID, MOTO_REGION, MOTO_SECRET
 from mixpanel_assets_tests.helpers import definitions, epoch, event_line, run_partition

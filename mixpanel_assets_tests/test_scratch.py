@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from mixpanel_assets.scratch import _host, _start_time, scratch_dir, sweep_abandoned
+from mixpanel_assets.staging.scratch import _host, _start_time, scratch_dir, sweep_abandoned
 
 
 def _dead_pid() -> int:

@@ -20,8 +20,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mixpanel_assets.build import build_definitions
 from mixpanel_assets.config import ConfigError
+from mixpanel_assets.defs.build import build_definitions
 from mixpanel_assets_tests.dagster_stack import BIN, REPO
 from mixpanel_assets_tests.fake_mixpanel import USERNAME, FakeMixpanel, rate_limited
 from mixpanel_assets_tests.helpers import TODAY, epoch, event_line, write_config
@@ -50,7 +50,7 @@ def config(tmp_path: Path, fake: FakeMixpanel, secret_env: str, name: str) -> Pa
 def execute(tmp_path: Path, config_path: Path, job: str, partition: str | None = None) -> subprocess.CompletedProcess:
     """`dagster job execute`, as an operator would run it, in the suite's DAGSTER_HOME."""
     module = tmp_path / f"location_{config_path.stem}.py"
-    module.write_text(f"from mixpanel_assets.build import build_definitions\ndefs = build_definitions({str(config_path)!r})\n")
+    module.write_text(f"from mixpanel_assets.defs.build import build_definitions\ndefs = build_definitions({str(config_path)!r})\n")
     command = [str(BIN / "dagster"), "job", "execute", "-f", str(module), "-a", "defs", "-j", job]
     if partition:
         command += ["--tags", f'{{"dagster/partition": "{partition}"}}']

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from mixpanel_assets.destinations.base import DestinationError
-from mixpanel_assets.destinations.snowflake import SnowflakeDestination, snowflake_resource
+from mixpanel_assets.destinations.warehouses.snowflake import SnowflakeDestination, snowflake_resource
 from mixpanel_assets_tests.emulators.snowflake import (  # noqa: F401
     ACCOUNT,
     DATABASE,

@@ -4,9 +4,9 @@
 import orjson
 import pytest
 
-from mixpanel_assets.parts import iter_part_lines
-from mixpanel_assets.records import Window
-from mixpanel_assets.staging import BadInputError, ExportStreamError, Fingerprint, split_blocks, stage_events
+from mixpanel_assets.staging.parts import iter_part_lines
+from mixpanel_assets.staging.stage import BadInputError, ExportStreamError, Fingerprint, split_blocks, stage_events
+from mixpanel_assets.windows import Window
 from mixpanel_assets_tests.helpers import dedup_expected, epoch, event_line
 
 DAY = epoch("2024-11-22T00:00:00")
@@ -114,7 +114,7 @@ def test_blocks_are_cut_at_line_ends_whatever_the_chunking():
 
 
 def test_each_input_restarts_line_numbers_so_bad_lines_name_their_file(tmp_path):
-    from mixpanel_assets.records import Origin
+    from mixpanel_assets.transform.records import Origin
 
     good = event_line("E", DAY, "u", "i")
     chunks = [Origin("a.jsonl"), good + b"\n" + good, Origin("b.jsonl"), good + b"\nbroken\n"]
@@ -137,7 +137,7 @@ def test_fingerprints_add_up_so_hours_make_a_day(generated_day, tmp_path):
 
 
 def test_a_windows_identity_links_are_each_link_once_with_its_earliest_time_in_sorted_order(generated_day, tmp_path):
-    from mixpanel_assets.records import identity_links
+    from mixpanel_assets.transform.records import identity_links
 
     expected: dict = {}
     for line in generated_day.read_bytes().splitlines():

@@ -20,9 +20,9 @@ import orjson
 import pytest
 
 from mixpanel_assets.config import SyncWindow, load_pipelines_file
-from mixpanel_assets.sensors import evaluate_sync, sync_target
-from mixpanel_assets.staging import Fingerprint
-from mixpanel_assets.sync import SYNC_REASON_TAG, SYNC_TAG, Change, candidate_days, day_windows
+from mixpanel_assets.defs.sensors import evaluate_sync, sync_target
+from mixpanel_assets.defs.sync import SYNC_REASON_TAG, SYNC_TAG, Change, candidate_days, day_windows
+from mixpanel_assets.staging.stage import Fingerprint
 from mixpanel_assets_tests.helpers import (
     dedup_expected,
     definitions,

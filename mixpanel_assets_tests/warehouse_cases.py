@@ -14,8 +14,8 @@ import zoneinfo
 
 import orjson
 
-from mixpanel_assets.partitions import PartitionWindow
-from mixpanel_assets.staging import stage_events
+from mixpanel_assets.staging.stage import stage_events
+from mixpanel_assets.windows import PartitionWindow
 from mixpanel_assets_tests.helpers import dedup_expected, epoch, event_line, local_project
 
 PROJECT_ID = 777

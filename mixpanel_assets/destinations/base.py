@@ -12,8 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixpanel_assets.partitions import PartitionWindow
-from mixpanel_assets.staging import StagedTable, StagedWindow
+from mixpanel_assets.staging.stage import StagedTable, StagedWindow
+from mixpanel_assets.windows import PartitionWindow
 
 EVENTS_TABLE = "mp_master_event"
 PEOPLE_TABLE = "mp_people_data"

@@ -14,9 +14,9 @@ from pathlib import Path
 import dagster as dg
 
 from mixpanel_assets.destinations.base import Destination, WriteResult
-from mixpanel_assets.partitions import PartitionWindow
-from mixpanel_assets.scratch import scratch_folder
-from mixpanel_assets.staging import StagedEvents, StagedTable
+from mixpanel_assets.staging.scratch import scratch_folder
+from mixpanel_assets.staging.stage import StagedEvents, StagedTable
+from mixpanel_assets.windows import PartitionWindow
 
 MAX_URIS_IN_METADATA = 20
 
@@ -85,8 +85,8 @@ class LocalFolderIOManager(MixpanelIOManager):
     max_file_mb: int = 256
 
     def destination(self, log) -> Destination:
-        from mixpanel_assets.destinations.local import LocalBucket
-        from mixpanel_assets.destinations.object_store import ObjectStoreDestination
+        from mixpanel_assets.destinations.objects.local import LocalBucket
+        from mixpanel_assets.destinations.objects.store import ObjectStoreDestination
 
         return ObjectStoreDestination(
             self.pipeline, self.project_id, LocalBucket(self.path), prefix=self.prefix, fmt=self.format,
@@ -101,7 +101,7 @@ class DuckDBIOManager(MixpanelIOManager):
     schema_name: str = "main"
 
     def destination(self, log) -> Destination:
-        from mixpanel_assets.destinations.duckdb import DuckDBDestination
+        from mixpanel_assets.destinations.warehouses.duckdb import DuckDBDestination
 
         return DuckDBDestination(self.pipeline, self.project_id, self.path, self.schema_name, self.workers, log)
 
@@ -125,12 +125,12 @@ class _CloudObjectStoreIOManager(MixpanelIOManager):
     def open_bucket(self): ...
 
     def destination(self, log) -> Destination:
-        from mixpanel_assets.destinations.cloud import open_destination
+        from mixpanel_assets.destinations.objects.cloud import open_destination
 
         return open_destination(self, log)
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
-        from mixpanel_assets.destinations.cloud import permanent_failures
+        from mixpanel_assets.destinations.objects.cloud import permanent_failures
 
         with permanent_failures(obj):
             super().handle_output(context, obj)
@@ -152,7 +152,7 @@ class S3IOManager(_CloudObjectStoreIOManager):
     kms_key_id: str | None = None
 
     def open_bucket(self):
-        from mixpanel_assets.destinations.s3 import S3Bucket
+        from mixpanel_assets.destinations.objects.s3 import S3Bucket
 
         return S3Bucket.connect(
             self.bucket, region=self.region, endpoint_url=self.endpoint_url, profile=self.profile,
@@ -173,7 +173,7 @@ class GCSIOManager(_CloudObjectStoreIOManager):
     endpoint_url: str | None = None
 
     def open_bucket(self):
-        from mixpanel_assets.destinations.gcs import GCSBucket
+        from mixpanel_assets.destinations.objects.gcs import GCSBucket
 
         return GCSBucket.connect(self.bucket, project=self.project, credentials=self.credentials,
                                  credentials_env=self.credentials_env, endpoint_url=self.endpoint_url)
@@ -192,7 +192,7 @@ class AzureBlobIOManager(_CloudObjectStoreIOManager):
     client_secret: str | None = None
 
     def open_bucket(self):
-        from mixpanel_assets.destinations.azure import AzureBlobBucket
+        from mixpanel_assets.destinations.objects.azure import AzureBlobBucket
 
         return AzureBlobBucket.connect(
             self.container, account_url=self.account_url, connection_string=self.connection_string,
@@ -237,7 +237,7 @@ class BigQueryIOManager(_WarehouseIOManager):
     job_timeout_seconds: float = 1800.0
 
     def destination(self, log) -> Destination:
-        from mixpanel_assets.destinations.bigquery import BigQueryDestination, make_client
+        from mixpanel_assets.destinations.warehouses.bigquery import BigQueryDestination, make_client
 
         client = make_client(self.project, location=self.location, credentials=self.credentials,
                              credentials_env=self.credentials_env, api_endpoint=self.api_endpoint)
@@ -266,7 +266,7 @@ class SnowflakeIOManager(_WarehouseIOManager):
     login_timeout_seconds: int | None = None
 
     def destination(self, log) -> Destination:
-        from mixpanel_assets.destinations.snowflake import SnowflakeDestination, snowflake_resource
+        from mixpanel_assets.destinations.warehouses.snowflake import SnowflakeDestination, snowflake_resource
 
         resource = snowflake_resource(
             account=self.account, user=self.user, database=self.database, schema=self.schema_name,
@@ -291,12 +291,12 @@ class RedshiftSpectrumIOManager(S3IOManager):
     statement_timeout_seconds: float = 120.0
 
     def open_bucket(self):
-        from mixpanel_assets.destinations.redshift import HiddenMarkersBucket
+        from mixpanel_assets.destinations.warehouses.redshift import HiddenMarkersBucket
 
         return HiddenMarkersBucket(super().open_bucket())
 
     def destination(self, log) -> Destination:
-        from mixpanel_assets.destinations.redshift import open_spectrum_destination
+        from mixpanel_assets.destinations.warehouses.redshift import open_spectrum_destination
 
         return open_spectrum_destination(self, super().destination(log), log)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixpanel_assets.config import PipelineConfig, ProjectConfig
+from mixpanel_assets.config import PipelineConfig, ProjectConfig, resolve_path
 from mixpanel_assets.destinations.cloud_registry import cloud_io_manager, cloud_table_location
 from mixpanel_assets.destinations.configs import (
     AzureDestination,
@@ -15,7 +15,6 @@ from mixpanel_assets.destinations.configs import (
 )
 from mixpanel_assets.destinations.io_managers import DuckDBIOManager, LocalFolderIOManager, MixpanelIOManager
 from mixpanel_assets.destinations.warehouse_registry import WAREHOUSES, warehouse_io_manager, warehouse_table_location
-from mixpanel_assets.resources import resolve_path
 
 
 def io_manager_key(pipeline: PipelineConfig) -> str:

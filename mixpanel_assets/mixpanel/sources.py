@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from mixpanel_assets.mixpanel.client import ExportQuery, MixpanelClient
-from mixpanel_assets.records import LocalFile, Origin
+from mixpanel_assets.transform.records import LocalFile, Origin
 
 UTC = dt.UTC
 
@@ -187,7 +187,7 @@ def read_file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
             try:
                 chunk = stream.read(size)
             except (EOFError, OSError, ValueError) as exc:  # truncated or corrupt gzip/zstd, unreadable file
-                from mixpanel_assets.staging import BadInputError
+                from mixpanel_assets.staging.stage import BadInputError
 
                 # Permanent: the same file fails the same way on every retry, so say which file and why.
                 raise BadInputError(f"local source file {path} cannot be read: {type(exc).__name__}: {exc} "

@@ -64,7 +64,7 @@ class S3Store(Store):
         return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
     def adapter(self, bucket: str, **options):
-        from mixpanel_assets.destinations.s3 import S3Bucket
+        from mixpanel_assets.destinations.objects.s3 import S3Bucket
 
         return S3Bucket.connect(bucket, region=MOTO_REGION, endpoint_url=self.moto.endpoint_url,
                                 access_key_id=MOTO_KEY_ID, secret_access_key=MOTO_SECRET, **options)
@@ -90,7 +90,7 @@ class GCSStore(Store):
         return self.client.bucket(bucket).blob(key).download_as_bytes()
 
     def adapter(self, bucket: str, **options):
-        from mixpanel_assets.destinations.gcs import GCSBucket
+        from mixpanel_assets.destinations.objects.gcs import GCSBucket
 
         return GCSBucket.connect(bucket, project="test-project", endpoint_url=self.server.endpoint_url, **options)
 
@@ -114,7 +114,7 @@ class AzureStore(Store):
         return self.service.get_container_client(bucket).download_blob(key).readall()
 
     def adapter(self, bucket: str, **options):
-        from mixpanel_assets.destinations.azure import AzureBlobBucket
+        from mixpanel_assets.destinations.objects.azure import AzureBlobBucket
 
         return AzureBlobBucket.connect(bucket, connection_string=self.server.connection_string(), **options)
 

@@ -1,0 +1,233 @@
+"""The Dagster assets of each pipeline, built from pipelines.yaml.
+
+Per pipeline (key prefix = pipeline name, group = pipeline name):
+  events   -> [name, mp_master_event]            hourly or daily partitions in the project timezone
+  people   -> [name, mp_people_data]             unpartitioned, replaced whole
+  identity -> [name, mp_identity_mappings_data]  unpartitioned, replaced whole, from the events' links
+Upstream, the Mixpanel project appears as external assets, so lineage reads Mixpanel -> tables.
+"""
+
+
+import contextlib
+import dataclasses
+import warnings
+from pathlib import Path
+
+import dagster as dg
+
+from mixpanel_assets.config import PipelineConfig, PipelinesFile, ProjectConfig
+from mixpanel_assets.defs.freshness import events_freshness_policy
+from mixpanel_assets.defs.gdpr_register import ProfilesWithoutDeleted, suppressed_distinct_ids
+from mixpanel_assets.defs.partitions import events_partitions_def, windows_for_keys
+from mixpanel_assets.defs.resources import MixpanelSourceResource
+from mixpanel_assets.destinations.registry import io_manager_key, table_location
+from mixpanel_assets.mixpanel.errors import MixpanelAPIError
+from mixpanel_assets.staging.exports import EventsExportSpec, export_events, export_identity, export_people
+from mixpanel_assets.staging.stage import BadInputError
+
+EVENTS_TABLE = "mp_master_event"
+PEOPLE_TABLE = "mp_people_data"
+IDENTITY_TABLE = "mp_identity_mappings_data"
+
+def retry_policy(project: ProjectConfig) -> dg.RetryPolicy | None:
+    """Transient failures (rate limits, 5xx, a cut stream) are retried by the step, with growing
+    delays; permanent ones (bad credentials, malformed data, bad config) raise
+    dg.Failure(allow_retries=False) instead. `project.step_retries` sets the numbers."""
+    retries = project.step_retries
+    if retries.max_retries == 0:
+        return None
+    if retries.delay_seconds == 0:
+        return dg.RetryPolicy(max_retries=retries.max_retries)
+    return dg.RetryPolicy(max_retries=retries.max_retries, delay=retries.delay_seconds,
+                          backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+def project_pool(project: ProjectConfig) -> str:
+    """One Dagster pool per Mixpanel project: Mixpanel runs one pipeline step per project at a time."""
+    return f"mixpanel_project_{project.id}"
+
+
+def source_keys(project: ProjectConfig) -> dict[str, dg.AssetKey]:
+    base = ["mixpanel", f"project_{project.id}"]
+    return {"events": dg.AssetKey([*base, "events"]), "profiles": dg.AssetKey([*base, "profiles"])}
+
+
+def source_specs(project: ProjectConfig) -> list[dg.AssetSpec]:
+    keys = source_keys(project)
+    meta = {"mixpanel/project_id": project.id, "mixpanel/residency": project.residency,
+            "mixpanel/timezone": project.timezone}
+    return [
+        dg.AssetSpec(keys["events"], description=f"Events of Mixpanel project {project.id} (Raw Event Export API).",
+                     group_name="mixpanel", kinds={"mixpanel"}, metadata=meta),
+        dg.AssetSpec(keys["profiles"], description=f"User profiles of Mixpanel project {project.id} (Engage API).",
+                     group_name="mixpanel", kinds={"mixpanel"}, metadata=meta),
+    ]
+
+
+@contextlib.contextmanager
+def failing_permanently_when_retries_cannot_help():
+    """Malformed data and refused requests (bad credentials, a missing project) fail the step
+    without retries: retrying would only spend Export API quota. Transient errors pass through
+    to the step's retry policy."""
+    try:
+        yield
+    except BadInputError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    except MixpanelAPIError as exc:
+        if not exc.retryable:
+            raise dg.Failure(description=str(exc), allow_retries=False) from exc
+        raise
+
+
+def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Path) -> dg.AssetsDefinition:
+    partitions_def = events_partitions_def(pipeline, project)
+    per_run = pipeline.backfill_partitions_per_run or (24 if pipeline.frequency == "hourly" else 1)
+    spec = EventsExportSpec(
+        pipeline=pipeline.name,
+        timezone=project.timezone,
+        events=pipeline.events,
+        where=pipeline.where,
+        legacy_timezone=project.timezone if project.legacy_project_timezone_dates else None,
+        workers=project.export_workers,
+        max_bad_fraction=project.bad_lines.max_fraction,
+        max_bad_count=project.bad_lines.max_count,
+    )
+
+    @dg.asset(
+        key=[pipeline.name, EVENTS_TABLE],
+        partitions_def=partitions_def,
+        io_manager_key=io_manager_key(pipeline),
+        deps=[source_keys(project)["events"]],
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=per_run),
+        freshness_policy=events_freshness_policy(pipeline) if pipeline.recurring else None,
+        pool=project_pool(project),
+        group_name=pipeline.name,
+        kinds={"mixpanel", pipeline.destination.kind},
+        retry_policy=retry_policy(project),
+        metadata={
+            "dagster/table_name": table_location(pipeline, project, EVENTS_TABLE, base_dir),
+            "mixpanel/pipeline": pipeline.name,
+            "mixpanel/frequency": pipeline.frequency,
+            "partition_expr": "time",
+        },
+        tags={"mixpanel/data_source": "events"},
+        description=(
+            f"Mixpanel events of project {project.id}, {pipeline.frequency} partitions in {project.timezone}, "
+            f"deduplicated by (event, distinct_id, time, $insert_id), into {pipeline.destination.describe()}."
+        ),
+    )
+    def mp_master_event(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
+        windows = windows_for_keys(partitions_def, list(context.partition_keys), pipeline.frequency)
+        # Users deleted by a GDPR deletion stay deleted until Mixpanel has deleted them too.
+        run_spec = dataclasses.replace(spec, suppressed_distinct_ids=suppressed_distinct_ids(mixpanel.state_path))
+        source = mixpanel.open(context.log)
+        try:
+            with failing_permanently_when_retries_cannot_help():
+                staged = export_events(source, windows, run_spec, mixpanel.state(), context.log)
+        finally:
+            source.close()
+        for window in staged.windows:
+            w = window.info
+            context.add_asset_metadata(
+                {
+                    "dagster/partition_row_count": window.rows,
+                    "rows_read": window.rows_read,
+                    "duplicates_dropped": window.duplicates,
+                    "window_start": w.start.isoformat(),
+                    "window_end": w.end.isoformat(),
+                    "mixpanel/fingerprint": window.fingerprint.token(),
+                    "identity_links": len(window.links),
+                },
+                partition_key=window.partition_key,
+            )
+        return dg.Output(
+            staged,
+            metadata={
+                "source": source.description,
+                "lines_read": staged.lines,
+                "bad_lines": staged.bad_lines,
+                "rows_outside_window": staged.outside_window,
+                "rows_of_deleted_users_dropped": staged.suppressed,
+                "source_bytes": staged.source_bytes,
+                "source_queries": staged.queries,
+                "partitions_in_run": len(windows),
+            },
+        )
+
+    return mp_master_event
+
+
+def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Path) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=[pipeline.name, PEOPLE_TABLE],
+        io_manager_key=io_manager_key(pipeline),
+        deps=[source_keys(project)["profiles"]],
+        pool=project_pool(project),
+        group_name=pipeline.name,
+        kinds={"mixpanel", pipeline.destination.kind},
+        retry_policy=retry_policy(project),
+        metadata={"dagster/table_name": table_location(pipeline, project, PEOPLE_TABLE, base_dir),
+                  "mixpanel/pipeline": pipeline.name},
+        tags={"mixpanel/data_source": "people"},
+        description=f"User profiles of Mixpanel project {project.id}, replaced whole on every run.",
+    )
+    def mp_people_data(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
+        source = ProfilesWithoutDeleted(mixpanel.open(context.log), suppressed_distinct_ids(mixpanel.state_path))
+        try:
+            with failing_permanently_when_retries_cannot_help():
+                staged = export_people(source, None, mixpanel.max_bad_fraction, context.log)
+        finally:
+            source.close()
+        return dg.Output(staged, metadata={"dagster/row_count": staged.rows, **staged.extra_metadata,
+                                           "profiles_of_deleted_users_dropped": source.suppressed,
+                                           "source": source.description})
+
+    return mp_people_data
+
+
+def identity_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Path) -> dg.AssetsDefinition:
+    project = config.project
+    event_pipelines = [p.name for p in config.event_pipelines]
+
+    @dg.asset(
+        key=[pipeline.name, IDENTITY_TABLE],
+        io_manager_key=io_manager_key(pipeline),
+        deps=[dg.AssetKey([name, EVENTS_TABLE]) for name in event_pipelines],
+        group_name=pipeline.name,
+        kinds={"mixpanel", pipeline.destination.kind},
+        retry_policy=retry_policy(project),
+        metadata={"dagster/table_name": table_location(pipeline, project, IDENTITY_TABLE, base_dir),
+                  "mixpanel/pipeline": pipeline.name, "mixpanel/identity_merge": project.identity_merge},
+        tags={"mixpanel/data_source": "identity"},
+        description=(
+            f"distinct_id -> resolved_distinct_id for project {project.id} ({project.identity_merge} ID merge), "
+            f"computed from the identity links of every exported partition of {', '.join(event_pipelines)}; "
+            "replaced whole on every run."
+        ),
+    )
+    def mp_identity_mappings_data(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
+        staged = export_identity(mixpanel.state(), event_pipelines, project.identity_merge, None,
+                                 project.identity.memory_limit_mb)
+        context.log.info(f"{staged.rows} identity mappings from {staged.extra_metadata['links']} links")
+        return dg.Output(staged, metadata={"dagster/row_count": staged.rows, **staged.extra_metadata})
+
+    return mp_identity_mappings_data
+
+
+def pipeline_assets(config: PipelinesFile, base_dir: Path) -> list[dg.AssetsDefinition]:
+    assets = []
+    with warnings.catch_warnings():
+        # backfill_policy is a beta parameter; it is how a backfill of hourly partitions costs one
+        # Export API query per day instead of one per hour, so we use it knowingly.
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)
+        for pipeline in config.pipelines:
+            assets.append(_pipeline_asset(pipeline, config, base_dir))
+    return assets
+
+
+def _pipeline_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Path) -> dg.AssetsDefinition:
+    if pipeline.data_source == "events":
+        return events_asset(pipeline, config.project, base_dir)
+    if pipeline.data_source == "people":
+        return people_asset(pipeline, config.project, base_dir)
+    return identity_asset(pipeline, config, base_dir)

@@ -1,0 +1,247 @@
+"""Asset checks: what each destination holds, read back and compared with what was exported.
+
+Per events asset, three partitioned checks, evaluated for every partition an export run writes
+(they are part of the pipeline's job) and on demand from the partition's page:
+
+* `row_count_matches_source`: the window's rows in the destination equal the source's
+  deduplicated count recorded at export (`dagster/partition_row_count`), minus rows a GDPR
+  deletion removed since; a folder whose part files disagree with its manifest fails too.
+* `no_duplicate_dedup_keys`: no (event_name, distinct_id, time, insert_id) is stored twice.
+* `schema_matches_mixpanel`: the seven columns of mp_master_event, in order, with Mixpanel's types.
+
+Per people / identity asset, unpartitioned: `row_count_matches_export`, `distinct_id_unique`,
+`schema_matches_mixpanel`.
+
+Partitioned checks and multi-partition runs: Dagster attaches a check's result to a partition
+only when the run has a single partition key, but an hourly day is exported as one run over 24
+partitions. So the events checks record one evaluation per partition themselves, each pointing at
+that partition's materialization, which is how the UI shows them on every partition either way.
+"""
+
+
+import warnings
+
+import dagster as dg
+
+from mixpanel_assets.config import PipelineConfig, PipelinesFile
+from mixpanel_assets.defs.assets import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
+from mixpanel_assets.defs.partitions import PartitionWindow, events_partitions_def, windows_for_keys
+from mixpanel_assets.destinations.base import Destination
+from mixpanel_assets.destinations.registry import io_manager_key
+from mixpanel_assets.transform.records import EVENT_COLUMNS, IDENTITY_COLUMNS, PEOPLE_COLUMNS
+
+ROW_COUNT = "row_count_matches_source"
+NO_DUPLICATES = "no_duplicate_dedup_keys"
+SCHEMA = "schema_matches_mixpanel"
+TABLE_ROW_COUNT = "row_count_matches_export"
+UNIQUE_IDS = "distinct_id_unique"
+GDPR_REMOVED_KEY = "mixpanel/gdpr_rows_removed"  # observation metadata written by gdpr.py
+
+TABLE_SCHEMAS = {PEOPLE_TABLE: PEOPLE_COLUMNS, IDENTITY_TABLE: IDENTITY_COLUMNS}
+_DESCRIPTIONS = {
+    ROW_COUNT: "Rows of the partition's window in the destination equal the source's deduplicated count at export "
+               "(less rows removed by GDPR deletions since).",
+    NO_DUPLICATES: "No Mixpanel dedup key (event_name, distinct_id, time, insert_id) is stored more than once.",
+    SCHEMA: "The columns and types of Mixpanel's table, in Mixpanel's order.",
+    TABLE_ROW_COUNT: "Rows in the destination equal the rows exported (less rows removed by GDPR deletions since).",
+    UNIQUE_IDS: "Every distinct_id appears once.",
+}
+
+
+def _target(record: dg.EventLogRecord | None):
+    """Point an evaluation at the materialization it checked, so the UI shows it as current.
+
+    Dagster fills this in only for results of single-partition runs; for our per-partition
+    evaluations in multi-partition runs we build it, from Dagster's internal (serialisable)
+    record type, since no public constructor exists.
+    """
+    if record is None:
+        return None
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+    )
+
+
+def _latest_by_partition(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: list[str]) -> dict[str, dg.EventLogRecord]:
+    ids = instance.get_latest_storage_id_by_partition(key, dg.DagsterEventType.ASSET_MATERIALIZATION, set(partitions))
+    if not ids:
+        return {}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, storage_ids=list(ids.values())), limit=len(ids)
+    ).records
+    return {r.partition_key: r for r in records}
+
+
+def _gdpr_removed(instance: dg.DagsterInstance, key: dg.AssetKey, after: dict[str | None, int]) -> dict[str | None, int]:
+    """Rows removed by GDPR deletions after each partition's (or the table's) latest materialization."""
+    if not after:
+        return {}
+    partitions = [p for p in after if p is not None]
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=partitions or None,
+                              after_storage_id=min(after.values())),
+        limit=10_000,
+    ).records
+    removed: dict[str | None, int] = {}
+    for record in records:
+        partition = record.partition_key
+        entry = record.asset_observation.metadata.get(GDPR_REMOVED_KEY) if record.asset_observation else None
+        if entry is None or partition not in after or record.storage_id <= after[partition]:
+            continue
+        removed[partition] = removed.get(partition, 0) + int(entry.value)
+    return removed
+
+
+def _schema_result(columns: list[tuple[str, str]], expected) -> tuple[bool, dict]:
+    expected = [list(c) for c in expected]
+    found = [list(c) for c in columns]
+    return found == expected, {"expected_columns": dg.MetadataValue.json(expected),
+                               "found_columns": dg.MetadataValue.json(found)}
+
+
+def _destination(context, pipeline: PipelineConfig) -> Destination:
+    return getattr(context.resources, io_manager_key(pipeline)).destination(context.log)
+
+
+def events_checks(pipeline: PipelineConfig, config: PipelinesFile) -> dg.AssetChecksDefinition:
+    partitions_def = events_partitions_def(pipeline, config.project)
+    key = dg.AssetKey([pipeline.name, EVENTS_TABLE])
+    specs = [dg.AssetCheckSpec(name, asset=key, partitions_def=partitions_def, description=_DESCRIPTIONS[name])
+             for name in (ROW_COUNT, NO_DUPLICATES, SCHEMA)]
+
+    @dg.multi_asset_check(name=f"{pipeline.name}_mp_master_event_checks", specs=specs, can_subset=True,
+                          required_resource_keys={io_manager_key(pipeline)},
+                          description=f"Read back {pipeline.name}'s partitions from {pipeline.destination.describe()}.")
+    def _checks(context: dg.AssetCheckExecutionContext):
+        selected = sorted(k.name for k in context.selected_asset_check_keys)
+        keys = list(context.partition_keys)
+        windows = windows_for_keys(partitions_def, keys, pipeline.frequency)
+        instance = context.instance
+        materializations = _latest_by_partition(instance, key, keys)
+        removed = _gdpr_removed(instance, key, {k: r.storage_id for k, r in materializations.items()})
+        destination = _destination(context, pipeline)
+        try:
+            for window in windows:
+                record = materializations.get(window.partition_key)
+                for name, passed, severity, description, metadata in _evaluate_window(
+                        destination, window, record, removed.get(window.partition_key, 0), selected):
+                    context.op_execution_context.log_event(dg.AssetCheckEvaluation(
+                        asset_key=key, check_name=name, passed=passed, metadata=metadata, severity=severity,
+                        description=description, partition=window.partition_key,
+                        target_materialization_data=_target(record),
+                    ))
+        finally:
+            destination.close()
+        # Nothing to return: every result was recorded above, on its partition. (A generator with
+        # no items is how an op with optional outputs says so.)
+        yield from ()
+
+    return _checks
+
+
+def _evaluate_window(destination: Destination, window: PartitionWindow, record: dg.EventLogRecord | None,
+                     gdpr_removed: int, selected: list[str]):
+    """(check name, passed, severity, description, metadata) for each selected check of one window."""
+    try:
+        readback = destination.read_event_window(window)
+    except NotImplementedError as exc:
+        # A destination whose read-back is not written yet: say so on the partition, as a warning.
+        for name in selected:
+            yield name, False, dg.AssetCheckSeverity.WARN, str(exc), {}
+        return
+    location = {"location": readback.location}
+    for name in selected:
+        if name == ROW_COUNT:
+            exported = record.asset_materialization.metadata.get("dagster/partition_row_count") if record else None
+            if exported is None:
+                yield (name, False, dg.AssetCheckSeverity.ERROR,
+                       f"partition {window.partition_key} has no export record to compare with",
+                       {**location, "destination_rows": readback.rows})
+                continue
+            expected = int(exported.value) - gdpr_removed
+            passed = readback.rows == expected and not readback.problems
+            description = None if passed else (
+                f"{readback.rows} rows in the destination, {expected} expected"
+                + (f"; {'; '.join(readback.problems)}" if readback.problems else ""))
+            yield name, passed, dg.AssetCheckSeverity.ERROR, description, {
+                **location, "destination_rows": readback.rows, "source_rows": int(exported.value),
+                "gdpr_rows_removed": gdpr_removed, "problems": dg.MetadataValue.json(readback.problems)}
+        elif name == NO_DUPLICATES:
+            passed = readback.duplicate_keys == 0
+            yield name, passed, dg.AssetCheckSeverity.ERROR, None if passed else (
+                f"{readback.duplicate_keys} dedup keys stored more than once ({readback.duplicate_rows} extra rows)"), {
+                **location, "duplicate_keys": readback.duplicate_keys, "duplicate_rows": readback.duplicate_rows}
+        elif name == SCHEMA:
+            passed, metadata = _schema_result(readback.columns, EVENT_COLUMNS)
+            yield name, passed, dg.AssetCheckSeverity.ERROR, None if passed else "columns differ from mp_master_event's", {
+                **location, **metadata}
+
+
+def table_checks(pipeline: PipelineConfig, table: str) -> dg.AssetChecksDefinition:
+    key = dg.AssetKey([pipeline.name, table])
+    specs = [dg.AssetCheckSpec(name, asset=key, description=_DESCRIPTIONS[name])
+             for name in (TABLE_ROW_COUNT, UNIQUE_IDS, SCHEMA)]
+
+    @dg.multi_asset_check(name=f"{pipeline.name}_{table}_checks", specs=specs, can_subset=True,
+                          required_resource_keys={io_manager_key(pipeline)},
+                          description=f"Read back {pipeline.name}'s {table} from {pipeline.destination.describe()}.")
+    def _checks(context: dg.AssetCheckExecutionContext):
+        selected = sorted(k.name for k in context.selected_asset_check_keys)
+        instance = context.instance
+        latest = instance.fetch_materializations(key, limit=1).records
+        record = latest[0] if latest else None
+        removed = _gdpr_removed(instance, key, {None: record.storage_id} if record else {}).get(None, 0)
+        destination = _destination(context, pipeline)
+        try:
+            readback = destination.read_table(table)
+        except NotImplementedError as exc:
+            for name in selected:
+                yield dg.AssetCheckResult(check_name=name, passed=False, severity=dg.AssetCheckSeverity.WARN,
+                                          description=str(exc))
+            return
+        finally:
+            destination.close()
+        location = {"location": readback.location}
+        for name in selected:
+            if name == TABLE_ROW_COUNT:
+                exported = record.asset_materialization.metadata.get("dagster/row_count") if record else None
+                expected = None if exported is None else int(exported.value) - removed
+                passed = expected is not None and readback.rows == expected and not readback.problems
+                yield dg.AssetCheckResult(
+                    check_name=name, passed=passed,
+                    description=None if passed else f"{readback.rows} rows in the destination, {expected} expected"
+                    + (f"; {'; '.join(readback.problems)}" if readback.problems else ""),
+                    metadata={**location, "destination_rows": readback.rows, "gdpr_rows_removed": removed,
+                              "exported_rows": int(exported.value) if exported is not None else -1,
+                              "problems": dg.MetadataValue.json(readback.problems)})
+            elif name == UNIQUE_IDS:
+                passed = readback.duplicate_ids == 0
+                yield dg.AssetCheckResult(
+                    check_name=name, passed=passed,
+                    description=None if passed else f"{readback.duplicate_ids} distinct_id values appear more than once",
+                    metadata={**location, "duplicate_distinct_ids": readback.duplicate_ids})
+            elif name == SCHEMA:
+                passed, metadata = _schema_result(readback.columns, TABLE_SCHEMAS[table])
+                yield dg.AssetCheckResult(check_name=name, passed=passed, metadata={**location, **metadata},
+                                          description=None if passed else f"columns differ from {table}'s")
+
+    return _checks
+
+
+def pipeline_checks(config: PipelinesFile) -> list[dg.AssetChecksDefinition]:
+    checks = []
+    with warnings.catch_warnings():
+        # Partitioned asset checks are a preview feature of Dagster 1.13; they are what puts a
+        # check's result on each partition, so we use them knowingly.
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        for pipeline in config.pipelines:
+            if pipeline.data_source == "events":
+                checks.append(events_checks(pipeline, config))
+            else:
+                table = PEOPLE_TABLE if pipeline.data_source == "people" else IDENTITY_TABLE
+                checks.append(table_checks(pipeline, table))
+    return checks

@@ -1,0 +1,175 @@
+"""Azure Blob Storage: the `Bucket` adapter behind `type: azure` (the "bucket" is a container).
+
+Credentials, in Mixpanel's order of preference: a service principal (tenant id, client id,
+client secret: azure-identity's ClientSecretCredential, which is what Mixpanel asks for), an
+account key, a SAS token, a connection string, or else DefaultAzureCredential (managed identity,
+`az login`, AZURE_* variables), the same choices dagster-azure's AzureBlobStorageResource offers.
+The client is built here rather than through that resource because the resource gives a client
+closed at the end of a `with` block and without block-size settings, while one export keeps one
+client open across its windows and needs staged block uploads: above `max_single_put_size` a
+part is sent as blocks of `max_block_size` read from the file, then committed as one blob.
+
+The identity needs Storage Blob Data Contributor on the container (Mixpanel asks for the same).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from mixpanel_assets.destinations.objects.cloud import BucketAccessError, ObjectStoreError, content_type, first_line
+from mixpanel_assets.destinations.objects.store import Bucket
+
+MAX_SINGLE_PUT = 32 << 20
+BLOCK_SIZE = 16 << 20
+UPLOAD_CONCURRENCY = 4
+
+_MISSING = {"ContainerNotFound", "ResourceNotFound", "AccountNotFound"}
+_BAD_CREDENTIALS = {"AuthenticationFailed", "InvalidAuthenticationInfo", "NoAuthenticationInformation",
+                    "AuthorizationFailure"}
+_DENIED = {"AuthorizationPermissionMismatch", "AuthorizationSourceIPMismatch", "AuthorizationProtocolMismatch",
+           "InsufficientAccountPermissions", "AccountIsDisabled", "AuthorizationResourceTypeMismatch"}
+
+
+class AzureBlobBucket(Bucket):
+    def __init__(self, service, container: str, *, credentials_from: str = "DefaultAzureCredential"):
+        self.service = service
+        self.container_name = container
+        self.container = service.get_container_client(container)
+        self.account = service.account_name
+        self.credentials_from = credentials_from
+
+    @classmethod
+    def connect(cls, container: str, *, account_url: str | None = None, connection_string: str | None = None,
+                account_key: str | None = None, sas_token: str | None = None, tenant_id: str | None = None,
+                client_id: str | None = None, client_secret: str | None = None,
+                credentials_from: str = "DefaultAzureCredential", max_single_put_size: int = MAX_SINGLE_PUT,
+                max_block_size: int = BLOCK_SIZE) -> AzureBlobBucket:
+        from azure.storage.blob import BlobServiceClient
+
+        sizes = {"max_single_put_size": max_single_put_size, "max_block_size": max_block_size}
+        try:
+            if connection_string:
+                service = BlobServiceClient.from_connection_string(connection_string, **sizes)
+            else:
+                service = BlobServiceClient(account_url, credential=_credential(
+                    account_key, sas_token, tenant_id, client_id, client_secret), **sizes)
+        except ValueError:
+            # The SDK's message may quote the malformed connection string: never repeat it.
+            raise BucketAccessError(
+                f"the Azure credentials from {credentials_from} for container {container!r} are malformed "
+                "(a connection string needs AccountName, AccountKey or SharedAccessSignature, and endpoints)"
+            ) from None
+        return cls(service, container, credentials_from=credentials_from)
+
+    def uri(self, key: str) -> str:
+        return f"az://{self.container_name}/{key}"
+
+    def describe(self) -> str:
+        return f"Azure container {self.container_name} in storage account {self.account}"
+
+    def upload_file(self, key: str, path: Path) -> None:
+        from azure.storage.blob import ContentSettings
+
+        size = Path(path).stat().st_size
+        with self._errors("write", key), open(path, "rb") as stream:
+            self.container.upload_blob(key, stream, length=size, overwrite=True, max_concurrency=UPLOAD_CONCURRENCY,
+                                       content_settings=ContentSettings(content_type=content_type(key)))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        from azure.storage.blob import ContentSettings
+
+        with self._errors("write", key):
+            self.container.upload_blob(key, data, overwrite=True,
+                                       content_settings=ContentSettings(content_type=content_type(key)))
+
+    def get_bytes(self, key: str) -> bytes | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self._errors("read", key):
+            try:
+                return self.container.download_blob(key).readall()
+            except ResourceNotFoundError as exc:
+                if _code(exc) == "BlobNotFound":
+                    return None
+                raise
+
+    def download_file(self, key: str, path: Path) -> bool:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with self._errors("read", key):
+            try:
+                downloader = self.container.download_blob(key)
+                with open(path, "wb") as f:
+                    downloader.readinto(f)  # chunked, straight to disk
+            except ResourceNotFoundError as exc:
+                if _code(exc) == "BlobNotFound":
+                    return False
+                raise
+        return True
+
+    def list_files(self, folder: str) -> list[str]:
+        from azure.storage.blob import BlobPrefix
+
+        with self._errors("list", folder):
+            items = self.container.walk_blobs(name_starts_with=folder, delimiter="/")
+            return sorted(item.name for item in items if not isinstance(item, BlobPrefix))
+
+    def delete(self, keys: list[str]) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        for key in keys:
+            with self._errors("delete", key):
+                try:
+                    self.container.delete_blob(key)
+                except ResourceNotFoundError as exc:
+                    if _code(exc) != "BlobNotFound":  # already gone is the goal of a delete
+                        raise
+
+    def check_access(self, folder: str) -> None:
+        with self._errors("list", folder):
+            next(iter(self.container.list_blobs(name_starts_with=folder, results_per_page=1)), None)
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, key: str):
+        from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+
+        name = self.container_name
+        try:
+            yield
+        except ObjectStoreError:
+            raise
+        except AzureError as exc:
+            code = _code(exc)
+            where = f"container {name!r} of storage account {self.account!r}"
+            if code in _MISSING:
+                raise BucketAccessError(f"Azure {where} does not exist ({code}); create it or fix `container`") from None
+            if code in _BAD_CREDENTIALS or (isinstance(exc, ClientAuthenticationError) and code not in _DENIED):
+                raise BucketAccessError(
+                    f"Azure rejected the credentials ({code or type(exc).__name__}) from {self.credentials_from} "
+                    f"for {where}; check the key/secret is current and the account's network rules") from None
+            if code in _DENIED or (isinstance(exc, HttpResponseError) and exc.status_code == 403):
+                raise BucketAccessError(
+                    f"access denied ({code or 403}) to {action} az://{name}/{key} with {self.credentials_from}; "
+                    "assign the identity Storage Blob Data Contributor on the container") from None
+            # Azure's messages end with the XML response; only its first line is worth keeping.
+            raise ObjectStoreError(f"Azure {action} of az://{name}/{key} failed: {code or ''} {first_line(exc)}") from exc
+
+
+def _code(exc) -> str:
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code) or "")
+
+
+def _credential(account_key, sas_token, tenant_id, client_id, client_secret):
+    if tenant_id or client_id or client_secret:
+        from azure.identity import ClientSecretCredential
+
+        return ClientSecretCredential(tenant_id, client_id, client_secret)
+    if account_key:
+        return account_key
+    if sas_token:
+        return sas_token
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()

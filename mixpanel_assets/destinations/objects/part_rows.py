@@ -1,0 +1,341 @@
+"""Reading part files back, and rewriting them without some users: object stores' checks and GDPR.
+
+Every object store (local folder, S3, GCS, Azure) goes through the same `Bucket` operations, so
+this works for all of them at once: a folder's parts are downloaded one at a time into a work
+folder, read (JSON lines in any of our compressions, or Parquet) and, for a deletion, written
+again under a new content-derived name, then swapped in with the folder's replace protocol
+(object_store.py). Memory holds one compressed part and the dedup-key hashes (16 bytes per row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import xxhash
+
+from mixpanel_assets.mixpanel.sources import read_file_chunks
+from mixpanel_assets.staging.parts import JsonPartWriter, PartFile, iter_part_lines
+from mixpanel_assets.transform.records import EVENT_COLUMNS, IDENTITY_COLUMNS, PEOPLE_COLUMNS
+
+SCHEMAS = {
+    "mp_master_event": EVENT_COLUMNS,
+    "mp_people_data": PEOPLE_COLUMNS,
+    "mp_identity_mappings_data": IDENTITY_COLUMNS,
+}
+# The columns that identify a user, per table: what a GDPR deletion matches on.
+USER_COLUMNS = {
+    "mp_master_event": ("distinct_id",),
+    "mp_people_data": ("distinct_id",),
+    "mp_identity_mappings_data": ("distinct_id", "resolved_distinct_id"),
+}
+MAX_PATTERNS = 256  # above this many ids, every line of a part is parsed instead of searched for first
+_KEY_COLUMNS = ("event_name", "distinct_id", "time", "insert_id")
+_loads = orjson.loads
+_dumps = orjson.dumps
+_hash = xxhash.xxh3_128_intdigest
+_MASK64 = (1 << 64) - 1
+
+
+def is_parquet(name: str) -> bool:
+    return name.endswith(".parquet")
+
+
+class KeyCounter:
+    """Counts values stored more than once, from 128-bit hashes (collisions: ~1e-20 per pair)."""
+
+    def __init__(self) -> None:
+        self.hi = array("Q")
+        self.lo = array("Q")
+
+    def add(self, value) -> None:
+        h = _hash(_dumps(value))
+        self.hi.append(h >> 64)
+        self.lo.append(h & _MASK64)
+
+    def duplicates(self) -> tuple[int, int]:
+        """(values stored more than once, extra copies beyond the first)."""
+        if len(self.hi) < 2:
+            return 0, 0
+        hi = np.frombuffer(self.hi, dtype=np.uint64)
+        lo = np.frombuffer(self.lo, dtype=np.uint64)
+        order = np.lexsort((lo, hi))
+        hi, lo = hi[order], lo[order]
+        same = (hi[1:] == hi[:-1]) & (lo[1:] == lo[:-1])
+        extra = int(same.sum())
+        if not extra:
+            return 0, 0
+        # A run of equal values starts where `same` turns on.
+        starts = int(np.count_nonzero(same & ~np.concatenate(([False], same[:-1]))))
+        return starts, extra
+
+
+@dataclass
+class Readback:
+    """What the parts of one folder hold, accumulated part by part."""
+
+    table: str
+    rows: int = 0
+    keys: KeyCounter = field(default_factory=KeyCounter)
+    kinds: dict[str, set[str]] = field(default_factory=dict)  # column -> logical types seen (not null)
+    layouts: dict[tuple[str, ...], int] = field(default_factory=dict)  # column order -> parts/rows seen
+    problems: list[str] = field(default_factory=list)
+
+    def columns(self) -> list[tuple[str, str]]:
+        """The stored columns with their logical types; the expected type where only nulls were seen."""
+        expected = dict(SCHEMAS[self.table])
+        if not self.layouts:
+            return list(SCHEMAS[self.table])
+        layout = max(self.layouts, key=self.layouts.get)
+        result = []
+        for name in layout:
+            seen = self.kinds.get(name, set())
+            if not seen:
+                kind = expected.get(name, "NULL")
+            elif len(seen) == 1:
+                kind = next(iter(seen))
+            else:
+                kind = "MIXED(" + "|".join(sorted(seen)) + ")"
+            result.append((name, kind))
+        if len(self.layouts) > 1:
+            others = [list(k) for k in self.layouts if k != layout]
+            self.problems.append(f"rows with other columns than {list(layout)}: {others[:3]}")
+        return result
+
+
+def _json_kind(name: str, value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return "STRING"
+    if isinstance(value, dict):
+        return "JSON"
+    if isinstance(value, bool):
+        return "BOOLEAN"
+    if isinstance(value, (int, float)):
+        # JSON has no timestamp type: Mixpanel's JSON exports write `time` as UTC epoch seconds.
+        return "TIMESTAMP" if name == "time" else "NUMBER"
+    return "ARRAY"
+
+
+def read_part(path: Path, readback: Readback) -> None:
+    """Add one part file's rows, keys and column types to `readback`."""
+    if is_parquet(path.name):
+        _read_parquet(path, readback)
+    else:
+        _read_json(path, readback)
+
+
+def _read_json(path: Path, rb: Readback) -> None:
+    events = rb.table == "mp_master_event"
+    kinds = rb.kinds
+    layouts = rb.layouts
+    for n, line in enumerate(iter_part_lines(path), start=1):
+        try:
+            row = _loads(line)
+        except orjson.JSONDecodeError as exc:
+            if len(rb.problems) < 10:
+                rb.problems.append(f"{path.name} line {n}: not valid JSON ({exc})")
+            continue
+        if not isinstance(row, dict):
+            if len(rb.problems) < 10:
+                rb.problems.append(f"{path.name} line {n}: not a JSON object")
+            continue
+        rb.rows += 1
+        layout = tuple(row)
+        layouts[layout] = layouts.get(layout, 0) + 1
+        for name, value in row.items():
+            kind = _json_kind(name, value)
+            if kind is not None:
+                kinds.setdefault(name, set()).add(kind)
+        if events:
+            if row.get("insert_id") is not None:
+                rb.keys.add([row.get(c) for c in _KEY_COLUMNS])
+        else:
+            rb.keys.add(row.get("distinct_id"))
+
+
+def _arrow_kind(name: str, arrow_type) -> str:
+    import pyarrow as pa
+
+    if isinstance(arrow_type, pa.BaseExtensionType) and "json" in str(arrow_type.extension_name):
+        return "JSON"
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMP"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        # Parquet readers without the JSON logical type get `properties` as JSON text.
+        return "JSON" if name == "properties" else "STRING"
+    return str(arrow_type).upper()
+
+
+def _read_parquet(path: Path, rb: Readback) -> None:
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    schema = parquet.schema_arrow
+    layout = tuple(schema.names)
+    rb.layouts[layout] = rb.layouts.get(layout, 0) + parquet.metadata.num_rows
+    for f in schema:
+        rb.kinds.setdefault(f.name, set()).add(_arrow_kind(f.name, f.type))
+    events = rb.table == "mp_master_event"
+    wanted = [c for c in (_KEY_COLUMNS if events else ("distinct_id",)) if c in layout]
+    for batch in parquet.iter_batches(columns=wanted, batch_size=65536):
+        rb.rows += batch.num_rows
+        columns = {name: batch.column(name) for name in wanted}
+        if "time" in columns:
+            columns["time"] = columns["time"].cast("int64")
+        values = {name: col.to_pylist() for name, col in columns.items()}
+        if events:
+            inserts = values.get("insert_id", [None] * batch.num_rows)
+            for i, insert_id in enumerate(inserts):
+                if insert_id is not None:
+                    rb.keys.add([values[c][i] if c in values else None for c in _KEY_COLUMNS])
+        else:
+            for value in values.get("distinct_id", []):
+                rb.keys.add(value)
+
+
+# --- rewriting a part without some users ----------------------------------------------------
+
+
+def new_part_name(old_name: str, distinct_ids: frozenset[str]) -> tuple[str, int]:
+    """(stem, index) for the rewritten part: a new content-derived stem, the old part number.
+
+    The name must differ from the old one, so the folder's replace protocol (upload new, switch
+    the manifest, delete old) never overwrites a file a reader may be reading.
+    """
+    digest = hashlib.sha1(old_name.encode() + b"|" + b"\n".join(sorted(i.encode() for i in distinct_ids)))
+    index_part = old_name.rsplit("-", 1)[-1].split(".", 1)[0]
+    index = int(index_part) if index_part.isdigit() else 0
+    return f"part-{digest.hexdigest()[:10]}", index
+
+
+def _patterns(table: str, distinct_ids: frozenset[str]) -> list[bytes] | None:
+    """Byte strings one of which every matching row contains, as our writers encode rows (orjson,
+    no spaces, fixed keys); None when there are too many ids to search for them one by one."""
+    columns = USER_COLUMNS[table]
+    if len(distinct_ids) * len(columns) > MAX_PATTERNS:
+        return None
+    return [b'"' + c.encode() + b'":' + _dumps(i) for c in columns for i in distinct_ids]
+
+
+def _aligned_chunks(path: Path) -> Iterator[bytes]:
+    """The decompressed content of a JSON part in ~1 MB pieces that end at line ends."""
+    rest = b""
+    for chunk in read_file_chunks(path):
+        data = rest + chunk
+        cut = data.rfind(b"\n") + 1
+        rest = data[cut:]
+        if cut:
+            yield data[:cut]
+    if rest:
+        yield rest + b"\n"
+
+
+def _matches(row: dict, columns: tuple[str, ...], distinct_ids: frozenset[str]) -> bool:
+    return any(row.get(c) in distinct_ids for c in columns)
+
+
+def json_part_matches(path: Path, table: str, distinct_ids: frozenset[str]) -> int:
+    """How many rows of a JSON part belong to `distinct_ids` (a cheap byte search first)."""
+    patterns = _patterns(table, distinct_ids)
+    columns = USER_COLUMNS[table]
+    count = 0
+    for chunk in _aligned_chunks(path):
+        if patterns is not None and not any(p in chunk for p in patterns):
+            continue
+        for line in chunk.splitlines():
+            candidate = line and (patterns is None or any(p in line for p in patterns))
+            if candidate and _matches(_loads(line), columns, distinct_ids):
+                count += 1
+    return count
+
+
+def rewrite_json_part(path: Path, table: str, distinct_ids: frozenset[str], out_dir: Path, stem: str,
+                      index: int) -> tuple[PartFile | None, int]:
+    """Write the part again without the rows of `distinct_ids`; (new part or None if empty, removed)."""
+    name = path.name
+    compression = "gzip" if name.endswith(".gz") else "zstd" if name.endswith(".zst") else "none"
+    patterns = _patterns(table, distinct_ids)
+    columns = USER_COLUMNS[table]
+    writer = JsonPartWriter(out_dir, stem, compression, max_bytes=1 << 62, first_index=index)
+    removed = 0
+    try:
+        for chunk in _aligned_chunks(path):
+            if patterns is not None and not any(p in chunk for p in patterns):
+                writer.write_block(chunk, chunk.count(b"\n"))
+                continue
+            kept = []
+            for line in chunk.splitlines():
+                if not line:
+                    continue
+                if (patterns is None or any(p in line for p in patterns)) and _matches(_loads(line), columns, distinct_ids):
+                    removed += 1
+                else:
+                    kept.append(line)
+            if kept:
+                writer.write_block(b"\n".join(kept) + b"\n", len(kept))
+        parts = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return (parts[0] if parts else None), removed
+
+
+def parquet_part_matches(path: Path, table: str, distinct_ids: frozenset[str]) -> int:
+    import pyarrow.parquet as pq
+
+    table_data = pq.read_table(path, columns=list(USER_COLUMNS[table]))
+    return int(_parquet_mask(table_data, table, distinct_ids).sum())
+
+
+def _parquet_mask(data, table: str, distinct_ids: frozenset[str]) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = pa.array(sorted(distinct_ids), pa.string())
+    mask = np.zeros(data.num_rows, dtype=bool)
+    for column in USER_COLUMNS[table]:
+        hit = pc.is_in(data.column(column), value_set=values).to_numpy(zero_copy_only=False)
+        mask |= np.asarray(hit, dtype=bool)
+    return mask
+
+
+def rewrite_parquet_part(path: Path, table: str, distinct_ids: frozenset[str], out_dir: Path, stem: str,
+                         index: int) -> tuple[PartFile | None, int]:
+    """The Parquet counterpart of rewrite_json_part: same schema, compression and row-group cut."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(path)
+    codec = parquet.metadata.row_group(0).column(0).compression.lower() if parquet.metadata.num_row_groups else "zstd"
+    data = parquet.read()
+    mask = _parquet_mask(data, table, distinct_ids)
+    removed = int(mask.sum())
+    kept = data.filter(pa.array(~mask))
+    if kept.num_rows == 0:
+        return None, removed
+    out = Path(out_dir) / f"{stem}-{index:05d}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    row_group = parquet.metadata.row_group(0).num_rows if parquet.metadata.num_row_groups else kept.num_rows
+    pq.write_table(kept, out, compression="none" if codec == "uncompressed" else codec,
+                   row_group_size=max(row_group, 1))
+    return PartFile(out, kept.num_rows, 0, out.stat().st_size), removed
+
+
+def part_matches(path: Path, table: str, distinct_ids: frozenset[str]) -> int:
+    if is_parquet(path.name):
+        return parquet_part_matches(path, table, distinct_ids)
+    return json_part_matches(path, table, distinct_ids)
+
+
+def rewrite_part(path: Path, table: str, distinct_ids: frozenset[str], out_dir: Path) -> tuple[PartFile | None, int]:
+    stem, index = new_part_name(path.name, distinct_ids)
+    if is_parquet(path.name):
+        return rewrite_parquet_part(path, table, distinct_ids, out_dir, stem, index)
+    return rewrite_json_part(path, table, distinct_ids, out_dir, stem, index)

@@ -1,0 +1,229 @@
+"""Amazon S3 (and S3-compatible stores): the `Bucket` adapter behind `type: s3`.
+
+The boto3 client comes from dagster-aws' `S3Resource` (region, endpoint, profile, keys), after an
+optional STS AssumeRole when `role_arn` is set. Parts go through boto3's managed transfer: above
+`multipart_threshold` a part is uploaded in `multipart_chunksize` pieces read from the file, so a
+1 GB part never sits in memory. Every object carries the configured server-side encryption.
+
+The IAM permissions needed are Mixpanel's own list: s3:ListBucket on the bucket and s3:PutObject,
+s3:GetObject, s3:DeleteObject on its objects (plus kms:GenerateDataKey/Decrypt with aws:kms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from mixpanel_assets.destinations.objects.cloud import BucketAccessError, ObjectStoreError, content_type, first_line
+from mixpanel_assets.destinations.objects.store import Bucket
+
+MULTIPART_THRESHOLD = 64 << 20
+MULTIPART_CHUNKSIZE = 16 << 20  # x4 threads: at most ~64 MB of a part in memory
+DELETE_BATCH = 1000  # DeleteObjects accepts at most 1000 keys
+
+_MISSING_BUCKET = {"NoSuchBucket"}
+_DENIED = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "KMS.AccessDeniedException",
+           "KMS.DisabledException", "KMS.NotFoundException", "KMS.KMSInvalidStateException"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                    "TokenRefreshRequired", "InvalidClientTokenId", "UnrecognizedClientException"}
+_WRONG_PLACE = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",
+                "InvalidBucketName"}
+
+
+class S3Bucket(Bucket):
+    def __init__(self, client, bucket: str, *, server_side_encryption: str | None = None,
+                 kms_key_id: str | None = None, credentials_from: str = "the default AWS credential chain",
+                 multipart_threshold: int = MULTIPART_THRESHOLD, multipart_chunksize: int = MULTIPART_CHUNKSIZE):
+        self.client = client
+        self.bucket = bucket
+        self.credentials_from = credentials_from
+        self.extra: dict[str, str] = {}
+        if server_side_encryption:
+            self.extra["ServerSideEncryption"] = server_side_encryption
+            if kms_key_id:
+                self.extra["SSEKMSKeyId"] = kms_key_id
+        self._threshold = multipart_threshold
+        self._chunksize = multipart_chunksize
+
+    @classmethod
+    def connect(cls, bucket: str, *, region: str | None = None, endpoint_url: str | None = None,
+                profile: str | None = None, access_key_id: str | None = None, secret_access_key: str | None = None,
+                session_token: str | None = None, role_arn: str | None = None, external_id: str | None = None,
+                credentials_from: str = "the default AWS credential chain", **options) -> S3Bucket:
+        """Build the client through dagster-aws' S3Resource, assuming `role_arn` first if given."""
+        from dagster_aws.s3 import S3Resource
+
+        keys = {"aws_access_key_id": access_key_id, "aws_secret_access_key": secret_access_key,
+                "aws_session_token": session_token}
+        base = S3Resource(region_name=region, endpoint_url=endpoint_url, profile_name=profile, **keys)
+        if role_arn:
+            keys = _assume_role(bucket, role_arn, external_id, credentials_from, region=region,
+                                endpoint_url=endpoint_url, profile=profile, keys=keys)
+            base = S3Resource(region_name=region, endpoint_url=endpoint_url, **keys)
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            client = base.get_client()
+        except BotoCoreError as exc:  # e.g. ProfileNotFound
+            raise BucketAccessError(f"cannot build an S3 client for bucket {bucket!r}: {first_line(exc)}") from exc
+        return cls(client, bucket, credentials_from=credentials_from, **options)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def describe(self) -> str:
+        encryption = f", SSE {self.extra['ServerSideEncryption']}" if self.extra else ""
+        return f"S3 bucket {self.bucket}{encryption}"
+
+    def upload_file(self, key: str, path: Path) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_threshold=self._threshold, multipart_chunksize=self._chunksize,
+                                max_concurrency=4, use_threads=True)
+        with self._errors("PutObject", key):
+            self.client.upload_file(str(path), self.bucket, key, Config=config,
+                                    ExtraArgs={**self.extra, "ContentType": content_type(key)})
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self._errors("PutObject", key):
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type(key),
+                                   **self.extra)
+
+    def get_bytes(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        with self._errors("GetObject", key):
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+
+    def download_file(self, key: str, path: Path) -> bool:
+        from botocore.exceptions import ClientError
+
+        with self._errors("GetObject", key):
+            try:
+                self.client.download_file(self.bucket, key, str(path))  # ranged GETs straight to disk
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return False
+                raise
+        return True
+
+    def list_files(self, folder: str) -> list[str]:
+        keys = []
+        with self._errors("ListBucket", folder):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=folder, Delimiter="/")
+            for page in pages:
+                keys.extend(item["Key"] for item in page.get("Contents", ()))
+        return sorted(keys)
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start:start + DELETE_BATCH]
+            with self._errors("DeleteObject", batch[0]):
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                code = first.get("Code", "")
+                if code in _DENIED:
+                    raise self._denied("DeleteObject", first.get("Key", ""), code)
+                raise ObjectStoreError(
+                    f"S3 could not delete {len(errors)} of {len(batch)} objects in bucket {self.bucket!r}, "
+                    f"first {first.get('Key')!r}: {code} {first.get('Message', '')}")
+
+    def check_access(self, folder: str) -> None:
+        with self._errors("ListBucket", folder):
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=folder, Delimiter="/", MaxKeys=1)
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def _denied(self, action: str, key: str, code: str) -> BucketAccessError:
+        kms = " and kms:GenerateDataKey/kms:Decrypt on the KMS key" if "SSEKMSKeyId" in self.extra or code.startswith("KMS") else ""
+        return BucketAccessError(
+            f"access denied ({code}) for s3:{action} on s3://{self.bucket}/{key} with {self.credentials_from}; "
+            f"the identity needs s3:ListBucket on the bucket and s3:PutObject, s3:GetObject and s3:DeleteObject "
+            f"on its objects{kms}")
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, key: str):
+        """Turn botocore errors into ObjectStoreError (retryable) or BucketAccessError (not)."""
+        try:
+            yield
+        except ObjectStoreError:
+            raise
+        except Exception as exc:
+            translated = _translate(self, action, key, exc)
+            if translated is None:
+                raise
+            raise translated from exc
+
+
+def _client_error(exc: BaseException):
+    """The botocore ClientError behind `exc` (boto3's transfer wraps it in S3UploadFailedError)."""
+    from botocore.exceptions import ClientError
+
+    seen = exc
+    for _ in range(3):
+        if isinstance(seen, ClientError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+        if seen is None:
+            return None
+    return None
+
+
+def _translate(bucket: S3Bucket, action: str, key: str, exc: BaseException) -> ObjectStoreError | None:
+    from botocore.exceptions import BotoCoreError, NoCredentialsError, PartialCredentialsError
+
+    name = bucket.bucket
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return BucketAccessError(
+            f"no usable AWS credentials for S3 bucket {name!r} ({type(exc).__name__}); set the env vars named by "
+            "access_key_id_env/secret_access_key_env in the destination, or give the process a role/profile")
+    error = _client_error(exc)
+    if error is None:
+        if isinstance(exc, BotoCoreError):
+            return ObjectStoreError(f"S3 {action} on s3://{name}/{key} failed: {first_line(exc)}")
+        return None
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in _MISSING_BUCKET:
+        return BucketAccessError(f"S3 bucket {name!r} does not exist (NoSuchBucket); create it or fix `bucket`")
+    if code in _BAD_CREDENTIALS:
+        return BucketAccessError(
+            f"S3 rejected the credentials ({code}) from {bucket.credentials_from} for bucket {name!r}; "
+            "check that the key id and secret belong together and have not expired")
+    if code in _DENIED or (status == 403 and code in ("", "403", "Forbidden")):
+        return bucket._denied(action, key, code or "403 Forbidden")
+    if code in _WRONG_PLACE:
+        return BucketAccessError(
+            f"S3 bucket {name!r} cannot be used as configured ({code}: {error.response['Error'].get('Message', '')}); "
+            "check `bucket` and `region`")
+    return ObjectStoreError(f"S3 {action} on s3://{name}/{key} failed: {code or status} {first_line(error)}")
+
+
+def _assume_role(bucket: str, role_arn: str, external_id: str | None, credentials_from: str, *,
+                 region: str | None, endpoint_url: str | None, profile: str | None, keys: dict) -> dict:
+    """Temporary keys for `role_arn`, from the configured keys/profile (valid one hour: far longer
+    than one run's upload). STS is asked at `endpoint_url` too when set, as emulators serve both."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    sts = boto3.Session(profile_name=profile, **keys).client("sts", region_name=region, endpoint_url=endpoint_url)
+    args = {"RoleArn": role_arn, "RoleSessionName": "mixpanel-assets-export", "DurationSeconds": 3600}
+    if external_id:
+        args["ExternalId"] = external_id
+    try:
+        creds = sts.assume_role(**args)["Credentials"]
+    except (ClientError, BotoCoreError) as exc:
+        raise BucketAccessError(
+            f"could not assume role {role_arn} for S3 bucket {bucket!r} with {credentials_from}: "
+            f"{first_line(exc)}") from exc
+    return {"aws_access_key_id": creds["AccessKeyId"], "aws_secret_access_key": creds["SecretAccessKey"],
+            "aws_session_token": creds["SessionToken"]}

@@ -1,0 +1,313 @@
+"""Object-store destinations (local folder, S3, GCS, Azure Blob) laid out exactly like Mixpanel's bucket.
+
+    <root>/[<prefix>/]<project_id>/mp_master_event/YYYY/MM/DD/      daily windows
+    <root>/[<prefix>/]<project_id>/mp_master_event/YYYY/MM/DD/HH/   hourly windows
+    <root>/[<prefix>/]<project_id>/mp_people_data/
+    <root>/[<prefix>/]<project_id>/mp_identity_mappings_data/
+
+Replacing a folder follows one protocol on every store, so readers never lose data:
+1. upload the new part files (names derive from content, so they differ from the old ones
+   unless the content is the same),
+2. write `manifest.json` listing exactly the new parts (readers that honour it switch here),
+3. delete the folder's stale parts,
+4. write the empty `complete` marker (as Mixpanel's raw pipelines did).
+A failure before step 2 leaves the previous parts and manifest untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from mixpanel_assets.destinations.base import (
+    EVENTS_TABLE,
+    Destination,
+    DestinationError,
+    WriteResult,
+    utc_now_iso,
+)
+from mixpanel_assets.staging.parts import PartFile
+from mixpanel_assets.staging.stage import StagedRows, StagedTable, StagedWindow
+from mixpanel_assets.windows import PartitionWindow
+
+MANIFEST = "manifest.json"
+COMPLETE = "complete"
+
+
+class Bucket(ABC):
+    """The few blob operations the export needs; one small adapter per store."""
+
+    @abstractmethod
+    def uri(self, key: str) -> str: ...
+
+    @abstractmethod
+    def upload_file(self, key: str, path: Path) -> None:
+        """Upload a local file; large files go in parts (multipart/blocks/resumable)."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes | None:
+        """The object's content, or None when it does not exist."""
+
+    def download_file(self, key: str, path: Path) -> bool:
+        """Stream an object into a local file (parts can be hundreds of MB: never whole in memory).
+
+        Returns False when the object does not exist. Stores override this with their streaming
+        download; this fallback, through get_bytes, is only for small objects.
+        """
+        data = self.get_bytes(key)
+        if data is None:
+            return False
+        path.write_bytes(data)
+        return True
+
+    @abstractmethod
+    def list_files(self, folder: str) -> list[str]:
+        """Keys of the objects directly inside `folder` (which ends with '/'), not deeper."""
+
+    @abstractmethod
+    def delete(self, keys: list[str]) -> None: ...
+
+    def describe(self) -> str:
+        return self.uri("")
+
+
+class ObjectStoreDestination(Destination):
+    def __init__(self, pipeline: str, project_id: int, bucket: Bucket, *, prefix: str = "", fmt: str = "json",
+                 compression: str = "gzip", max_file_mb: int = 256, workers: int = 1, log=None):
+        super().__init__(pipeline, project_id, log)
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.fmt = fmt
+        self.compression = compression
+        self.max_bytes = max_file_mb << 20
+        self.workers = workers
+
+    def describe(self) -> str:
+        return self.bucket.describe()
+
+    def table_folder(self, table: str) -> str:
+        parts = [p for p in (self.prefix, str(self.project_id), table) if p]
+        return "/".join(parts) + "/"
+
+    def window_folder(self, window: PartitionWindow) -> str:
+        return self.table_folder(EVENTS_TABLE) + "/".join(window.folder_parts()) + "/"
+
+    def write_event_window(self, staged: StagedWindow, window: PartitionWindow, work_dir: Path) -> WriteResult:
+        manifest = {
+            "partition_key": window.partition_key,
+            "window_start": window.start.isoformat(),
+            "window_end": window.end.isoformat(),
+            "fingerprint": staged.fingerprint.token(),
+        }
+        return self._replace_folder(self.window_folder(window), staged, EVENTS_TABLE, work_dir, manifest,
+                                    f"partition {window.partition_key}")
+
+    def write_table(self, staged: StagedTable, work_dir: Path) -> WriteResult:
+        return self._replace_folder(self.table_folder(staged.table), staged, staged.table, work_dir, {}, staged.table)
+
+    def _replace_folder(self, folder: str, staged: StagedRows, table: str, work_dir: Path, extra: dict,
+                        what: str) -> WriteResult:
+        parts = staged.write_parts(work_dir, fmt=self.fmt, compression=self.compression, max_bytes=self.max_bytes,
+                                   workers=self.workers, table=table)
+        try:
+            return self._swap(folder, parts, table, extra)
+        except DestinationError:
+            raise
+        except Exception as exc:
+            raise DestinationError(
+                f"pipeline {self.pipeline!r}: writing {what} to {self.bucket.uri(folder)} failed: "
+                f"{type(exc).__name__}: {exc}; the previous data there is unchanged"
+            ) from exc
+        finally:
+            for part in parts:
+                part.path.unlink(missing_ok=True)
+
+    def _swap(self, folder: str, parts: list[PartFile], table: str, extra: dict) -> WriteResult:
+        # `complete` goes first and comes back last: a folder that has it holds exactly the
+        # manifest's parts, so readers that glob part-* files can check it. If an upload fails,
+        # the new parts are removed again and the folder is put back as it was.
+        was_complete = self.bucket.get_bytes(folder + COMPLETE) is not None
+        previous = self.read_manifest(folder) or {}
+        old_keys = {folder + p["name"] for p in previous.get("parts", [])}
+        if was_complete:
+            self.bucket.delete([folder + COMPLETE])
+        new_keys = []
+        try:
+            for part in parts:
+                key = folder + part.name
+                self.bucket.upload_file(key, part.path)
+                new_keys.append(key)
+        except Exception:
+            self._undo_uploads(folder, [k for k in new_keys if k not in old_keys], was_complete)
+            raise
+        manifest = {
+            "table": table,
+            "project_id": self.project_id,
+            "pipeline": self.pipeline,
+            "format": self.fmt,
+            "compression": self.compression,
+            "rows": sum(p.rows for p in parts),
+            "parts": [{"name": p.name, "rows": p.rows, "bytes": p.size} for p in parts],
+            "exported_at": utc_now_iso(),
+            **extra,
+        }
+        self.bucket.put_bytes(folder + MANIFEST, json.dumps(manifest, indent=1).encode())
+        keep = set(new_keys) | {folder + MANIFEST, folder + COMPLETE}
+        stale = [k for k in self.bucket.list_files(folder) if k not in keep]
+        if stale:
+            self.bucket.delete(stale)
+        self.bucket.put_bytes(folder + COMPLETE, b"")
+        return WriteResult(
+            location=self.bucket.uri(folder),
+            rows=manifest["rows"],
+            bytes=sum(p.size for p in parts),
+            uris=[self.bucket.uri(k) for k in new_keys],
+            removed=len(stale),
+        )
+
+    def _undo_uploads(self, folder: str, keys: list[str], restore_complete: bool) -> None:
+        """Best effort only: the upload error that brought us here is the one to report."""
+        try:
+            if keys:
+                self.bucket.delete(keys)
+            if restore_complete:
+                self.bucket.put_bytes(folder + COMPLETE, b"")
+        except Exception as exc:  # noqa: BLE001
+            self.log.warning(f"could not remove the parts uploaded to {self.bucket.uri(folder)} before the failure: {exc}")
+
+    def read_manifest(self, folder: str) -> dict | None:
+        data = self.bucket.get_bytes(folder + MANIFEST)
+        return json.loads(data) if data is not None else None
+
+    # --- reading back (asset checks) and deleting users (GDPR), through the Bucket operations ---
+
+    def read_event_window(self, window: PartitionWindow):
+        return self._read_back(self.window_folder(window), EVENTS_TABLE)
+
+    def read_table(self, table: str):
+        return self._read_back(self.table_folder(table), table)
+
+    def _read_back(self, folder: str, table: str):
+        import tempfile
+
+        from mixpanel_assets.destinations.base import EventWindowReadback, TableReadback
+        from mixpanel_assets.destinations.objects.part_rows import Readback, read_part
+
+        readback = Readback(table)
+        keys = self._current_parts(folder, readback.problems)
+        with tempfile.TemporaryDirectory(prefix="mp-readback-") as tmp:
+            for key in keys:
+                local = self._download(key, Path(tmp))
+                if local is None:
+                    readback.problems.append(f"{self.bucket.uri(key)} disappeared while it was read")
+                    continue
+                read_part(local, readback)
+                local.unlink()
+        duplicate_keys, duplicate_rows = readback.keys.duplicates()
+        columns = readback.columns()
+        location = self.bucket.uri(folder)
+        if table == EVENTS_TABLE:
+            return EventWindowReadback(location, readback.rows, duplicate_keys, duplicate_rows, columns, readback.problems)
+        return TableReadback(location, readback.rows, duplicate_keys, columns, readback.problems)
+
+    def _current_parts(self, folder: str, problems: list[str]) -> list[str]:
+        """The part files readers should see (the manifest's), noting where the folder disagrees."""
+        listed = self.bucket.list_files(folder)
+        in_folder = [k for k in listed if k.rsplit("/", 1)[-1].startswith("part-")]
+        manifest = self.read_manifest(folder)
+        if manifest is None:
+            if in_folder:
+                problems.append(f"{self.bucket.uri(folder)} has part files but no {MANIFEST}")
+            return in_folder
+        named = [folder + p["name"] for p in manifest.get("parts", [])]
+        missing = sorted(set(named) - set(listed))
+        stale = sorted(set(in_folder) - set(named))
+        if missing:
+            problems.append(f"{len(missing)} part files listed in {MANIFEST} are missing: {missing[:3]}")
+        if stale:
+            problems.append(f"{len(stale)} part files not in {MANIFEST} (readers of part-* would count them): {stale[:3]}")
+        return [k for k in named if k not in missing]
+
+    def _download(self, key: str, directory: Path) -> Path | None:
+        local = directory / key.rsplit("/", 1)[-1]
+        return local if self.bucket.download_file(key, local) else None
+
+    def delete_event_rows(self, distinct_ids, windows, work_dir, dry_run=False):
+        from mixpanel_assets.destinations.base import Removal
+
+        removals = []
+        for window in windows:
+            folder = self.window_folder(window)
+            rows = self._delete_in_folder(folder, EVENTS_TABLE, distinct_ids, Path(work_dir), dry_run,
+                                          f"partition {window.partition_key}")
+            if rows:
+                removals.append(Removal(EVENTS_TABLE, window.partition_key, rows, self.bucket.uri(folder)))
+        return removals
+
+    def delete_table_rows(self, table, distinct_ids, work_dir, dry_run=False):
+        from mixpanel_assets.destinations.base import Removal
+
+        folder = self.table_folder(table)
+        rows = self._delete_in_folder(folder, table, distinct_ids, Path(work_dir), dry_run, table)
+        return Removal(table, None, rows, self.bucket.uri(folder))
+
+    def _delete_in_folder(self, folder: str, table: str, distinct_ids: frozenset[str], work_dir: Path,
+                          dry_run: bool, what: str) -> int:
+        """Rewrite only the parts holding the users' rows, then swap them in like a write:
+        new parts uploaded, manifest switched, old parts deleted, `complete` rewritten."""
+        from mixpanel_assets.destinations.objects.part_rows import part_matches, rewrite_part
+
+        manifest = self.read_manifest(folder)
+        if manifest is None:
+            names = [k.rsplit("/", 1)[-1] for k in self.bucket.list_files(folder)]
+            entries = [{"name": n, "rows": None, "bytes": None} for n in names if n.startswith("part-")]
+            if not entries:
+                return 0
+            manifest = {"table": table, "project_id": self.project_id, "pipeline": self.pipeline, "parts": entries}
+        work_dir.mkdir(parents=True, exist_ok=True)
+        kept, replaced, uploads, removed = [], [], [], 0
+        try:
+            for entry in manifest.get("parts", []):
+                key = folder + entry["name"]
+                local = self._download(key, work_dir)
+                if local is None:
+                    kept.append(entry)
+                    continue
+                try:
+                    matches = part_matches(local, table, distinct_ids)
+                    if not matches or dry_run:
+                        removed += matches
+                        kept.append(entry)
+                        continue
+                    part, rows = rewrite_part(local, table, distinct_ids, work_dir)
+                finally:
+                    local.unlink(missing_ok=True)
+                removed += rows
+                replaced.append(key)
+                if part is not None:
+                    uploads.append((folder + part.name, part))
+                    kept.append({"name": part.name, "rows": part.rows, "bytes": part.size})
+            if not removed or dry_run:
+                return removed
+            for key, part in uploads:
+                self.bucket.upload_file(key, part.path)
+            manifest["parts"] = kept
+            if all(e.get("rows") is not None for e in kept):
+                manifest["rows"] = sum(e["rows"] for e in kept)
+            manifest.setdefault("gdpr_deletions", []).append({"deleted_at": utc_now_iso(), "rows_removed": removed})
+            self.bucket.put_bytes(folder + MANIFEST, json.dumps(manifest, indent=1).encode())
+            self.bucket.delete(replaced)
+            self.bucket.put_bytes(folder + COMPLETE, b"")
+            return removed
+        except Exception as exc:
+            raise DestinationError(
+                f"pipeline {self.pipeline!r}: removing deleted users' rows from {what} at {self.bucket.uri(folder)} "
+                f"failed: {type(exc).__name__}: {exc}; until {MANIFEST} is rewritten the folder keeps its previous parts"
+            ) from exc
+        finally:
+            for _, part in uploads:
+                part.path.unlink(missing_ok=True)

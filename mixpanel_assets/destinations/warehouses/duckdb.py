@@ -1,0 +1,294 @@
+"""DuckDB: the embedded default warehouse, with Mixpanel's three tables.
+
+    mp_master_event            device_id, distinct_id, event_name, insert_id VARCHAR,
+                               properties JSON, time TIMESTAMP (UTC), user_id VARCHAR
+    mp_people_data             distinct_id VARCHAR, properties JSON
+    mp_identity_mappings_data  distinct_id VARCHAR, resolved_distinct_id VARCHAR
+    mp_master_event_resolved   view: events + resolved_distinct_id (COALESCE through the mapping)
+    mp_export_log              one row per export: table, partition, window, rows, fingerprint, time
+
+A window is replaced by DELETE + INSERT in one transaction, loading the staged part files with
+DuckDB's own (parallel, C++) JSON reader. DuckDB allows one writing process per file, so writers
+take a file lock for the few seconds a load lasts; concurrent runs queue instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from pathlib import Path
+
+from filelock import FileLock
+
+from mixpanel_assets.destinations.base import (
+    EVENTS_TABLE,
+    IDENTITY_TABLE,
+    PEOPLE_TABLE,
+    Destination,
+    DestinationError,
+    WriteResult,
+)
+from mixpanel_assets.staging.stage import StagedTable, StagedWindow
+from mixpanel_assets.windows import PartitionWindow
+
+LOCK_TIMEOUT_S = 1800
+
+DDL = {
+    EVENTS_TABLE: """CREATE TABLE IF NOT EXISTS {s}.mp_master_event (
+        device_id VARCHAR, distinct_id VARCHAR, event_name VARCHAR, insert_id VARCHAR,
+        properties JSON, time TIMESTAMP, user_id VARCHAR)""",
+    PEOPLE_TABLE: "CREATE TABLE IF NOT EXISTS {s}.mp_people_data (distinct_id VARCHAR, properties JSON)",
+    IDENTITY_TABLE: "CREATE TABLE IF NOT EXISTS {s}.mp_identity_mappings_data (distinct_id VARCHAR, resolved_distinct_id VARCHAR)",
+    "log": """CREATE TABLE IF NOT EXISTS {s}.mp_export_log (
+        table_name VARCHAR, pipeline VARCHAR, partition_key VARCHAR, window_start TIMESTAMP,
+        window_end TIMESTAMP, rows BIGINT, fingerprint VARCHAR, exported_at TIMESTAMP)""",
+    "view": """CREATE OR REPLACE VIEW {s}.mp_master_event_resolved AS
+        SELECT e.*, COALESCE(m.resolved_distinct_id, e.distinct_id) AS resolved_distinct_id
+        FROM {s}.mp_master_event e
+        LEFT JOIN {s}.mp_identity_mappings_data m ON e.distinct_id = m.distinct_id""",
+}
+
+_EVENT_COLUMNS = (
+    "{'device_id': 'VARCHAR', 'distinct_id': 'VARCHAR', 'event_name': 'VARCHAR', 'insert_id': 'VARCHAR', "
+    "'properties': 'JSON', 'time': 'DOUBLE', 'user_id': 'VARCHAR'}"
+)
+_SELECT_EVENTS = (
+    "SELECT device_id, distinct_id, event_name, insert_id, properties, "
+    "make_timestamp(CAST(round(time * 1000000) AS BIGINT)) AS time, user_id"
+)
+_TABLE_COLUMNS = {
+    PEOPLE_TABLE: ("{'distinct_id': 'VARCHAR', 'properties': 'JSON'}", "distinct_id, properties"),
+    IDENTITY_TABLE: ("{'distinct_id': 'VARCHAR', 'resolved_distinct_id': 'VARCHAR'}", "distinct_id, resolved_distinct_id"),
+}
+
+
+def connect(path: str | Path, read_only: bool = False):
+    import duckdb
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return duckdb.connect(str(path), read_only=read_only)
+
+
+def writer_lock(path: str | Path) -> FileLock:
+    return FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
+
+
+def ensure_schema(conn, schema: str) -> None:
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+    for statement in DDL.values():
+        conn.execute(statement.format(s=schema))
+
+
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+class DuckDBDestination(Destination):
+    def __init__(self, pipeline: str, project_id: int, path: str | Path, schema: str = "main", workers: int = 1, log=None):
+        super().__init__(pipeline, project_id, log)
+        self.path = Path(path)
+        self.schema = schema
+        self.workers = workers
+
+    def describe(self) -> str:
+        return f"DuckDB {self.path} ({self.schema})"
+
+    def _parts(self, staged, work_dir: Path, table: str) -> list[str]:
+        parts = staged.write_parts(work_dir, fmt="json", compression="gzip", workers=self.workers, table=table)
+        return [str(p.path) for p in parts]
+
+    @contextlib.contextmanager
+    def _transaction(self, failure: str, unchanged: str = "the previous rows are unchanged", create: bool = True):
+        """The writers' lock, a connection and one transaction: committed if the block succeeds,
+        rolled back otherwise, and then a DestinationError saying what failed (`failure`)."""
+        try:
+            with writer_lock(self.path):
+                conn = connect(self.path)
+                try:
+                    if create:
+                        ensure_schema(conn, self.schema)
+                    conn.execute("BEGIN TRANSACTION")
+                    yield conn
+                    conn.execute("COMMIT")
+                except Exception:
+                    _rollback_quietly(conn)
+                    raise
+                finally:
+                    conn.close()
+        except Exception as exc:
+            raise DestinationError(
+                f"pipeline {self.pipeline!r}: {failure} in {self.describe()} failed: {type(exc).__name__}: {exc}; "
+                f"the transaction was rolled back and {unchanged}"
+            ) from exc
+
+    @contextlib.contextmanager
+    def _reading(self):
+        with writer_lock(self.path):
+            conn = connect(self.path, read_only=True)
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+    def write_event_window(self, staged: StagedWindow, window: PartitionWindow, work_dir: Path) -> WriteResult:
+        files = self._parts(staged, work_dir, EVENTS_TABLE)
+        table = f"{self.schema}.{EVENTS_TABLE}"
+        start, end = _naive_utc(window.start), _naive_utc(window.end)
+        try:
+            with self._transaction(f"loading partition {window.partition_key} of {table}") as conn:
+                removed = conn.execute(f"DELETE FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
+                if files:
+                    conn.execute(
+                        f"INSERT INTO {table} {_SELECT_EVENTS} FROM read_json(?, format='newline_delimited', "
+                        f"columns={_EVENT_COLUMNS}, compression='gzip')",
+                        [files],
+                    )
+                loaded = conn.execute(f"SELECT count(*) FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
+                if loaded != staged.rows:
+                    raise DestinationError(
+                        f"{loaded} rows in the window after loading, expected {staged.rows} "
+                        "(events outside the window in the staged files?)"
+                    )
+                self._log(conn, EVENTS_TABLE, window.partition_key, start, end, loaded, staged.fingerprint.token())
+        finally:
+            for f in files:
+                Path(f).unlink(missing_ok=True)
+        return WriteResult(location=f"duckdb://{self.path}/{table}", rows=loaded, removed=int(removed))
+
+    def write_table(self, staged: StagedTable, work_dir: Path) -> WriteResult:
+        files = self._parts(staged, work_dir, staged.table)
+        table = f"{self.schema}.{staged.table}"
+        columns, names = _TABLE_COLUMNS[staged.table]
+        try:
+            with self._transaction(f"loading {table}") as conn:
+                removed = conn.execute(f"DELETE FROM {table}").fetchone()[0]
+                if files:
+                    conn.execute(
+                        f"INSERT INTO {table} SELECT {names} FROM read_json(?, format='newline_delimited', "
+                        f"columns={columns}, compression='gzip')",
+                        [files],
+                    )
+                loaded = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                if loaded != staged.rows:
+                    raise DestinationError(f"{loaded} rows after loading, expected {staged.rows}")
+                self._log(conn, staged.table, None, None, None, loaded, staged.digest)
+        finally:
+            for f in files:
+                Path(f).unlink(missing_ok=True)
+        return WriteResult(location=f"duckdb://{self.path}/{table}", rows=loaded, removed=int(removed))
+
+    def _log(self, conn, table, partition_key, start, end, rows, fingerprint) -> None:
+        conn.execute(
+            f"INSERT INTO {self.schema}.mp_export_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [table, self.pipeline, partition_key, start, end, rows, fingerprint,
+             dt.datetime.now(dt.UTC).replace(tzinfo=None)],
+        )
+
+    # --- reading back (asset checks) and deleting users (GDPR) -------------------------------
+    # Readers take the writers' file lock too: DuckDB refuses a second process, even a read-only
+    # one, while another holds the file open for writing.
+
+    def _location(self, table: str) -> str:
+        return f"duckdb://{self.path}/{self.schema}.{table}"
+
+    def _columns(self, conn, table: str) -> list[tuple[str, str]]:
+        rows = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [self.schema, table],
+        ).fetchall()
+        return [(name, _LOGICAL_TYPES.get(kind, kind)) for name, kind in rows]
+
+    def read_event_window(self, window: PartitionWindow):
+        from mixpanel_assets.destinations.base import EventWindowReadback
+
+        table = f"{self.schema}.{EVENTS_TABLE}"
+        start, end = _naive_utc(window.start), _naive_utc(window.end)
+        if not self.path.exists():
+            return EventWindowReadback(self._location(EVENTS_TABLE), 0, 0, 0, [], [f"{self.path} does not exist"])
+        with self._reading() as conn:
+            columns = self._columns(conn, EVENTS_TABLE)
+            if not columns:
+                return EventWindowReadback(self._location(EVENTS_TABLE), 0, 0, 0, [], [f"no table {table}"])
+            rows = conn.execute(f"SELECT count(*) FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
+            keys, extra = conn.execute(
+                f"SELECT count(*), coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {table} "
+                "WHERE time >= ? AND time < ? AND insert_id IS NOT NULL "
+                "GROUP BY event_name, distinct_id, time, insert_id HAVING count(*) > 1)",
+                [start, end],
+            ).fetchone()
+        return EventWindowReadback(self._location(EVENTS_TABLE), int(rows), int(keys), int(extra), columns)
+
+    def read_table(self, table: str):
+        from mixpanel_assets.destinations.base import TableReadback
+
+        qualified = f"{self.schema}.{table}"
+        if not self.path.exists():
+            return TableReadback(self._location(table), 0, 0, [], [f"{self.path} does not exist"])
+        with self._reading() as conn:
+            columns = self._columns(conn, table)
+            if not columns:
+                return TableReadback(self._location(table), 0, 0, [], [f"no table {qualified}"])
+            rows = conn.execute(f"SELECT count(*) FROM {qualified}").fetchone()[0]
+            duplicates = conn.execute(
+                f"SELECT count(*) FROM (SELECT distinct_id FROM {qualified} GROUP BY distinct_id HAVING count(*) > 1)"
+            ).fetchone()[0]
+        return TableReadback(self._location(table), int(rows), int(duplicates), columns)
+
+    def delete_event_rows(self, distinct_ids, windows, work_dir, dry_run=False):
+        """One transaction for all windows; rows are attributed to windows by their time."""
+        import bisect
+
+        from mixpanel_assets.destinations.base import Removal
+
+        if not windows or not distinct_ids or not self.path.exists():
+            return []
+        table = f"{self.schema}.{EVENTS_TABLE}"
+        start, end = _naive_utc(windows[0].start), _naive_utc(windows[-1].end)
+        where = "distinct_id IN (SELECT distinct_id FROM gdpr_ids) AND time >= ? AND time < ?"
+        times = self._delete(table, distinct_ids, where, [start, end], f"SELECT epoch_us(time) FROM {table} WHERE {where}",
+                             dry_run, f"events of {len(windows)} partitions of {table}")
+        starts = [int(w.start.timestamp() * 1_000_000) for w in windows]
+        counts: dict[int, int] = {}
+        for (micros,) in times:
+            i = bisect.bisect_right(starts, micros) - 1
+            inside = i >= 0 and micros < int(windows[i].end.timestamp() * 1_000_000)
+            counts[i if inside else -1] = counts.get(i if inside else -1, 0) + 1
+        return [Removal(EVENTS_TABLE, windows[i].partition_key if i >= 0 else None, n, self._location(EVENTS_TABLE))
+                for i, n in sorted(counts.items())]
+
+    def delete_table_rows(self, table, distinct_ids, work_dir, dry_run=False):
+        from mixpanel_assets.destinations.base import Removal
+
+        if not distinct_ids or not self.path.exists():
+            return Removal(table, None, 0, self._location(table))
+        qualified = f"{self.schema}.{table}"
+        where = "distinct_id IN (SELECT distinct_id FROM gdpr_ids)"
+        if table == IDENTITY_TABLE:
+            where += " OR resolved_distinct_id IN (SELECT distinct_id FROM gdpr_ids)"
+        rows = self._delete(qualified, distinct_ids, where, [], f"SELECT 1 FROM {qualified} WHERE {where}", dry_run,
+                            qualified)
+        return Removal(table, None, len(rows), self._location(table))
+
+    def _delete(self, table: str, distinct_ids, where: str, params: list, select: str, dry_run: bool, what: str):
+        """Select the rows to remove, then delete them, in one transaction; returns the selected rows."""
+        with self._transaction(f"removing deleted users' rows from {what}", "the rows are unchanged", create=False) as conn:
+            if not self._columns(conn, table.split(".", 1)[1]):
+                return []  # never written: nothing to delete
+            conn.execute("CREATE TEMP TABLE gdpr_ids AS SELECT unnest(?::VARCHAR[]) AS distinct_id",
+                         [sorted(distinct_ids)])
+            rows = conn.execute(select, params).fetchall()
+            if rows and not dry_run:
+                conn.execute(f"DELETE FROM {table} WHERE {where}", params)
+        return rows
+
+
+_LOGICAL_TYPES = {"VARCHAR": "STRING", "JSON": "JSON", "TIMESTAMP": "TIMESTAMP"}
+
+
+def _rollback_quietly(conn) -> None:
+    """Roll back if a transaction is open; DuckDB raises when there is none, which is fine here."""
+    import duckdb
+
+    with contextlib.suppress(duckdb.Error):
+        conn.execute("ROLLBACK")

@@ -1,0 +1,378 @@
+"""Redshift Spectrum: the S3 export, plus the AWS Glue tables Spectrum reads it through.
+
+Files land exactly as with `type: s3` (object_store.py: same layout, same replace protocol), with
+one difference: the folder markers are named `_manifest.json` and `_complete`. Spectrum (like
+Athena and Hive) reads every file under a table or partition location except names starting with
+`_` or `.`, so a visible `manifest.json` would be read as rows.
+
+Glue, in the database you created (as with Mixpanel):
+
+    mp_master_event            device_id, distinct_id, event_name, insert_id string, properties string
+                               (the JSON text), time double (UTC epoch seconds), user_id string;
+                               partition key mp_date string = the PROJECT-TIMEZONE date (Mixpanel
+                               uses the UTC date here; we keep one date rule everywhere), each
+                               partition at its day folder .../mp_master_event/YYYY/MM/DD/ (hourly
+                               pipelines: the day folder holding the HH folders, read recursively)
+    mp_people_data             distinct_id, properties string, at .../mp_people_data/
+    mp_identity_mappings_data  distinct_id, resolved_distinct_id string, at .../mp_identity_mappings_data/
+
+all JSON SerDe (org.openx.data.jsonserde.JsonSerDe) over gzip JSON lines. The tables are created
+or brought up to date before any file is written (a missing database or denied access fails
+before S3 changes); after a window's files are in place, its partition is created or re-pointed.
+
+Redshift sees the Glue database through an external schema. Its DDL is printed in the run log;
+with `workgroup` set it is also run through the Redshift Data API (once: a Glue table parameter
+records that it succeeded), since creating it needs the database's CREATE privilege.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+from mixpanel_assets.destinations.base import (
+    EVENTS_TABLE,
+    IDENTITY_TABLE,
+    PEOPLE_TABLE,
+    Destination,
+    DestinationError,
+    WriteResult,
+)
+from mixpanel_assets.destinations.objects.store import COMPLETE, MANIFEST, Bucket, ObjectStoreDestination
+from mixpanel_assets.staging.stage import StagedTable, StagedWindow
+from mixpanel_assets.windows import PartitionWindow
+
+PARTITION_KEY = "mp_date"
+SCHEMA_MARKER = "mixpanel_assets.external_schema"  # Glue table parameter: "<workgroup>/<database>/<schema>"
+JSON_SERDE = "org.openx.data.jsonserde.JsonSerDe"
+COLUMNS = {
+    EVENTS_TABLE: (("device_id", "string"), ("distinct_id", "string"), ("event_name", "string"),
+                   ("insert_id", "string"), ("properties", "string"), ("time", "double"), ("user_id", "string")),
+    PEOPLE_TABLE: (("distinct_id", "string"), ("properties", "string")),
+    IDENTITY_TABLE: (("distinct_id", "string"), ("resolved_distinct_id", "string")),
+}
+_HIDDEN = {MANIFEST: "_" + MANIFEST, COMPLETE: "_" + COMPLETE}
+_SHOWN = {v: k for k, v in _HIDDEN.items()}
+_DONE = {"FINISHED", "FAILED", "ABORTED"}
+
+
+class HiddenMarkersBucket(Bucket):
+    """A bucket whose folder markers are stored under names Spectrum skips (`_manifest.json`,
+    `_complete`), while the object-store protocol above it keeps using the usual names."""
+
+    def __init__(self, inner: Bucket):
+        self.inner = inner
+
+    @staticmethod
+    def _stored(key: str) -> str:
+        folder, slash, name = key.rpartition("/")
+        return folder + slash + _HIDDEN[name] if name in _HIDDEN else key
+
+    @staticmethod
+    def _shown(key: str) -> str:
+        folder, slash, name = key.rpartition("/")
+        return folder + slash + _SHOWN[name] if name in _SHOWN else key
+
+    def uri(self, key: str) -> str:
+        return self.inner.uri(self._stored(key))
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def upload_file(self, key: str, path: Path) -> None:
+        self.inner.upload_file(self._stored(key), path)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.inner.put_bytes(self._stored(key), data)
+
+    def get_bytes(self, key: str) -> bytes | None:
+        return self.inner.get_bytes(self._stored(key))
+
+    def list_files(self, folder: str) -> list[str]:
+        return sorted(self._shown(k) for k in self.inner.list_files(folder))
+
+    def delete(self, keys: list[str]) -> None:
+        self.inner.delete([self._stored(k) for k in keys])
+
+    def __getattr__(self, name):  # check_access, client, bucket ...: the S3 adapter's own
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+def external_schema_sql(schema: str, glue_database: str, region: str | None, iam_role_arn: str | None) -> str:
+    role = iam_role_arn or "<ARN of the IAM role Redshift uses to read Glue and S3>"
+    region_clause = f"\nREGION '{region}'" if region else ""
+    return (f"CREATE EXTERNAL SCHEMA IF NOT EXISTS {schema}\nFROM DATA CATALOG DATABASE '{glue_database}'"
+            f"{region_clause}\nIAM_ROLE '{role}';")
+
+
+def aws_session(io_manager):
+    """A boto3 session with the destination's S3 credentials (keys, profile, assumed role)."""
+    import boto3
+
+    session = boto3.Session(aws_access_key_id=io_manager.access_key_id,
+                            aws_secret_access_key=io_manager.secret_access_key,
+                            aws_session_token=io_manager.session_token, profile_name=io_manager.profile)
+    if io_manager.role_arn:
+        sts = session.client("sts", region_name=io_manager.region, endpoint_url=io_manager.endpoint_url)
+        args = {"RoleArn": io_manager.role_arn, "RoleSessionName": "mixpanel-assets-export", "DurationSeconds": 3600}
+        if io_manager.external_id:
+            args["ExternalId"] = io_manager.external_id
+        creds = sts.assume_role(**args)["Credentials"]
+        session = boto3.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                                aws_session_token=creds["SessionToken"])
+    return session
+
+
+def open_spectrum_destination(io_manager, store: ObjectStoreDestination, log) -> RedshiftSpectrumDestination:
+    region = io_manager.glue_region or io_manager.region
+    if not region:
+        raise _permanent(DestinationError(
+            f"pipeline {io_manager.pipeline!r}: set glue_region (or region) for Glue database "
+            f"{io_manager.glue_database!r}"))
+    try:
+        session = aws_session(io_manager)
+        glue = session.client("glue", region_name=region, endpoint_url=io_manager.endpoint_url)
+        data_api = (session.client("redshift-data", region_name=region, endpoint_url=io_manager.endpoint_url)
+                    if io_manager.workgroup else None)
+    except Exception as exc:
+        raise DestinationError(f"pipeline {io_manager.pipeline!r}: cannot build AWS clients for Glue: "
+                               f"{type(exc).__name__}: {_first_line(exc)}") from exc
+    return RedshiftSpectrumDestination(
+        io_manager.pipeline, io_manager.project_id, store, glue, io_manager.glue_database, region=region,
+        timezone=io_manager.timezone, data_api=data_api, workgroup=io_manager.workgroup,
+        redshift_database=io_manager.redshift_database, iam_role_arn=io_manager.iam_role_arn,
+        external_schema=io_manager.external_schema, statement_timeout=io_manager.statement_timeout_seconds, log=log,
+    )
+
+
+def _permanent(error: DestinationError) -> DestinationError:
+    error.permanent = True  # retrying cannot help: the IO manager fails the step without retries
+    return error
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:500] if text else type(exc).__name__
+
+
+class RedshiftSpectrumDestination(Destination):
+    def __init__(self, pipeline: str, project_id: int, store: ObjectStoreDestination, glue, glue_database: str, *,
+                 region: str | None = None, timezone: str = "UTC", data_api=None, workgroup: str | None = None,
+                 redshift_database: str = "dev", iam_role_arn: str | None = None,
+                 external_schema: str = "mp_json_export", statement_timeout: float = 120.0, log=None):
+        super().__init__(pipeline, project_id, log or store.log)
+        self.store = store
+        self.glue = glue
+        self.glue_database = glue_database
+        self.region = region
+        self.timezone = timezone
+        self.data_api = data_api
+        self.workgroup = workgroup
+        self.redshift_database = redshift_database
+        self.iam_role_arn = iam_role_arn
+        self.external_schema = external_schema
+        self.statement_timeout = statement_timeout
+        self.statement_id: str | None = None  # the last external-schema statement sent to the Data API
+        self._tables: dict[str, dict] = {}
+        self._schema_done = False
+
+    def describe(self) -> str:
+        return f"Redshift Spectrum: {self.store.describe()}, Glue database {self.glue_database}"
+
+    def external_schema_sql(self) -> str:
+        return external_schema_sql(self.external_schema, self.glue_database, self.region, self.iam_role_arn)
+
+    # --- writes: files first (the object-store protocol), then the catalog ----------------------
+
+    def write_event_window(self, staged: StagedWindow, window: PartitionWindow, work_dir: Path) -> WriteResult:
+        self._ensure_table(EVENTS_TABLE)
+        result = self.store.write_event_window(staged, window, work_dir)
+        day = window.local_date.isoformat()
+        location = self.store.bucket.uri(self.store.table_folder(EVENTS_TABLE) + "/".join(window.folder_parts()[:3]) + "/")
+        try:
+            self._put_partition(day, location, window)
+        except Exception as exc:
+            raise self._fail(f"Glue partition {PARTITION_KEY}={day} of {self.glue_database}.{EVENTS_TABLE} "
+                             f"(for partition {window.partition_key})", exc,
+                             f"the files of the window are in place at {result.location}; rerun to register them"
+                             ) from exc
+        self._ensure_external_schema(EVENTS_TABLE)
+        return result
+
+    def write_table(self, staged: StagedTable, work_dir: Path) -> WriteResult:
+        self._ensure_table(staged.table)
+        result = self.store.write_table(staged, work_dir)
+        self._ensure_external_schema(staged.table)
+        return result
+
+    # --- reading back and deleting (asset checks, GDPR): the data is the S3 files ---------------
+
+    def read_event_window(self, window: PartitionWindow):
+        return self.store.read_event_window(window)
+
+    def read_table(self, table: str):
+        return self.store.read_table(table)
+
+    def delete_event_rows(self, distinct_ids, windows, work_dir, dry_run=False):
+        return self.store.delete_event_rows(distinct_ids, windows, work_dir, dry_run)
+
+    def delete_table_rows(self, table, distinct_ids, work_dir, dry_run=False):
+        return self.store.delete_table_rows(table, distinct_ids, work_dir, dry_run)
+
+    # --- Glue ---------------------------------------------------------------------------------
+
+    def _storage(self, table: str, location: str) -> dict:
+        compressed = self.store.compression == "gzip"
+        return {
+            "Columns": [{"Name": name, "Type": kind} for name, kind in COLUMNS[table]],
+            "Location": location,
+            "InputFormat": "org.apache.hadoop.mapred.TextInputFormat",
+            "OutputFormat": "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat",
+            "Compressed": compressed,
+            "SerdeInfo": {"SerializationLibrary": JSON_SERDE,
+                          "Parameters": {"paths": ",".join(name for name, _ in COLUMNS[table])}},
+        }
+
+    def _table_input(self, table: str, parameters: dict | None = None) -> dict:
+        location = self.store.bucket.uri(self.store.table_folder(table))
+        spec = {
+            "Name": table,
+            "Description": f"Mixpanel {table} of project {self.project_id}, exported by mixpanel-assets",
+            "TableType": "EXTERNAL_TABLE",
+            "Parameters": {"classification": "json", "EXTERNAL": "TRUE", "typeOfData": "file",
+                           "compressionType": "gzip" if self.store.compression == "gzip" else "none",
+                           **({f"{PARTITION_KEY}.timezone": self.timezone} if table == EVENTS_TABLE else {}),
+                           **(parameters or {})},
+            "StorageDescriptor": self._storage(table, location),
+        }
+        if table == EVENTS_TABLE:
+            spec["PartitionKeys"] = [{"Name": PARTITION_KEY, "Type": "string",
+                                      "Comment": f"event date in {self.timezone}, the project timezone"}]
+        return spec
+
+    def _ensure_table(self, table: str) -> None:
+        """Create the Glue table, or bring its columns, location and SerDe up to date."""
+        if table in self._tables:
+            return
+        wanted = self._table_input(table)
+        try:
+            try:
+                existing = self.glue.get_table(DatabaseName=self.glue_database, Name=table)["Table"]
+            except self.glue.exceptions.EntityNotFoundException:
+                self._check_database()
+                self.glue.create_table(DatabaseName=self.glue_database, TableInput=wanted)
+                self._tables[table] = wanted
+                return
+            if _shape(existing) != _shape(wanted):
+                kept = {k: v for k, v in (existing.get("Parameters") or {}).items() if k == SCHEMA_MARKER}
+                wanted = self._table_input(table, kept)
+                self.glue.update_table(DatabaseName=self.glue_database, TableInput=wanted)
+                self.log.info(f"pipeline {self.pipeline!r}: updated Glue table {self.glue_database}.{table} "
+                              "(columns, location or SerDe differed)")
+                existing = wanted
+            self._tables[table] = existing
+        except DestinationError:
+            raise
+        except Exception as exc:
+            raise self._fail(f"Glue table {self.glue_database}.{table}", exc,
+                             "nothing was written to S3") from exc
+
+    def _check_database(self) -> None:
+        try:
+            self.glue.get_database(Name=self.glue_database)
+        except self.glue.exceptions.EntityNotFoundException:
+            raise _permanent(DestinationError(
+                f"pipeline {self.pipeline!r}: Glue database {self.glue_database!r} does not exist in {self.region}; "
+                f"create it (e.g. `aws glue create-database --database-input Name={self.glue_database}`)"
+            )) from None
+
+    def _put_partition(self, day: str, location: str, window: PartitionWindow) -> None:
+        partition = {
+            "Values": [day],
+            "StorageDescriptor": self._storage(EVENTS_TABLE, location),
+            "Parameters": {"mixpanel_assets.exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                           "mixpanel_assets.last_partition_key": window.partition_key},
+        }
+        try:
+            self.glue.create_partition(DatabaseName=self.glue_database, TableName=EVENTS_TABLE, PartitionInput=partition)
+        except self.glue.exceptions.AlreadyExistsException:
+            self.glue.update_partition(DatabaseName=self.glue_database, TableName=EVENTS_TABLE,
+                                       PartitionValueList=[day], PartitionInput=partition)
+
+    # --- Redshift -----------------------------------------------------------------------------
+
+    def _ensure_external_schema(self, table: str) -> None:
+        if self._schema_done:
+            return
+        self._schema_done = True
+        sql = self.external_schema_sql()
+        if not self.workgroup or self.data_api is None:
+            self.log.info(f"pipeline {self.pipeline!r}: to query Glue database {self.glue_database!r} from Redshift, "
+                          f"run once (as a user with CREATE on the database):\n{sql}")
+            return
+        marker = f"{self.workgroup}/{self.redshift_database}/{self.external_schema}"
+        if (self._tables.get(table, {}).get("Parameters") or {}).get(SCHEMA_MARKER) == marker:
+            self.log.info(f"pipeline {self.pipeline!r}: external schema {self.external_schema} exists in workgroup "
+                          f"{self.workgroup} (created by an earlier run with):\n{sql}")
+            return
+        self.log.info(f"pipeline {self.pipeline!r}: creating external schema {self.external_schema} in Redshift "
+                      f"workgroup {self.workgroup}, database {self.redshift_database}:\n{sql}")
+        status, error = self._execute(sql)
+        if status == "FINISHED":
+            self._mark_schema(table, marker)
+        elif status in ("FAILED", "ABORTED"):
+            raise DestinationError(
+                f"pipeline {self.pipeline!r}: Redshift workgroup {self.workgroup} {status.lower()} statement "
+                f"{self.statement_id} ({self.external_schema} over Glue database {self.glue_database}): {error}; "
+                f"the data and the Glue tables are in place")
+        else:
+            self.log.warning(f"pipeline {self.pipeline!r}: statement {self.statement_id} creating external schema "
+                             f"{self.external_schema} is still {status} after {self.statement_timeout:g} s; not "
+                             "waiting longer (the next run sends it again)")
+
+    def _execute(self, sql: str) -> tuple[str, str | None]:
+        try:
+            self.statement_id = self.data_api.execute_statement(
+                WorkgroupName=self.workgroup, Database=self.redshift_database, Sql=sql,
+                StatementName="mixpanel-assets external schema")["Id"]
+            deadline = time.monotonic() + self.statement_timeout
+            while True:
+                described = self.data_api.describe_statement(Id=self.statement_id)
+                status = described.get("Status", "")
+                if status in _DONE or time.monotonic() >= deadline:
+                    return status, described.get("Error")
+                time.sleep(min(1.0, self.statement_timeout / 10))
+        except Exception as exc:
+            raise self._fail(f"the external schema {self.external_schema} (Redshift workgroup {self.workgroup})",
+                             exc, "the data and the Glue tables are in place") from exc
+
+    def _mark_schema(self, table: str, marker: str) -> None:
+        try:
+            current = self.glue.get_table(DatabaseName=self.glue_database, Name=table)["Table"]
+            spec = self._table_input(table, {SCHEMA_MARKER: marker})
+            spec["StorageDescriptor"] = current["StorageDescriptor"]
+            self.glue.update_table(DatabaseName=self.glue_database, TableInput=spec)
+        except Exception as exc:  # noqa: BLE001 - only means the DDL is sent again next time
+            self.log.warning(f"could not record the external schema on Glue table {table}: {_first_line(exc)}")
+
+    def _fail(self, what: str, exc: Exception, state: str) -> DestinationError:
+        error = DestinationError(f"pipeline {self.pipeline!r}: {what} failed: {type(exc).__name__}: "
+                                 f"{_first_line(exc)}; {state}")
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        if code in ("AccessDeniedException", "AccessDenied", "UnrecognizedClientException", "InvalidClientTokenId"):
+            _permanent(error)
+        return error
+
+
+def _shape(table: dict) -> tuple:
+    """What must match for readers: columns, partition keys, location, SerDe."""
+    sd = table.get("StorageDescriptor") or {}
+    return (
+        tuple((c["Name"], c["Type"]) for c in sd.get("Columns", [])),
+        tuple((k["Name"], k["Type"]) for k in table.get("PartitionKeys") or []),
+        sd.get("Location"),
+        (sd.get("SerdeInfo") or {}).get("SerializationLibrary"),
+    )

@@ -1,0 +1,743 @@
+"""Stage an export: stream source lines into deduplicated, per-window rows on local disk.
+
+The three steps, each with memory that does not grow with the size of the day:
+
+1. Parse. The source's byte stream is cut into ~4 MB blocks at line ends; worker processes parse
+   them (block_worker.py), write each block's rows per window to the staging folder, and return
+   one 40-byte dedup-key record per row.
+2. Deduplicate. Key records are spread over 256 bucket files by hash, so one bucket at a time
+   fits in memory; within a bucket, duplicates of Mixpanel's key (event, distinct_id, time,
+   $insert_id) are found by sorting. The copy with the latest mp_processing_time_ms is kept
+   (Mixpanel shows the latest ingested copy); ties keep the first in stream order.
+3. Write parts. Per window, the staged blocks minus their duplicates are compressed into part
+   files in parallel (`StagedWindow.write_parts`), ready for any destination.
+
+Staging on disk also means a destination that fails and is retried reads the staged rows again
+instead of spending another Export API query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import os
+import pickle
+import shutil
+import time
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from mixpanel_assets.staging.block_worker import (
+    FLAG_NO_DEDUP,
+    LINK_PARTS,
+    SPEC_FILE,
+    BlockSpec,
+    FileRange,
+    block_path,
+    fast_rows_enabled,
+    filtered_lines,
+    line_starts,
+    links_dir,
+    merge_links,
+    process_block,
+    rows_path,
+    write_part,
+)
+from mixpanel_assets.staging.parts import EXTENSIONS, PartFile
+from mixpanel_assets.staging.pool import InlineExecutor, process_pool
+from mixpanel_assets.staging.scratch import scratch_dir
+from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, BlockResult, LocalFile, Origin
+from mixpanel_assets.windows import Window
+
+BLOCK_BYTES = 4 << 20
+N_BUCKETS = 256  # dedup-key buckets: a 4M-event day is ~16k records (640 KB) per bucket to sort
+_BUCKET_SHIFT = np.uint64(64 - 8)  # log2(N_BUCKETS) top bits of the hash pick the bucket
+KEY_BUFFER_BYTES = 8 << 20  # dedup-key records buffered before they are appended to bucket files
+PROGRESS_EVERY_SECONDS = 10.0
+_BUCKET_DTYPE = np.dtype(
+    [("hi", "<u8"), ("lo", "<u8"), ("proc", "<u8"), ("win", "<u4"), ("blk", "<u4"), ("row", "<u4"), ("flags", "<u4")]
+)
+# The worker's 16-byte digests are big-endian 128-bit integers: hi = first 8 bytes, lo = last 8.
+_DIGEST_DTYPE = np.dtype([("hi", ">u8"), ("lo", ">u8")])
+
+
+
+class ExportStreamError(RuntimeError):
+    """The source stream was cut or ended with Mixpanel's 'export terminated early' line."""
+
+
+class BadInputError(ValueError):
+    """More malformed lines than the project's bad-line policy allows."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Order-independent summary of a window's deduplicated events, comparable across exports.
+
+    Additive, so hourly windows combine into the fingerprint of their day: the data-sync sensor
+    compares a day's fingerprint from a fresh export probe with the one recorded at export time.
+    """
+
+    rows: int = 0
+    key_sum: int = 0  # sum of the 64-bit dedup-key hashes of kept rows, mod 2**64
+    max_processing_time_ms: int = 0
+
+    def __add__(self, other: Fingerprint) -> Fingerprint:
+        return Fingerprint(
+            self.rows + other.rows,
+            (self.key_sum + other.key_sum) & ((1 << 64) - 1),
+            max(self.max_processing_time_ms, other.max_processing_time_ms),
+        )
+
+    def token(self) -> str:
+        return f"{self.rows}-{self.key_sum:016x}-{self.max_processing_time_ms}"
+
+    @classmethod
+    def from_token(cls, token: str) -> Fingerprint:
+        rows, key_sum, proc = token.split("-")
+        return cls(int(rows), int(key_sum, 16), int(proc))
+
+
+@dataclass
+class Segment:
+    """One staged block's rows for one window, and which of them are duplicates to drop."""
+
+    path: Path
+    rows: int
+    raw_bytes: int
+    drop_rows: np.ndarray | None = None
+
+
+@dataclass
+class StagedRows:
+    """Staged row blocks on local disk (minus duplicates), ready to become part files."""
+
+    segments: list[Segment] = field(default_factory=list)
+    rows_read: int = 0
+    duplicates: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.rows_read - self.duplicates
+
+    def content_token(self) -> str:
+        raise NotImplementedError
+
+    def part_stem(self, fmt: str = "json") -> str:
+        """Part names depend only on content: a rerun with the same data rewrites the same names."""
+        digest = hashlib.sha1(f"{self.content_token()}|{fmt}".encode()).hexdigest()[:10]
+        return f"part-{digest}"
+
+    def part_plans(self, max_bytes: int) -> list[list[tuple[str, np.ndarray | None]]]:
+        """Which staged rows go into which part: (segment path, rows to leave out) per part.
+
+        Part k holds the rows whose offset in the window's staged row stream (duplicates included)
+        falls in [k * max_bytes, (k + 1) * max_bytes). That stream is the same whichever run staged
+        the window, while its blocks are not (a range run's query cuts them elsewhere), so cutting by
+        offset, not at block ends, keeps part contents and names identical across runs.
+        """
+        plans: list[list[tuple[str, np.ndarray | None]]] = []
+        offset = 0
+        for seg in self.segments:
+            begin, end = offset, offset + seg.raw_bytes
+            offset = end
+            if seg.rows == 0 or end == begin:
+                continue
+            first, last = begin // max_bytes, (end - 1) // max_bytes
+            if first == last:
+                _plan(plans, first).append((str(seg.path), _rows_array(seg.drop_rows)))
+                continue
+            starts = line_starts(filtered_lines(seg.path, None, keep_buffers=False)[0]) + begin
+            owner = starts // max_bytes
+            dropped = seg.drop_rows if seg.drop_rows is not None else np.empty(0, dtype=np.int64)
+            for k in range(int(owner[0]), int(owner[-1]) + 1):
+                outside = np.flatnonzero(owner != k)
+                if len(outside) == len(owner):
+                    continue
+                _plan(plans, k).append((str(seg.path), _rows_array(np.union1d(outside, dropped))))
+        return [plan for plan in plans if plan]
+
+    def write_parts(self, out_dir: Path, *, fmt: str = "json", compression: str = "gzip",
+                    max_bytes: int = 256 << 20, workers: int = 1, table: str = "mp_master_event") -> list[PartFile]:
+        """Compress the kept rows into part files of ~max_bytes (uncompressed) each, in parallel."""
+        plans = self.part_plans(max_bytes)
+        executor: Executor = process_pool(workers) if len(plans) > 1 else InlineExecutor()
+        stem = self.part_stem(fmt)
+        futures = [
+            executor.submit(write_part, plan, str(out_dir), stem, i, compression, fmt, table)
+            for i, plan in enumerate(plans)
+        ]
+        parts = []
+        for future in futures:
+            path, rows, raw, size = future.result()
+            if path:
+                parts.append(PartFile(Path(path), rows, raw, size))
+        return parts
+
+    def iter_rows(self) -> Iterator[bytes]:
+        """The kept rows as JSON lines (tests, checks and small destinations)."""
+        for seg in self.segments:
+            data, _ = filtered_lines(seg.path, seg.drop_rows)
+            yield from data.splitlines()
+
+
+class LinkSet:
+    """A window's identity links ((kind, a, b) -> earliest time), kept on disk in sorted partitions.
+
+    A day's links grow with its users; the export's memory must not, so they are never one dict:
+    `sorted_items()` merges the partition files as it reads them (StateStore.write_links streams
+    it into the state file), `len()` is known without reading.
+    """
+
+    def __init__(self, files: list[str] | None = None, count: int = 0):
+        self.files = files or []
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def sorted_items(self) -> Iterator[tuple[tuple[str, str, str], float]]:
+        return heapq.merge(*(self._read(path) for path in self.files))
+
+    def items(self) -> Iterator[tuple[tuple[str, str, str], float]]:
+        return self.sorted_items()
+
+    def __iter__(self) -> Iterator[tuple[str, str, str]]:
+        return (link for link, _ in self.sorted_items())
+
+    def to_dict(self) -> dict[tuple[str, str, str], float]:
+        return dict(self.sorted_items())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, LinkSet):
+            other = other.to_dict()
+        return isinstance(other, dict) and self.to_dict() == other
+
+    @staticmethod
+    def _read(path: str) -> Iterator[tuple[tuple[str, str, str], float]]:
+        loads = orjson.loads
+        with open(path, "rb") as f:
+            for line in f:
+                kind, a, b, seen_at = loads(line)
+                yield (kind, a, b), seen_at
+
+
+def _rows_array(rows) -> array | None:
+    """Row numbers as a stdlib array: it pickles to the part workers without importing numpy there."""
+    return None if rows is None else array("I", [int(r) for r in rows])
+
+
+def _plan(plans: list, index: int) -> list:
+    while len(plans) <= index:
+        plans.append([])
+    return plans[index]
+
+
+@dataclass
+class StagedWindow(StagedRows):
+    """One partition window of an events export."""
+
+    window: Window = Window(0.0, 0.0)
+    partition_key: str | None = None
+    fingerprint: Fingerprint = Fingerprint()
+    links: LinkSet | dict[tuple[str, str, str], float] = field(default_factory=lambda: LinkSet())
+    info: object = None  # the Dagster-side PartitionWindow, set by the asset
+
+    def content_token(self) -> str:
+        return f"{self.window.start}-{self.window.end}-{self.fingerprint.token()}"
+
+
+@dataclass
+class StagedTable(StagedRows):
+    """A whole table (people or identity mappings), replaced as a unit at the destination."""
+
+    table: str = ""
+    staging_dir: Path | None = None
+    digest: str = ""
+    extra_metadata: dict = field(default_factory=dict)
+
+    def content_token(self) -> str:
+        return f"{self.table}-{self.rows}-{self.digest}"
+
+    def cleanup(self) -> None:
+        if self.staging_dir is not None:
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+
+def stage_table(lines: Iterable[bytes], table: str, *, staging_root: str | Path | None = None,
+                block_bytes: int = BLOCK_BYTES) -> StagedTable:
+    """Stage already-transformed row lines of a whole table in blocks (bounded memory)."""
+    staging_dir = scratch_dir(table, staging_root)
+    staged = StagedTable(table=table, staging_dir=staging_dir)
+    digest = hashlib.sha1()
+    buffer: list[bytes] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal buffer, size
+        if not buffer:
+            return
+        data = b"\n".join(buffer) + b"\n"
+        path = block_path(staging_dir, 0, len(staged.segments))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        digest.update(data)
+        staged.segments.append(Segment(path, len(buffer), len(data)))
+        staged.rows_read += len(buffer)
+        buffer, size = [], 0
+
+    try:
+        for line in lines:
+            buffer.append(line)
+            size += len(line) + 1
+            if size >= block_bytes:
+                flush()
+        flush()
+    except BaseException:
+        staged.cleanup()
+        raise
+    staged.digest = digest.hexdigest()
+    return staged
+
+
+@dataclass
+class StagedEvents:
+    """The result of staging one run: its windows, counts for metadata, and where it lives."""
+
+    staging_dir: Path
+    windows: list[StagedWindow]
+    lines: int = 0
+    bad_lines: int = 0
+    bad_examples: list[tuple[str, str]] = field(default_factory=list)
+    outside_window: int = 0
+    suppressed: int = 0  # rows of users deleted by a GDPR deletion, dropped (gdpr.py)
+    fast_lines: int = 0  # lines the compiled path parsed (block_worker.py); the others took Python's
+    source_bytes: int = 0
+    queries: int = 0
+    workers: int = 1
+    owns_dir: bool = True
+    _next_line: dict[str, int] = field(default_factory=dict, repr=False)  # per input: its next line number
+
+    @property
+    def rows(self) -> int:
+        return sum(w.rows for w in self.windows)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(w.duplicates for w in self.windows)
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        total = Fingerprint()
+        for w in self.windows:
+            total = total + w.fingerprint
+        return total
+
+    def cleanup(self) -> None:
+        if self.owns_dir:
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+
+
+def split_blocks(chunks: Iterable, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, str, int | None, bytes | FileRange]]:
+    """Regroup arbitrary byte chunks into (block_id, origin, first_line_no, block) cut at line ends.
+
+    Cut points depend only on the byte stream, so the same data always gives the same blocks.
+    An `Origin` item in `chunks` starts a new input: line numbers restart at 1 and no block spans
+    two inputs. A `LocalFile` item becomes FileRange blocks at fixed byte offsets of the file, with
+    first_line_no None: their line numbers are known once the blocks before them are parsed.
+    """
+    pending: list[bytes] = []
+    pending_size = 0
+    block_id = 0
+    line_no = 1
+    origin = ""
+    for chunk in chunks:
+        if isinstance(chunk, (Origin, LocalFile)):
+            if pending:
+                data = b"".join(pending)
+                if not data.endswith(b"\n"):
+                    data += b"\n"
+                yield block_id, origin, line_no, data
+                block_id += 1
+                pending, pending_size = [], 0
+            if isinstance(chunk, Origin):
+                origin, line_no = str(chunk), 1
+                continue
+            size = os.path.getsize(chunk.path)
+            for start in range(0, size, block_bytes):
+                yield block_id, chunk.name, None, FileRange(chunk.path, start, min(start + block_bytes, size))
+                block_id += 1
+            origin, line_no = "", 1
+            continue
+        if not chunk:
+            continue
+        pending.append(chunk)
+        pending_size += len(chunk)
+        while pending_size >= block_bytes:
+            data = b"".join(pending)
+            cut = data.find(b"\n", block_bytes - 1) + 1
+            if cut == 0:
+                pending, pending_size = [data], len(data)
+                break
+            block, rest = data[:cut], data[cut:]
+            yield block_id, origin, line_no, block
+            block_id += 1
+            line_no += block.count(b"\n")
+            pending, pending_size = ([rest], len(rest)) if rest else ([], 0)
+    if pending:
+        data = b"".join(pending)
+        if data:
+            yield block_id, origin, line_no, data
+
+
+class _KeyBuckets:
+    """Dedup-key records spread over bucket files by hash, buffered to keep writes large.
+
+    Each window's row count, sum of key hashes and latest processing time are totalled here as
+    blocks arrive, so deduplication only has to subtract the duplicates it finds (a dropped copy
+    never has a later processing time than the copy kept, so the maximum is that of all rows).
+    """
+
+    def __init__(self, directory: Path, n_windows: int):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.pending: list[np.ndarray] = []
+        self.buffered = 0
+        self.rows = [0] * n_windows
+        self.key_sums = [0] * n_windows  # mod 2**64
+        self.max_proc = [0] * n_windows
+
+    def add(self, window: int, block: int, hashes: bytes, procs: bytes, no_dedup: bytes) -> None:
+        digests = np.frombuffer(hashes, dtype=_DIGEST_DTYPE)
+        records = np.empty(len(digests), dtype=_BUCKET_DTYPE)
+        records["hi"], records["lo"] = digests["hi"], digests["lo"]
+        records["proc"] = np.frombuffer(procs, dtype=np.uint64)
+        records["row"] = np.arange(len(digests), dtype=np.uint32)
+        records["flags"] = 0
+        if no_dedup:
+            records["flags"][np.frombuffer(no_dedup, dtype=np.uint32)] = FLAG_NO_DEDUP
+        records["win"], records["blk"] = window, block
+        if len(records):
+            self.rows[window] += len(records)
+            self.key_sums[window] = (self.key_sums[window] + int(records["lo"].sum())) & _U64_MASK
+            self.max_proc[window] = max(self.max_proc[window], int(records["proc"].max()))
+        self.pending.append(records)
+        self.buffered += records.nbytes
+        if self.buffered > KEY_BUFFER_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Append the buffered records to their buckets: one sort and one write per bucket."""
+        if not self.pending:
+            return
+        records = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        self.pending.clear()
+        self.buffered = 0
+        bucket_of = (records["hi"] >> _BUCKET_SHIFT).astype(np.uint8 if N_BUCKETS <= 256 else np.uint32)
+        order = np.argsort(bucket_of, kind="stable")
+        records = np.take(records.view(_RECORD_BYTES), order)  # as opaque 40-byte items: 6x a structured gather
+        bounds = np.searchsorted(bucket_of[order], np.arange(N_BUCKETS + 1))
+        for b in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+            with open(self.directory / f"bucket{b:03d}.bin", "ab") as f:
+                f.write(records[bounds[b]:bounds[b + 1]].data)
+
+    def buckets(self) -> Iterator[np.ndarray]:
+        self.flush()
+        for b in range(N_BUCKETS):
+            path = self.directory / f"bucket{b:03d}.bin"
+            if path.exists():
+                yield np.fromfile(path, dtype=_BUCKET_DTYPE)
+
+
+_U64_MASK = (1 << 64) - 1
+_RECORD_BYTES = np.dtype(f"V{_BUCKET_DTYPE.itemsize}")
+_DROP_DTYPE = np.dtype([("win", "<u4"), ("blk", "<u4"), ("row", "<u4")])
+
+
+def _deduplicate(buckets: _KeyBuckets, n_windows: int):
+    """Find duplicates bucket by bucket; return drops per (window, block) and window fingerprints.
+
+    A duplicate needs an equal 64-bit `hi`, which a bucket's records rarely share otherwise, so
+    each bucket is sorted by `hi` alone and only the few records in runs of equal `hi` are
+    sorted by the whole rule: key, then latest processing time, then position in the stream.
+    """
+    dropped_parts: list[np.ndarray] = []
+    for records in buckets.buckets():
+        cand = records[(records["flags"] & FLAG_NO_DEDUP) == 0]
+        if len(cand) < 2:
+            continue
+        hi = cand["hi"]
+        order = np.argsort(hi)
+        repeats = hi[order[1:]] == hi[order[:-1]]
+        if not repeats.any():
+            continue
+        in_run = np.zeros(len(cand), dtype=bool)
+        in_run[1:] |= repeats
+        in_run[:-1] |= repeats
+        group = cand[order[in_run]]
+        # Each key's copies contiguous, the one kept first: latest processing time, then earliest in the stream.
+        group = group[np.lexsort((group["row"], group["blk"], ~group["proc"], group["lo"], group["hi"]))]
+        same_as_previous = np.zeros(len(group), dtype=bool)
+        same_as_previous[1:] = (group["hi"][1:] == group["hi"][:-1]) & (group["lo"][1:] == group["lo"][:-1])
+        if same_as_previous.any():
+            dropped_parts.append(group[same_as_previous])
+    rows, key_sums = list(buckets.rows), list(buckets.key_sums)
+    dup_counts = np.zeros(n_windows, dtype=np.int64)
+    drops: dict[tuple[int, int], np.ndarray] = {}
+    if dropped_parts:
+        dropped = np.concatenate(dropped_parts)
+        for win, count in zip(*np.unique(dropped["win"], return_counts=True)):
+            dup_counts[win] = count
+        for win, lo in zip(dropped["win"].tolist(), dropped["lo"].tolist()):
+            rows[win] -= 1
+            key_sums[win] = (key_sums[win] - lo) & _U64_MASK
+        flat = np.empty(len(dropped), dtype=_DROP_DTYPE)
+        flat["win"], flat["blk"], flat["row"] = dropped["win"], dropped["blk"], dropped["row"]
+        flat.sort(order=["win", "blk", "row"])
+        wins, blks = flat["win"], flat["blk"]
+        starts = np.flatnonzero(np.r_[True, (wins[1:] != wins[:-1]) | (blks[1:] != blks[:-1])]).tolist()
+        for start, end in zip(starts, starts[1:] + [len(flat)]):
+            drops[(int(wins[start]), int(blks[start]))] = flat["row"][start:end].copy()
+    fingerprints = [Fingerprint(rows[w], key_sums[w], buckets.max_proc[w]) for w in range(n_windows)]
+    return drops, fingerprints, dup_counts
+
+
+def stage_events(
+    chunks: Iterable[bytes],
+    windows: list[Window],
+    partition_keys: list[str | None],
+    *,
+    staging_root: str | Path | None = None,
+    workers: int = 1,
+    events_filter: Iterable[str] | None = None,
+    legacy_timezone: str | None = None,
+    max_bad_fraction: float = 0.001,
+    max_bad_count: int | None = None,
+    write_rows: bool = True,
+    block_bytes: int = BLOCK_BYTES,
+    describe_source: str = "the export",
+    progress: Callable[[str], None] | None = None,
+    suppressed_distinct_ids: Iterable[str] | None = None,
+) -> StagedEvents:
+    """Stream `chunks` (raw export JSON lines) into deduplicated rows for each window.
+
+    `chunks` holds bytes, `Origin` markers (a new input starts: line numbers restart) and
+    `LocalFile` items (a whole local file the workers read themselves). `progress`, if given, is
+    called about every PROGRESS_EVERY_SECONDS with a line on lines and bytes done, the rate and,
+    when the input's size is known (local files), an ETA.
+
+    Raises ExportStreamError if the stream reports it was cut, BadInputError if malformed lines
+    exceed the policy; in both cases nothing is left on disk.
+    """
+    ordered = sorted(range(len(windows)), key=lambda i: windows[i].start)
+    windows = [windows[i] for i in ordered]
+    partition_keys = [partition_keys[i] for i in ordered]
+    staging_dir = scratch_dir("stage", staging_root)
+    staged = StagedEvents(
+        staging_dir,
+        [StagedWindow(window=w, partition_key=k) for w, k in zip(windows, partition_keys)],
+        workers=workers,
+    )
+    spec = BlockSpec(
+        window_starts=tuple(w.start for w in windows),
+        window_ends=tuple(w.end for w in windows),
+        staging_dir=str(staging_dir),
+        events_filter=frozenset(events_filter) if events_filter is not None else None,
+        legacy_timezone=legacy_timezone,
+        write_rows=write_rows,
+        suppressed_distinct_ids=frozenset(suppressed_distinct_ids) if suppressed_distinct_ids else None,
+        fast_rows=fast_rows_enabled(),
+        rows_by_reference=write_rows,
+    )
+    (staging_dir / SPEC_FILE).write_bytes(pickle.dumps(spec, pickle.HIGHEST_PROTOCOL))
+    if progress is not None:
+        progress(f"{describe_source}: parsing lines with {rows_path()}")
+    buckets = _KeyBuckets(staging_dir / "keys", len(windows))
+    terminated = False
+    inputs = _Inputs(chunks, block_bytes, staged)
+    meter = _Progress(progress, describe_source, inputs)
+    blocks = 0
+    try:
+        for block, result in _run_blocks(inputs, spec, workers):
+            blocks += 1
+            terminated |= result.terminated_early
+            _absorb(staged, buckets, block, result, spec)
+            meter.update(staged)
+        if terminated:
+            raise ExportStreamError(
+                f"{describe_source} ended with Mixpanel's 'export terminated early' line after "
+                f"{staged.lines} events; the window is incomplete and nothing was written"
+            )
+        _check_bad_lines(staged, max_bad_fraction, max_bad_count, describe_source)
+        # Links are merged in the pool while this process deduplicates, unless the input was small
+        # enough to be parsed inline (starting worker processes would then cost more than it saves).
+        executor = process_pool(workers) if workers > 1 and blocks > 1 else InlineExecutor()
+        links = [
+            [executor.submit(merge_links, str(staging_dir), w, part) for part in range(LINK_PARTS)]
+            if links_dir(staging_dir, w).is_dir() else []
+            for w in range(len(windows))
+        ]
+        drops, fingerprints, dup_counts = _deduplicate(buckets, len(windows))
+        for w, window in enumerate(staged.windows):
+            merged = [future.result() for future in links[w]]
+            window.links = LinkSet([path for path, count in merged if count], sum(count for _, count in merged))
+            window.fingerprint = fingerprints[w]
+            window.duplicates = int(dup_counts[w])
+            for seg_block, seg in _segments_with_blocks(window):
+                seg.drop_rows = drops.get((w, seg_block))
+    except BaseException:
+        staged.cleanup()
+        raise
+    shutil.rmtree(staging_dir / "keys", ignore_errors=True)
+    for w in range(len(windows)):
+        shutil.rmtree(links_dir(staging_dir, w), ignore_errors=True)
+    return staged
+
+
+def _segments_with_blocks(window: StagedWindow):
+    for seg in window.segments:
+        yield int(seg.path.stem[1:]), seg
+
+
+@dataclass
+class _Block:
+    """One unit of parse work and where its lines are in their input (for bad-line reports)."""
+
+    block_id: int
+    origin: str
+    first_line: int | None  # None for a FileRange: known once the previous blocks are counted
+    source: bytes | FileRange
+
+
+class _Inputs:
+    """The run's input as blocks (see split_blocks), counting source bytes as they pass."""
+
+    def __init__(self, chunks: Iterable, block_bytes: int, staged: StagedEvents):
+        self.chunks = chunks
+        self.block_bytes = block_bytes
+        self.staged = staged
+        self.total_bytes: int | None = 0  # the inputs' size, or None once a stream (size unknown) is seen
+
+    def _sizes(self):
+        for item in self.chunks:
+            if isinstance(item, LocalFile):
+                if self.total_bytes is not None:
+                    self.total_bytes += os.path.getsize(item.path)
+            elif not isinstance(item, Origin):
+                self.total_bytes = None
+            yield item
+
+    def __iter__(self) -> Iterator[_Block]:
+        for block_id, origin, first_line, source in split_blocks(self._sizes(), self.block_bytes):
+            self.staged.source_bytes += source.end - source.start if isinstance(source, FileRange) else len(source)
+            yield _Block(block_id, origin, first_line, source)
+
+
+def _run_blocks(inputs: Iterable[_Block], spec: BlockSpec, workers: int):
+    """Yield (block, BlockResult) in input order, parsing in a pool once there is >1 block."""
+    blocks = iter(inputs)
+    first = next(blocks, None)
+    if first is None:
+        return
+    second = next(blocks, None)
+    if second is None or workers <= 1:
+        for block in _chain(first, second, blocks):
+            yield block, process_block(block.source, block.block_id, spec)
+        return
+    pool = process_pool(workers)
+    in_flight: list[tuple[_Block, Future]] = []
+    limit = workers * 2
+    for block in _chain(first, second, blocks):
+        in_flight.append((block, pool.submit(process_block, block.source, block.block_id, spec)))
+        if len(in_flight) >= limit:
+            done, future = in_flight.pop(0)
+            yield done, future.result()
+    for done, future in in_flight:
+        yield done, future.result()
+
+
+def _chain(first, second, rest):
+    yield first
+    if second is not None:
+        yield second
+    yield from rest
+
+
+class _Progress:
+    """Throttled progress lines for the run log: lines, MB, rate and (for local files) an ETA."""
+
+    def __init__(self, report: Callable[[str], None] | None, what: str, inputs: _Inputs):
+        self.report = report
+        self.what = what
+        self.inputs = inputs
+        self.started = self.last = time.monotonic()
+
+    def update(self, staged: StagedEvents) -> None:
+        if self.report is None:
+            return
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_SECONDS:
+            return
+        self.last = now
+        elapsed = now - self.started
+        done = staged.source_bytes
+        line = (f"{self.what}: {staged.lines:,} lines, {done / 1e6:,.0f} MB parsed in {elapsed:,.0f} s "
+                f"({staged.lines / elapsed:,.0f} lines/s)")
+        total = self.inputs.total_bytes
+        if total and done:
+            line += f"; {100 * done / total:.0f}% of {total / 1e6:,.0f} MB, about {elapsed * (total - done) / done:,.0f} s to go"
+        self.report(line)
+
+
+def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: BlockResult, spec: BlockSpec) -> None:
+    first_line = block.first_line
+    if first_line is None:
+        first_line = staged._next_line.get(block.origin, 1)
+    staged._next_line[block.origin] = first_line + result.line_count
+    staged.lines += result.lines
+    staged.bad_lines += result.bad_lines
+    staged.outside_window += result.outside_window
+    staged.suppressed += result.suppressed
+    staged.fast_lines += result.fast_lines
+    room = MAX_REPORTED_BAD_LINES - len(staged.bad_examples)
+    if room > 0:
+        for index, why in result.bad_examples[:room]:
+            line_no = first_line + index
+            where = f"{block.origin} line {line_no}" if block.origin else f"line {line_no}"
+            staged.bad_examples.append((where, why))
+    block_id = block.block_id
+    for w, window in enumerate(staged.windows):
+        rows = result.rows_per_window[w]
+        if not rows:
+            continue
+        window.rows_read += rows
+        window.segments.append(
+            Segment(block_path(spec.staging_dir, w, block_id, result.rows_by_reference), rows,
+                    result.bytes_per_window[w])
+        )
+        buckets.add(w, block_id, result.hashes_per_window[w], result.procs_per_window[w],
+                    result.no_dedup_per_window[w])
+
+
+def _check_bad_lines(staged: StagedEvents, max_fraction: float, max_count: int | None, source: str) -> None:
+    if not staged.bad_lines:
+        return
+    total = staged.lines
+    too_many = staged.bad_lines > max_count if max_count is not None else staged.bad_lines > max_fraction * total
+    if too_many:
+        examples = "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples)
+        limit = f"max_count {max_count}" if max_count is not None else f"max_fraction {max_fraction}"
+        raise BadInputError(
+            f"{source}: {staged.bad_lines} of {total} lines are not valid Mixpanel export events, more than "
+            f"project.bad_lines allows ({limit}); nothing was written. First bad lines:\n{examples}"
+        )
+
+
+def part_extension(fmt: str, compression: str) -> str:
+    return EXTENSIONS[(fmt, compression)]
