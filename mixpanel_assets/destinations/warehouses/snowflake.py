@@ -73,7 +73,8 @@ def _from_data(name: str, kind: str) -> str:
 
 def _raw_key(name: str) -> str:
     """A dedup key column of MP_MASTER_EVENT_RAW as the export compared it (`time`: its epoch double)."""
-    return _EPOCH if dict(EVENT_COLUMNS)[name] == TIMESTAMP else f"DATA:{name}::STRING"
+    kind = dict(EVENT_COLUMNS)[name]
+    return _EPOCH if kind == TIMESTAMP else _from_data(name, kind)
 
 
 def _create_table(table: str) -> str:
