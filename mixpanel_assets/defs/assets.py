@@ -22,12 +22,10 @@ from mixpanel_assets.defs.partitions import events_partitions_def, windows_for_k
 from mixpanel_assets.defs.resources import MixpanelSourceResource
 from mixpanel_assets.destinations.registry import io_manager_key, table_location
 from mixpanel_assets.mixpanel.errors import MixpanelAPIError
+from mixpanel_assets.schema import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
 from mixpanel_assets.staging.exports import EventsExportSpec, export_events, export_identity, export_people
 from mixpanel_assets.staging.stage import BadInputError
 
-EVENTS_TABLE = "mp_master_event"
-PEOPLE_TABLE = "mp_people_data"
-IDENTITY_TABLE = "mp_identity_mappings_data"
 
 def retry_policy(project: ProjectConfig) -> dg.RetryPolicy | None:
     """Transient failures (rate limits, 5xx, a cut stream) are retried by the step, with growing

@@ -24,11 +24,10 @@ import warnings
 import dagster as dg
 
 from mixpanel_assets.config import PipelineConfig, PipelinesFile
-from mixpanel_assets.defs.assets import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
 from mixpanel_assets.defs.partitions import PartitionWindow, events_partitions_def, windows_for_keys
 from mixpanel_assets.destinations.base import Destination
 from mixpanel_assets.destinations.registry import io_manager_key
-from mixpanel_assets.transform.records import EVENT_COLUMNS, IDENTITY_COLUMNS, PEOPLE_COLUMNS
+from mixpanel_assets.schema import DEDUP_KEY, EVENT_COLUMNS, EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE, columns
 
 ROW_COUNT = "row_count_matches_source"
 NO_DUPLICATES = "no_duplicate_dedup_keys"
@@ -37,11 +36,10 @@ TABLE_ROW_COUNT = "row_count_matches_export"
 UNIQUE_IDS = "distinct_id_unique"
 GDPR_REMOVED_KEY = "mixpanel/gdpr_rows_removed"  # observation metadata written by gdpr.py
 
-TABLE_SCHEMAS = {PEOPLE_TABLE: PEOPLE_COLUMNS, IDENTITY_TABLE: IDENTITY_COLUMNS}
 _DESCRIPTIONS = {
     ROW_COUNT: "Rows of the partition's window in the destination equal the source's deduplicated count at export "
                "(less rows removed by GDPR deletions since).",
-    NO_DUPLICATES: "No Mixpanel dedup key (event_name, distinct_id, time, insert_id) is stored more than once.",
+    NO_DUPLICATES: f"No Mixpanel dedup key ({', '.join(DEDUP_KEY)}) is stored more than once.",
     SCHEMA: "The columns and types of Mixpanel's table, in Mixpanel's order.",
     TABLE_ROW_COUNT: "Rows in the destination equal the rows exported (less rows removed by GDPR deletions since).",
     UNIQUE_IDS: "Every distinct_id appears once.",
@@ -225,7 +223,7 @@ def table_checks(pipeline: PipelineConfig, table: str) -> dg.AssetChecksDefiniti
                     description=None if passed else f"{readback.duplicate_ids} distinct_id values appear more than once",
                     metadata={**location, "duplicate_distinct_ids": readback.duplicate_ids})
             elif name == SCHEMA:
-                passed, metadata = _schema_result(readback.columns, TABLE_SCHEMAS[table])
+                passed, metadata = _schema_result(readback.columns, columns(table))
                 yield dg.AssetCheckResult(check_name=name, passed=passed, metadata={**location, **metadata},
                                           description=None if passed else f"columns differ from {table}'s")
 

@@ -35,12 +35,12 @@ import orjson
 from isal import igzip
 
 from mixpanel_assets.config import PipelineConfig, PipelinesFile, resolve_path
-from mixpanel_assets.defs.assets import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
 from mixpanel_assets.defs.checks import GDPR_REMOVED_KEY
 from mixpanel_assets.defs.gdpr_register import add_to_register
 from mixpanel_assets.defs.partitions import events_partitions_def, windows_for_keys
 from mixpanel_assets.destinations.base import Destination, Removal
 from mixpanel_assets.destinations.registry import io_manager_key
+from mixpanel_assets.schema import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
 from mixpanel_assets.staging.scratch import scratch_dir
 from mixpanel_assets.transform.link_store import StateStore
 

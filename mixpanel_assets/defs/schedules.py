@@ -14,7 +14,7 @@ import datetime as dt
 import dagster as dg
 
 from mixpanel_assets.config import PipelineConfig, PipelinesFile
-from mixpanel_assets.defs.assets import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
+from mixpanel_assets.schema import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
 
 TABLE = {"events": EVENTS_TABLE, "people": PEOPLE_TABLE, "identity": IDENTITY_TABLE}
 

@@ -12,13 +12,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mixpanel_assets.schema import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE, TABLES  # noqa: F401 - re-exported
 from mixpanel_assets.staging.stage import StagedTable, StagedWindow
 from mixpanel_assets.windows import PartitionWindow
-
-EVENTS_TABLE = "mp_master_event"
-PEOPLE_TABLE = "mp_people_data"
-IDENTITY_TABLE = "mp_identity_mappings_data"
-TABLES = (EVENTS_TABLE, PEOPLE_TABLE, IDENTITY_TABLE)
 
 
 class DestinationError(RuntimeError):
@@ -40,7 +36,7 @@ class EventWindowReadback:
 
     location: str
     rows: int
-    duplicate_keys: int  # dedup keys (event_name, distinct_id, time, insert_id) stored more than once
+    duplicate_keys: int  # dedup keys (schema.DEDUP_KEY) stored more than once
     duplicate_rows: int  # rows beyond the first copy of those keys
     columns: list[tuple[str, str]]  # (name, logical type: STRING | JSON | TIMESTAMP | what was found instead)
     problems: list[str] = field(default_factory=list)  # anything else a reader would trip over
@@ -92,14 +88,14 @@ class Destination(ABC):
 
     def read_event_window(self, window: PartitionWindow) -> EventWindowReadback:
         """Read back what readers of `window` see: its rows as stored (not the export's count),
-        the dedup keys (event_name, distinct_id, time, insert_id) stored more than once (rows
+        the dedup keys (schema.DEDUP_KEY) stored more than once (rows
         without insert_id are never duplicates, as in Mixpanel), the columns with their logical
-        types (records.EVENT_COLUMNS: STRING, JSON, TIMESTAMP), and any other problem found."""
+        types (schema.EVENT_COLUMNS: STRING, JSON, TIMESTAMP), and any other problem found."""
         raise self.unsupported("read_event_window")
 
     def read_table(self, table: str) -> TableReadback:
         """Read back mp_people_data or mp_identity_mappings_data: rows, distinct_id values stored
-        more than once, columns (records.PEOPLE_COLUMNS / IDENTITY_COLUMNS) and problems."""
+        more than once, columns (schema.PEOPLE_COLUMNS / IDENTITY_COLUMNS) and problems."""
         raise self.unsupported("read_table")
 
     def delete_event_rows(self, distinct_ids: frozenset[str], windows: list[PartitionWindow], work_dir: Path,
@@ -112,8 +108,8 @@ class Destination(ABC):
 
     def delete_table_rows(self, table: str, distinct_ids: frozenset[str], work_dir: Path,
                           dry_run: bool = False) -> Removal:
-        """Remove the rows of mp_people_data whose distinct_id, or of mp_identity_mappings_data whose
-        distinct_id or resolved_distinct_id, is in `distinct_ids`, atomically; `dry_run` counts."""
+        """Remove the rows of mp_people_data or mp_identity_mappings_data whose user columns
+        (schema.USER_COLUMNS) hold an id in `distinct_ids`, atomically; `dry_run` counts."""
         raise self.unsupported("delete_table_rows")
 
     def unsupported(self, method: str) -> NotImplementedError:

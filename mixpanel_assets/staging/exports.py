@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from mixpanel_assets.mixpanel.errors import MixpanelStreamError
 from mixpanel_assets.mixpanel.sources import EventSource, Span
+from mixpanel_assets.schema import IDENTITY_COLUMNS
 from mixpanel_assets.staging.scratch import scratch_folder
 from mixpanel_assets.staging.stage import (
     BadInputError,
@@ -25,7 +26,7 @@ from mixpanel_assets.staging.stage import (
     stage_table,
 )
 from mixpanel_assets.transform.link_store import StateStore
-from mixpanel_assets.transform.records import IDENTITY_COLUMNS, MAX_REPORTED_BAD_LINES, BadLine, profile_row
+from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, BadLine, profile_row
 from mixpanel_assets.windows import PartitionWindow, Window, query_spans
 
 STREAM_ATTEMPTS = 3

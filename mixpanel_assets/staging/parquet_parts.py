@@ -27,6 +27,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mixpanel_assets.schema import parquet_json_type as _json_type
+from mixpanel_assets.schema import parquet_schema as schema_for
 from mixpanel_assets.staging.block_worker import filtered_lines
 
 ROW_GROUP_BYTES = 64 << 20  # uncompressed JSON per row group: large enough for scans, small enough for memory
@@ -37,11 +39,6 @@ _TIME_KEY = b',"time":'
 _loads = orjson.loads
 
 
-def _json_type() -> pa.DataType:
-    """Parquet's JSON logical type where pyarrow has the arrow.json extension (>= 19), else a string."""
-    return pa.json_() if hasattr(pa, "json_") else pa.string()
-
-
 def _json_array(values: list[bytes]) -> pa.Array:
     # bytes -> binary -> string validates UTF-8 in one vectorised pass: ~10x pa.array(type=string).
     storage = pa.array(values, type=pa.binary()).cast(pa.string())
@@ -50,21 +47,6 @@ def _json_array(values: list[bytes]) -> pa.Array:
 
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
-
-
-def schema_for(table: str) -> pa.Schema:
-    json_field = pa.field("properties", _json_type(), metadata={"mixpanel": "the full properties object as JSON text"})
-    if table == "mp_master_event":
-        return pa.schema([
-            pa.field("device_id", pa.string()), pa.field("distinct_id", pa.string()),
-            pa.field("event_name", pa.string()), pa.field("insert_id", pa.string()), json_field,
-            pa.field("time", _TIMESTAMP), pa.field("user_id", pa.string()),
-        ])
-    if table == "mp_people_data":
-        return pa.schema([pa.field("distinct_id", pa.string()), json_field])
-    if table == "mp_identity_mappings_data":
-        return pa.schema([pa.field("distinct_id", pa.string()), pa.field("resolved_distinct_id", pa.string())])
-    raise ValueError(f"no Parquet schema for table {table!r}")
 
 
 def _event_columns(lines: list[bytes], schema: pa.Schema) -> pa.RecordBatch:

@@ -27,18 +27,6 @@ _loads = orjson.loads
 _dumps = orjson.dumps
 _key_hash = xxhash.xxh3_128_intdigest
 
-EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("device_id", "STRING"),
-    ("distinct_id", "STRING"),
-    ("event_name", "STRING"),
-    ("insert_id", "STRING"),
-    ("properties", "JSON"),
-    ("time", "TIMESTAMP"),
-    ("user_id", "STRING"),
-)
-PEOPLE_COLUMNS: tuple[tuple[str, str], ...] = (("distinct_id", "STRING"), ("properties", "JSON"))
-IDENTITY_COLUMNS: tuple[tuple[str, str], ...] = (("distinct_id", "STRING"), ("resolved_distinct_id", "STRING"))
-
 TERMINATED_EARLY = b"export terminated early"
 
 # Identity link kinds, see identity.py for the rules that consume them.

@@ -20,22 +20,10 @@ import orjson
 import xxhash
 
 from mixpanel_assets.mixpanel.sources import read_file_chunks
+from mixpanel_assets.schema import COLUMNS, DEDUP_KEY, EVENTS_TABLE, INSERT_ID, USER_COLUMNS
 from mixpanel_assets.staging.parts import JsonPartWriter, PartFile, iter_part_lines
-from mixpanel_assets.transform.records import EVENT_COLUMNS, IDENTITY_COLUMNS, PEOPLE_COLUMNS
 
-SCHEMAS = {
-    "mp_master_event": EVENT_COLUMNS,
-    "mp_people_data": PEOPLE_COLUMNS,
-    "mp_identity_mappings_data": IDENTITY_COLUMNS,
-}
-# The columns that identify a user, per table: what a GDPR deletion matches on.
-USER_COLUMNS = {
-    "mp_master_event": ("distinct_id",),
-    "mp_people_data": ("distinct_id",),
-    "mp_identity_mappings_data": ("distinct_id", "resolved_distinct_id"),
-}
 MAX_PATTERNS = 256  # above this many ids, every line of a part is parsed instead of searched for first
-_KEY_COLUMNS = ("event_name", "distinct_id", "time", "insert_id")
 _loads = orjson.loads
 _dumps = orjson.dumps
 _hash = xxhash.xxh3_128_intdigest
@@ -88,9 +76,9 @@ class Readback:
 
     def columns(self) -> list[tuple[str, str]]:
         """The stored columns with their logical types; the expected type where only nulls were seen."""
-        expected = dict(SCHEMAS[self.table])
+        expected = dict(COLUMNS[self.table])
         if not self.layouts:
-            return list(SCHEMAS[self.table])
+            return list(COLUMNS[self.table])
         layout = max(self.layouts, key=self.layouts.get)
         result = []
         for name in layout:
@@ -132,7 +120,7 @@ def read_part(path: Path, readback: Readback) -> None:
 
 
 def _read_json(path: Path, rb: Readback) -> None:
-    events = rb.table == "mp_master_event"
+    events = rb.table == EVENTS_TABLE
     kinds = rb.kinds
     layouts = rb.layouts
     for n, line in enumerate(iter_part_lines(path), start=1):
@@ -154,8 +142,8 @@ def _read_json(path: Path, rb: Readback) -> None:
             if kind is not None:
                 kinds.setdefault(name, set()).add(kind)
         if events:
-            if row.get("insert_id") is not None:
-                rb.keys.add([row.get(c) for c in _KEY_COLUMNS])
+            if row.get(INSERT_ID) is not None:
+                rb.keys.add([row.get(c) for c in DEDUP_KEY])
         else:
             rb.keys.add(row.get("distinct_id"))
 
@@ -182,8 +170,8 @@ def _read_parquet(path: Path, rb: Readback) -> None:
     rb.layouts[layout] = rb.layouts.get(layout, 0) + parquet.metadata.num_rows
     for f in schema:
         rb.kinds.setdefault(f.name, set()).add(_arrow_kind(f.name, f.type))
-    events = rb.table == "mp_master_event"
-    wanted = [c for c in (_KEY_COLUMNS if events else ("distinct_id",)) if c in layout]
+    events = rb.table == EVENTS_TABLE
+    wanted = [c for c in (DEDUP_KEY if events else ("distinct_id",)) if c in layout]
     for batch in parquet.iter_batches(columns=wanted, batch_size=65536):
         rb.rows += batch.num_rows
         columns = {name: batch.column(name) for name in wanted}
@@ -191,10 +179,10 @@ def _read_parquet(path: Path, rb: Readback) -> None:
             columns["time"] = columns["time"].cast("int64")
         values = {name: col.to_pylist() for name, col in columns.items()}
         if events:
-            inserts = values.get("insert_id", [None] * batch.num_rows)
+            inserts = values.get(INSERT_ID, [None] * batch.num_rows)
             for i, insert_id in enumerate(inserts):
                 if insert_id is not None:
-                    rb.keys.add([values[c][i] if c in values else None for c in _KEY_COLUMNS])
+                    rb.keys.add([values[c][i] if c in values else None for c in DEDUP_KEY])
         else:
             for value in values.get("distinct_id", []):
                 rb.keys.add(value)

@@ -1,9 +1,9 @@
 """BigQuery: Mixpanel's dataset layout, loaded from the staged part files with load jobs.
 
-    mp_master_event                      device_id, distinct_id, event_name, insert_id STRING, properties JSON,
-                                         time TIMESTAMP (UTC), user_id STRING, mp_date DATE (partitioning column)
-    mp_people_data_<suffix>              distinct_id STRING, properties JSON, behind the view mp_people_data_view
-    mp_identity_mappings_data_<suffix>   distinct_id, resolved_distinct_id STRING, behind mp_identity_mappings_data_view
+    mp_master_event                      Mixpanel's columns (schema.py: STRING, JSON, TIMESTAMP holding UTC),
+                                         then mp_date DATE (partitioning column, schema.ADDED_COLUMNS)
+    mp_people_data_<suffix>              Mixpanel's columns, behind the view mp_people_data_view
+    mp_identity_mappings_data_<suffix>   Mixpanel's columns, behind mp_identity_mappings_data_view
     mp_master_event_resolved             view: events + resolved_distinct_id (COALESCE through the mappings view)
     mp_nessie_export_log                 one row per export: table, partition, window, rows, fingerprint, time
 
@@ -45,6 +45,16 @@ from mixpanel_assets.destinations.base import (
     DestinationError,
     WriteResult,
 )
+from mixpanel_assets.schema import (
+    BIGQUERY,
+    DEDUP_KEY,
+    EVENT_COLUMNS,
+    INSERT_ID,
+    TIMESTAMP,
+    USER_COLUMNS,
+    dialect_columns,
+    typed,
+)
 from mixpanel_assets.staging.parts import PartFile
 from mixpanel_assets.staging.stage import StagedRows, StagedTable, StagedWindow
 from mixpanel_assets.windows import PartitionWindow
@@ -55,15 +65,9 @@ STAGING_EXPIRY = dt.timedelta(days=1)
 BIGQUERY_SCOPE = "https://www.googleapis.com/auth/bigquery"
 
 # (name, type) of what readers see, and of what the part files load into.
-EVENT_SCHEMA = (
-    ("device_id", "STRING"), ("distinct_id", "STRING"), ("event_name", "STRING"), ("insert_id", "STRING"),
-    ("properties", "JSON"), ("time", "TIMESTAMP"), ("user_id", "STRING"), ("mp_date", "DATE"),
-)
-EVENT_LOAD_SCHEMA = tuple((n, "FLOAT64" if n == "time" else t) for n, t in EVENT_SCHEMA if n != "mp_date")
-TABLE_SCHEMAS = {
-    PEOPLE_TABLE: (("distinct_id", "STRING"), ("properties", "JSON")),
-    IDENTITY_TABLE: (("distinct_id", "STRING"), ("resolved_distinct_id", "STRING")),
-}
+EVENT_SCHEMA = dialect_columns("bigquery", EVENTS_TABLE)  # Mixpanel's columns, then mp_date
+EVENT_LOAD_SCHEMA = typed(EVENTS_TABLE, {**BIGQUERY, TIMESTAMP: "FLOAT64"})  # the part files: `time` in epoch seconds
+TABLE_SCHEMAS = {table: dialect_columns("bigquery", table) for table in (PEOPLE_TABLE, IDENTITY_TABLE)}
 LOG_SCHEMA = (
     ("exported_at", "TIMESTAMP"), ("pipeline", "STRING"), ("table_name", "STRING"), ("target_table", "STRING"),
     ("partition_key", "STRING"), ("partition_date", "DATE"), ("window_start", "TIMESTAMP"),
@@ -211,9 +215,10 @@ class BigQueryDestination(Destination):
         statements = [f"DELETE FROM {table} WHERE {self._in_window(window)};"]
         if staging is not None:
             columns = ", ".join(n for n, _ in EVENT_SCHEMA)
+            values = ", ".join("t" if kind == TIMESTAMP else n for n, kind in EVENT_COLUMNS)
             statements.append(
                 f"INSERT INTO {table} ({columns}) "
-                f"SELECT device_id, distinct_id, event_name, insert_id, properties, t, user_id, DATE(t, {_str(self.timezone)}) "
+                f"SELECT {values}, DATE(t, {_str(self.timezone)}) "
                 f"FROM (SELECT *, {_EPOCH_MICROS} AS t FROM {self.sql_ref(staging)});"
             )
         statements.append(self._log_sql(EVENTS_TABLE, EVENTS_TABLE, window.partition_key, window.local_date,
@@ -314,7 +319,7 @@ class BigQueryDestination(Destination):
                            f"FROM {table} WHERE {where}")
         duplicates = self._row(
             f"SELECT COUNT(*) AS k, IFNULL(SUM(n - 1), 0) AS extra FROM (SELECT COUNT(*) AS n FROM {table} "
-            f"WHERE {where} AND insert_id IS NOT NULL GROUP BY event_name, distinct_id, time, insert_id "
+            f"WHERE {where} AND {INSERT_ID} IS NOT NULL GROUP BY {', '.join(DEDUP_KEY)} "
             "HAVING COUNT(*) > 1)")
         problems = [f"{counts['misdated']} rows whose mp_date is not the {self.timezone} date of their time"
                     ] if counts["misdated"] else []
@@ -391,8 +396,7 @@ class BigQueryDestination(Destination):
             target = self.sql_ref(current)
             ids = self._load_ids(distinct_ids, Path(work_dir))
             among = f"(SELECT distinct_id FROM {self.sql_ref(ids)})"
-            match = f"(distinct_id IN {among}" + (f" OR resolved_distinct_id IN {among})" if table == IDENTITY_TABLE
-                                                  else ")")
+            match = "(" + " OR ".join(f"{column} IN {among}" for column in USER_COLUMNS[table]) + ")"
             rows = self._count(f"SELECT COUNT(*) FROM {target} WHERE {match}")
             if rows and not dry_run:
                 self._run(self._delete_sql(target, match, rows), "delete the rows")
@@ -590,5 +594,5 @@ class BigQueryDestination(Destination):
 
 
 _LEGACY_TYPES = {"FLOAT": "FLOAT64", "INTEGER": "INT64", "BOOLEAN": "BOOL"}
-_LOGICAL = {"STRING": "STRING", "JSON": "JSON", "TIMESTAMP": "TIMESTAMP"}  # records.EVENT_COLUMNS' names
+_LOGICAL = {declared: logical for logical, declared in BIGQUERY.items()}
 _IDS_SCHEMA = (("distinct_id", "STRING"),)  # the ids a GDPR deletion removes

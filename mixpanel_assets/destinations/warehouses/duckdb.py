@@ -1,9 +1,8 @@
 """DuckDB: the embedded default warehouse, with Mixpanel's three tables.
 
-    mp_master_event            device_id, distinct_id, event_name, insert_id VARCHAR,
-                               properties JSON, time TIMESTAMP (UTC), user_id VARCHAR
-    mp_people_data             distinct_id VARCHAR, properties JSON
-    mp_identity_mappings_data  distinct_id VARCHAR, resolved_distinct_id VARCHAR
+    mp_master_event            Mixpanel's columns (schema.py), in DuckDB's types (schema.DUCKDB:
+    mp_people_data             VARCHAR, JSON, TIMESTAMP holding UTC)
+    mp_identity_mappings_data
     mp_master_event_resolved   view: events + resolved_distinct_id (COALESCE through the mapping)
     mp_export_log              one row per export: table, partition, window, rows, fingerprint, time
 
@@ -28,17 +27,24 @@ from mixpanel_assets.destinations.base import (
     DestinationError,
     WriteResult,
 )
+from mixpanel_assets.schema import (
+    DEDUP_KEY,
+    DUCKDB,
+    INSERT_ID,
+    TABLES,
+    TIMESTAMP,
+    USER_COLUMNS,
+    columns,
+    typed,
+)
 from mixpanel_assets.staging.stage import StagedTable, StagedWindow
 from mixpanel_assets.windows import PartitionWindow
 
 LOCK_TIMEOUT_S = 1800
 
 DDL = {
-    EVENTS_TABLE: """CREATE TABLE IF NOT EXISTS {s}.mp_master_event (
-        device_id VARCHAR, distinct_id VARCHAR, event_name VARCHAR, insert_id VARCHAR,
-        properties JSON, time TIMESTAMP, user_id VARCHAR)""",
-    PEOPLE_TABLE: "CREATE TABLE IF NOT EXISTS {s}.mp_people_data (distinct_id VARCHAR, properties JSON)",
-    IDENTITY_TABLE: "CREATE TABLE IF NOT EXISTS {s}.mp_identity_mappings_data (distinct_id VARCHAR, resolved_distinct_id VARCHAR)",
+    **{table: f"CREATE TABLE IF NOT EXISTS {{s}}.{table} ({', '.join(f'{n} {t}' for n, t in typed(table, DUCKDB))})"
+       for table in TABLES},
     "log": """CREATE TABLE IF NOT EXISTS {s}.mp_export_log (
         table_name VARCHAR, pipeline VARCHAR, partition_key VARCHAR, window_start TIMESTAMP,
         window_end TIMESTAMP, rows BIGINT, fingerprint VARCHAR, exported_at TIMESTAMP)""",
@@ -48,18 +54,23 @@ DDL = {
         LEFT JOIN {s}.mp_identity_mappings_data m ON e.distinct_id = m.distinct_id""",
 }
 
-_EVENT_COLUMNS = (
-    "{'device_id': 'VARCHAR', 'distinct_id': 'VARCHAR', 'event_name': 'VARCHAR', 'insert_id': 'VARCHAR', "
-    "'properties': 'JSON', 'time': 'DOUBLE', 'user_id': 'VARCHAR'}"
-)
-_SELECT_EVENTS = (
-    "SELECT device_id, distinct_id, event_name, insert_id, properties, "
-    "make_timestamp(CAST(round(time * 1000000) AS BIGINT)) AS time, user_id"
-)
-_TABLE_COLUMNS = {
-    PEOPLE_TABLE: ("{'distinct_id': 'VARCHAR', 'properties': 'JSON'}", "distinct_id, properties"),
-    IDENTITY_TABLE: ("{'distinct_id': 'VARCHAR', 'resolved_distinct_id': 'VARCHAR'}", "distinct_id, resolved_distinct_id"),
-}
+_PART_TYPES = {**DUCKDB, TIMESTAMP: "DOUBLE"}  # the part files hold `time` as epoch seconds
+
+
+def _read_json_columns(table: str) -> str:
+    """read_json's `columns` struct: each column as the part files hold it."""
+    return "{" + ", ".join(f"'{n}': '{t}'" for n, t in typed(table, _PART_TYPES)) + "}"
+
+
+def _select_list(table: str) -> str:
+    """The part files' columns as the table's, in its order: epoch seconds become whole microseconds."""
+    return ", ".join(f"make_timestamp(CAST(round({n} * 1000000) AS BIGINT)) AS {n}" if kind == TIMESTAMP else n
+                     for n, kind in columns(table))
+
+
+_EVENT_COLUMNS = _read_json_columns(EVENTS_TABLE)
+_SELECT_EVENTS = "SELECT " + _select_list(EVENTS_TABLE)
+_TABLE_COLUMNS = {table: (_read_json_columns(table), _select_list(table)) for table in (PEOPLE_TABLE, IDENTITY_TABLE)}
 
 
 def connect(path: str | Path, read_only: bool = False):
@@ -213,8 +224,8 @@ class DuckDBDestination(Destination):
             rows = conn.execute(f"SELECT count(*) FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
             keys, extra = conn.execute(
                 f"SELECT count(*), coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {table} "
-                "WHERE time >= ? AND time < ? AND insert_id IS NOT NULL "
-                "GROUP BY event_name, distinct_id, time, insert_id HAVING count(*) > 1)",
+                f"WHERE time >= ? AND time < ? AND {INSERT_ID} IS NOT NULL "
+                f"GROUP BY {', '.join(DEDUP_KEY)} HAVING count(*) > 1)",
                 [start, end],
             ).fetchone()
         return EventWindowReadback(self._location(EVENTS_TABLE), int(rows), int(keys), int(extra), columns)
@@ -263,9 +274,7 @@ class DuckDBDestination(Destination):
         if not distinct_ids or not self.path.exists():
             return Removal(table, None, 0, self._location(table))
         qualified = f"{self.schema}.{table}"
-        where = "distinct_id IN (SELECT distinct_id FROM gdpr_ids)"
-        if table == IDENTITY_TABLE:
-            where += " OR resolved_distinct_id IN (SELECT distinct_id FROM gdpr_ids)"
+        where = " OR ".join(f"{column} IN (SELECT distinct_id FROM gdpr_ids)" for column in USER_COLUMNS[table])
         rows = self._delete(qualified, distinct_ids, where, [], f"SELECT 1 FROM {qualified} WHERE {where}", dry_run,
                             qualified)
         return Removal(table, None, len(rows), self._location(table))
@@ -283,7 +292,7 @@ class DuckDBDestination(Destination):
         return rows
 
 
-_LOGICAL_TYPES = {"VARCHAR": "STRING", "JSON": "JSON", "TIMESTAMP": "TIMESTAMP"}
+_LOGICAL_TYPES = {declared: logical for logical, declared in DUCKDB.items()}
 
 
 def _rollback_quietly(conn) -> None:

@@ -7,14 +7,14 @@ Athena and Hive) reads every file under a table or partition location except nam
 
 Glue, in the database you created (as with Mixpanel):
 
-    mp_master_event            device_id, distinct_id, event_name, insert_id string, properties string
-                               (the JSON text), time double (UTC epoch seconds), user_id string;
+    mp_master_event            Mixpanel's columns (schema.py) in Glue's types (schema.GLUE: string,
+                               properties as its JSON text, time double = UTC epoch seconds);
                                partition key mp_date string = the PROJECT-TIMEZONE date (Mixpanel
                                uses the UTC date here; we keep one date rule everywhere), each
                                partition at its day folder .../mp_master_event/YYYY/MM/DD/ (hourly
                                pipelines: the day folder holding the HH folders, read recursively)
-    mp_people_data             distinct_id, properties string, at .../mp_people_data/
-    mp_identity_mappings_data  distinct_id, resolved_distinct_id string, at .../mp_identity_mappings_data/
+    mp_people_data             Mixpanel's columns, at .../mp_people_data/
+    mp_identity_mappings_data  Mixpanel's columns, at .../mp_identity_mappings_data/
 
 all JSON SerDe (org.openx.data.jsonserde.JsonSerDe) over gzip JSON lines. The tables are created
 or brought up to date before any file is written (a missing database or denied access fails
@@ -33,25 +33,19 @@ from pathlib import Path
 
 from mixpanel_assets.destinations.base import (
     EVENTS_TABLE,
-    IDENTITY_TABLE,
-    PEOPLE_TABLE,
     Destination,
     DestinationError,
     WriteResult,
 )
 from mixpanel_assets.destinations.objects.store import COMPLETE, MANIFEST, Bucket, ObjectStoreDestination
+from mixpanel_assets.schema import GLUE, TABLES, typed
 from mixpanel_assets.staging.stage import StagedTable, StagedWindow
 from mixpanel_assets.windows import PartitionWindow
 
 PARTITION_KEY = "mp_date"
 SCHEMA_MARKER = "mixpanel_assets.external_schema"  # Glue table parameter: "<workgroup>/<database>/<schema>"
 JSON_SERDE = "org.openx.data.jsonserde.JsonSerDe"
-COLUMNS = {
-    EVENTS_TABLE: (("device_id", "string"), ("distinct_id", "string"), ("event_name", "string"),
-                   ("insert_id", "string"), ("properties", "string"), ("time", "double"), ("user_id", "string")),
-    PEOPLE_TABLE: (("distinct_id", "string"), ("properties", "string")),
-    IDENTITY_TABLE: (("distinct_id", "string"), ("resolved_distinct_id", "string")),
-}
+COLUMNS = {table: typed(table, GLUE) for table in TABLES}  # the Glue tables' columns, as the JSON SerDe reads the parts
 _HIDDEN = {MANIFEST: "_" + MANIFEST, COMPLETE: "_" + COMPLETE}
 _SHOWN = {v: k for k, v in _HIDDEN.items()}
 _DONE = {"FINISHED", "FAILED", "ABORTED"}

@@ -2,10 +2,10 @@
 
     MP_MASTER_EVENT_RAW         DATA VARIANT: one exported row per record, `time` as epoch seconds;
                                 clustered by its project-timezone date, as Mixpanel does
-    MP_MASTER_EVENT             view: DEVICE_ID, DISTINCT_ID, EVENT_NAME, INSERT_ID STRING,
-                                PROPERTIES VARIANT, TIME TIMESTAMP_NTZ (UTC), USER_ID STRING
-    MP_PEOPLE_DATA              DISTINCT_ID STRING, PROPERTIES VARIANT
-    MP_IDENTITY_MAPPINGS_DATA   DISTINCT_ID STRING, RESOLVED_DISTINCT_ID STRING
+    MP_MASTER_EVENT             view: Mixpanel's columns (schema.py), upper-cased, in Snowflake's
+                                types (schema.SNOWFLAKE: STRING, VARIANT, TIMESTAMP_NTZ holding UTC)
+    MP_PEOPLE_DATA              Mixpanel's columns, likewise
+    MP_IDENTITY_MAPPINGS_DATA   Mixpanel's columns, likewise
     MP_MASTER_EVENT_RESOLVED    view: events + RESOLVED_DISTINCT_ID (COALESCE through the mappings)
     MP_EXPORT_LOG               one row per export: table, partition, window, rows, fingerprint, time
 
@@ -35,30 +35,61 @@ from mixpanel_assets.destinations.base import (
     DestinationError,
     WriteResult,
 )
+from mixpanel_assets.schema import (
+    DEDUP_KEY,
+    EVENT_COLUMNS,
+    INSERT_ID,
+    JSON,
+    SNOWFLAKE,
+    TABLES,
+    TIMESTAMP,
+    USER_COLUMNS,
+    columns,
+    names,
+    typed,
+)
 from mixpanel_assets.staging.parts import PartFile
 from mixpanel_assets.staging.stage import StagedRows, StagedTable, StagedWindow
 from mixpanel_assets.windows import PartitionWindow
 
 RAW = "MP_MASTER_EVENT_RAW"
-NAMES = {EVENTS_TABLE: "MP_MASTER_EVENT", PEOPLE_TABLE: "MP_PEOPLE_DATA", IDENTITY_TABLE: "MP_IDENTITY_MAPPINGS_DATA"}
+NAMES = {table: table.upper() for table in TABLES}
 RESOLVED = "MP_MASTER_EVENT_RESOLVED"
 LOG = "MP_EXPORT_LOG"
 
-# `time` may carry fractions of a second: scale it to integer microseconds rather than trusting
-# TO_TIMESTAMP's handling of decimals.
-_TIME = "TO_TIMESTAMP_NTZ((DATA:time::NUMBER(38, 6) * 1000000)::NUMBER(38, 0), 6)"
 _EPOCH = "DATA:time::FLOAT"  # the same double the export compared with the window bounds
-_LOGICAL = {"TEXT": "STRING", "VARIANT": "JSON", "TIMESTAMP_NTZ": "TIMESTAMP"}  # records.EVENT_COLUMNS' names
+# information_schema's names for schema.SNOWFLAKE's types (it reports STRING as TEXT)
+_LOGICAL = {"TEXT": "STRING", "VARIANT": "JSON", "TIMESTAMP_NTZ": "TIMESTAMP"}
+
+
+def _from_data(name: str, kind: str) -> str:
+    """A column of a loaded row (one VARIANT, DATA) in the table's type. `time` may carry fractions
+    of a second: it is scaled to integer microseconds rather than trusting TO_TIMESTAMP's handling
+    of decimals."""
+    if kind == TIMESTAMP:
+        return f"TO_TIMESTAMP_NTZ((DATA:{name}::NUMBER(38, 6) * 1000000)::NUMBER(38, 0), 6)"
+    return f"DATA:{name}" if kind == JSON else f"DATA:{name}::{SNOWFLAKE[kind]}"
+
+
+def _raw_key(name: str) -> str:
+    """A dedup key column of MP_MASTER_EVENT_RAW as the export compared it (`time`: its epoch double)."""
+    kind = dict(EVENT_COLUMNS)[name]
+    return _EPOCH if kind == TIMESTAMP else _from_data(name, kind)
+
+
+def _create_table(table: str) -> str:
+    return (f"CREATE TABLE IF NOT EXISTS {{q}}.{NAMES[table]} ("
+            + ", ".join(f"{n.upper()} {t}" for n, t in typed(table, SNOWFLAKE)) + ")")
+
 
 _DDL = (
     ("CREATE TABLE IF NOT EXISTS {q}.MP_MASTER_EVENT_RAW (DATA VARIANT) "
      "CLUSTER BY (TO_DATE(CONVERT_TIMEZONE('UTC', '{tz}', TO_TIMESTAMP_NTZ(DATA:time::NUMBER))))"),
-    ("CREATE VIEW IF NOT EXISTS {q}.MP_MASTER_EVENT AS SELECT "
-     "DATA:device_id::STRING AS DEVICE_ID, DATA:distinct_id::STRING AS DISTINCT_ID, "
-     "DATA:event_name::STRING AS EVENT_NAME, DATA:insert_id::STRING AS INSERT_ID, DATA:properties AS PROPERTIES, "
-     f"{_TIME} AS TIME, DATA:user_id::STRING AS USER_ID FROM {{q}}.MP_MASTER_EVENT_RAW"),
-    "CREATE TABLE IF NOT EXISTS {q}.MP_PEOPLE_DATA (DISTINCT_ID STRING, PROPERTIES VARIANT)",
-    "CREATE TABLE IF NOT EXISTS {q}.MP_IDENTITY_MAPPINGS_DATA (DISTINCT_ID STRING, RESOLVED_DISTINCT_ID STRING)",
+    (f"CREATE VIEW IF NOT EXISTS {{q}}.{NAMES[EVENTS_TABLE]} AS SELECT "
+     + ", ".join(f"{_from_data(n, kind)} AS {n.upper()}" for n, kind in EVENT_COLUMNS)
+     + " FROM {q}.MP_MASTER_EVENT_RAW"),
+    _create_table(PEOPLE_TABLE),
+    _create_table(IDENTITY_TABLE),
     ("CREATE VIEW IF NOT EXISTS {q}.MP_MASTER_EVENT_RESOLVED AS SELECT e.*, "
      "COALESCE(m.RESOLVED_DISTINCT_ID, e.DISTINCT_ID) AS RESOLVED_DISTINCT_ID FROM {q}.MP_MASTER_EVENT e "
      "LEFT JOIN {q}.MP_IDENTITY_MAPPINGS_DATA m ON e.DISTINCT_ID = m.DISTINCT_ID"),
@@ -66,9 +97,9 @@ _DDL = (
      "PARTITION_KEY STRING, PARTITION_DATE DATE, WINDOW_START TIMESTAMP_NTZ, WINDOW_END TIMESTAMP_NTZ, "
      "ROW_COUNT NUMBER, FINGERPRINT STRING)"),
 )
-_FROM_LOAD = {
-    PEOPLE_TABLE: ("DISTINCT_ID, PROPERTIES", "DATA:distinct_id::STRING, DATA:properties"),
-    IDENTITY_TABLE: ("DISTINCT_ID, RESOLVED_DISTINCT_ID", "DATA:distinct_id::STRING, DATA:resolved_distinct_id::STRING"),
+_FROM_LOAD = {  # (the table's columns, the same from a loaded row)
+    table: (", ".join(n.upper() for n in names(table)), ", ".join(_from_data(n, kind) for n, kind in columns(table)))
+    for table in (PEOPLE_TABLE, IDENTITY_TABLE)
 }
 
 
@@ -186,8 +217,8 @@ class SnowflakeDestination(Destination):
             rows = cur.execute(f"SELECT COUNT(*) FROM {self.q}.{RAW} WHERE {in_window}").fetchone()[0]
             keys, extra = cur.execute(
                 f"SELECT COUNT(*), COALESCE(SUM(n - 1), 0) FROM (SELECT COUNT(*) AS n FROM {self.q}.{RAW} "
-                f"WHERE {in_window} AND DATA:insert_id::STRING IS NOT NULL "
-                "GROUP BY DATA:event_name::STRING, DATA:distinct_id::STRING, DATA:time::FLOAT, DATA:insert_id::STRING "
+                f"WHERE {in_window} AND {_raw_key(INSERT_ID)} IS NOT NULL "
+                f"GROUP BY {', '.join(_raw_key(c) for c in DEDUP_KEY)} "
                 "HAVING COUNT(*) > 1)").fetchone()
         return EventWindowReadback(location, int(rows), int(keys), int(extra), columns)
 
@@ -252,8 +283,7 @@ class SnowflakeDestination(Destination):
                 if not self._columns(cur, name):
                     return Removal(table, None, 0, self.location(name))
                 among = f"(SELECT DATA:distinct_id::STRING FROM {self._load_ids(cur, distinct_ids, Path(work_dir))})"
-                match = f"(DISTINCT_ID IN {among}" + (f" OR RESOLVED_DISTINCT_ID IN {among})"
-                                                      if table == IDENTITY_TABLE else ")")
+                match = "(" + " OR ".join(f"{column.upper()} IN {among}" for column in USER_COLUMNS[table]) + ")"
                 rows = cur.execute(f"SELECT COUNT(*) FROM {self.q}.{name} WHERE {match}").fetchone()[0]
                 if rows and not dry_run:
                     self._delete(cur, f"{self.q}.{name}", match, rows)
