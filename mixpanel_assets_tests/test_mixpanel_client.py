@@ -267,6 +267,18 @@ def test_a_cut_stream_is_asked_for_again_by_the_same_retry_layer_and_read_whole(
     assert len(sleeps) == 2 and client.queries == 3  # one loop, one count: the cut and the 503 alike
 
 
+def test_every_retry_takes_a_token_from_the_shared_rate_budget(fake_mixpanel, tmp_path):
+    # Retries are queries: the budget file every run on the machine shares records each attempt.
+    fake_mixpanel.add_events(day_events(3))
+    fake_mixpanel.queue_fault(server_error(503))
+    fake_mixpanel.queue_fault(cut_stream(0))
+    budget = RateBudget(tmp_path / "export.json", 60, 10_000)
+    client = MixpanelClient(PROJECT_ID, USERNAME, SECRET, export_url=fake_mixpanel.url, sleep=Sleeps(),
+                            export_budget=budget)
+    assert len(export_lines(client, the_day())) == 3
+    assert len(RateBudget(tmp_path / "export.json").recorded()) == budget.spent == client.queries == 3
+
+
 @pytest.mark.parametrize("n_events", [5, 400], ids=["plain", "gzip"])
 @pytest.mark.parametrize("after_bytes", [None, 0], ids=["cut-midway", "cut-at-once"])
 def test_a_stream_cut_mid_body_raises_a_stream_error_never_a_short_success(fake_mixpanel, n_events, after_bytes):
