@@ -1,14 +1,16 @@
 """The Export/Engage API client against the fake Mixpanel over real HTTP (requests + urllib3).
 
 Covered: gzip decoding, server-side `event`/`where` filters, Engage paging, retries of 429 and 5xx
-(with the client's sleep injected, so delays are recorded instead of slept), retries exhausted,
-cut and 'terminated early' streams, every error status with Mixpanel's text and no secret,
-residency hosts, and how MixpanelApiSource maps spans to Export API queries.
+through the one retry layer (retry.py, with the client's sleep injected, so delays are recorded
+instead of slept), retries exhausted, cut and 'terminated early' streams, every error status with
+Mixpanel's text and no secret, residency hosts, and how MixpanelApiSource maps spans to Export
+API queries.
 """
 
 import datetime as dt
 import email.utils
 import gzip
+import math
 import zoneinfo
 
 import orjson
@@ -17,12 +19,18 @@ import requests
 
 from mixpanel_assets.mixpanel.client import ExportQuery, MixpanelClient
 from mixpanel_assets.mixpanel.errors import (
-    MixpanelAPIError,
-    MixpanelAuthError,
-    MixpanelRateLimited,
-    MixpanelStreamError,
+    SourceAuthError,
+    SourcePermanentError,
+    SourceStreamError,
+    SourceTransientError,
 )
 from mixpanel_assets.mixpanel.rate_budget import RateBudget
+from mixpanel_assets.mixpanel.retry import (
+    BACKOFF_BASE_SECONDS,
+    RETRY_AFTER_CAP_SECONDS,
+    SourceRetries,
+    retry_after_seconds,
+)
 from mixpanel_assets.mixpanel.sources import MixpanelApiSource, Span
 from mixpanel_assets.transform.records import Origin
 from mixpanel_assets_tests.fake_mixpanel import (
@@ -80,8 +88,14 @@ def client_for(fake: FakeMixpanel, sleeps: Sleeps | None = None, secret: str = S
     )
 
 
-def export_lines(client: MixpanelClient, query: ExportQuery) -> list[bytes]:
+def export_once(client: MixpanelClient, query: ExportQuery) -> list[bytes]:
+    """One attempt, as the client makes it: no retry."""
     return b"".join(client.export_chunks(query)).splitlines()
+
+
+def export_lines(client: MixpanelClient, query: ExportQuery) -> list[bytes]:
+    """The query under the client's retry layer, as staging reads it (each attempt re-reads the body)."""
+    return client.retries.call(lambda: export_once(client, query), query.describe())
 
 
 def the_day(**kwargs) -> ExportQuery:
@@ -196,7 +210,7 @@ def test_5xx_is_retried_with_growing_backoff_then_succeeds(fake_mixpanel):
 def test_5xx_until_retries_run_out_raises_a_retryable_error_naming_the_query(fake_mixpanel):
     fake_mixpanel.queue_fault(server_error(503), times=3)
     client = client_for(fake_mixpanel, max_retries=2)
-    with pytest.raises(MixpanelAPIError) as caught:
+    with pytest.raises(SourceTransientError) as caught:
         export_lines(client, ExportQuery(DAY, DAY + dt.timedelta(days=1)))
     assert caught.value.retryable and caught.value.status == 503
     assert "Export API query for 2024-11-22..2024-11-23" in str(caught.value) and "3 attempts" in str(caught.value)
@@ -205,10 +219,64 @@ def test_5xx_until_retries_run_out_raises_a_retryable_error_naming_the_query(fak
 
 def test_429_until_retries_run_out_raises_rate_limited_with_mixpanels_text(fake_mixpanel):
     fake_mixpanel.queue_fault(rate_limited(retry_after=1), times=2)
-    with pytest.raises(MixpanelRateLimited) as caught:
+    with pytest.raises(SourceTransientError) as caught:
         export_lines(client_for(fake_mixpanel, max_retries=1), the_day())
     assert caught.value.retryable and "Query rate limit exceeded" in str(caught.value)
+    assert caught.value.status == 429 and caught.value.attempts == 2
     assert "Export API query for 2024-11-22" in str(caught.value)
+
+
+@pytest.mark.parametrize("header, low, high", [
+    ("nan", 1.0, 2.0),  # not a number: exponential backoff instead (base 2 s, first wait 1-2 s)
+    ("-5", 0.0, 0.0),  # in the past: now
+    ("1e12", RETRY_AFTER_CAP_SECONDS, RETRY_AFTER_CAP_SECONDS),  # huge: capped
+    ("inf", RETRY_AFTER_CAP_SECONDS, RETRY_AFTER_CAP_SECONDS),
+    ("Fri, 31 Dec 9999 23:59:59 GMT", RETRY_AFTER_CAP_SECONDS, RETRY_AFTER_CAP_SECONDS),
+    ("Mon, 01 Jan 2001 00:00:00 GMT", 0.0, 0.0),
+    ("after lunch", 1.0, 2.0),
+], ids=["nan", "negative", "huge", "inf", "year-9999", "past-date", "garbage"])
+def test_a_nonsensical_retry_after_gives_a_bounded_wait_never_an_error(fake_mixpanel, header, low, high):
+    fake_mixpanel.add_events(day_events(3))
+    fake_mixpanel.queue_fault(rate_limited(retry_after=header))
+    sleeps = Sleeps()
+    assert len(export_lines(client_for(fake_mixpanel, sleeps), the_day())) == 3
+    (slept,) = sleeps
+    assert math.isfinite(slept) and low <= slept <= high
+
+
+def test_retry_after_parsing_accepts_seconds_and_dates_and_ignores_the_rest():
+    now = dt.datetime(2026, 1, 1, tzinfo=UTC)
+    assert retry_after_seconds("7", now) == 7.0 and retry_after_seconds("2.5", now) == 2.5
+    assert retry_after_seconds("Thu, 01 Jan 2026 00:02:00 GMT", now) == 120.0
+    assert retry_after_seconds(None) is None and retry_after_seconds(" ") is None
+    assert retry_after_seconds("nan") is None and retry_after_seconds("-inf") is None
+    assert retry_after_seconds("-3") == 0.0
+    assert SourceRetries().delay(1, float("nan")) <= BACKOFF_BASE_SECONDS  # a NaN that got through still waits a bounded time
+    assert SourceRetries().delay(40, None) <= SourceRetries().backoff_cap  # the backoff is capped too
+
+
+def test_a_cut_stream_is_asked_for_again_by_the_same_retry_layer_and_read_whole(fake_mixpanel):
+    events = day_events(400)
+    fake_mixpanel.add_events(events)
+    fake_mixpanel.queue_fault(cut_stream())
+    fake_mixpanel.queue_fault(server_error(503))
+    sleeps = Sleeps()
+    client = client_for(fake_mixpanel, sleeps)
+    assert [orjson.loads(line) for line in export_lines(client, the_day())] == events
+    assert [r.status for r in fake_mixpanel.export_requests()] == [200, 503, 200]
+    assert len(sleeps) == 2 and client.queries == 3  # one loop, one count: the cut and the 503 alike
+
+
+def test_every_retry_takes_a_token_from_the_shared_rate_budget(fake_mixpanel, tmp_path):
+    # Retries are queries: the budget file every run on the machine shares records each attempt.
+    fake_mixpanel.add_events(day_events(3))
+    fake_mixpanel.queue_fault(server_error(503))
+    fake_mixpanel.queue_fault(cut_stream(0))
+    budget = RateBudget(tmp_path / "export.json", 60, 10_000)
+    client = MixpanelClient(PROJECT_ID, USERNAME, SECRET, export_url=fake_mixpanel.url, sleep=Sleeps(),
+                            export_budget=budget)
+    assert len(export_lines(client, the_day())) == 3
+    assert len(RateBudget(tmp_path / "export.json").recorded()) == budget.spent == client.queries == 3
 
 
 @pytest.mark.parametrize("n_events", [5, 400], ids=["plain", "gzip"])
@@ -216,8 +284,8 @@ def test_429_until_retries_run_out_raises_rate_limited_with_mixpanels_text(fake_
 def test_a_stream_cut_mid_body_raises_a_stream_error_never_a_short_success(fake_mixpanel, n_events, after_bytes):
     fake_mixpanel.add_events(day_events(n_events))
     fake_mixpanel.queue_fault(cut_stream(after_bytes))
-    with pytest.raises(MixpanelStreamError, match="Export API query for 2024-11-22") as caught:
-        export_lines(client_for(fake_mixpanel), the_day())
+    with pytest.raises(SourceStreamError, match="Export API query for 2024-11-22") as caught:
+        export_once(client_for(fake_mixpanel), the_day())
     assert caught.value.retryable
     assert len(export_lines(client_for(fake_mixpanel), the_day())) == n_events  # the connection pool recovered
 
@@ -226,8 +294,8 @@ def test_a_stream_cut_mid_body_raises_a_stream_error_never_a_short_success(fake_
 def test_a_stream_ending_with_export_terminated_early_raises_a_stream_error(fake_mixpanel, n_events):
     fake_mixpanel.add_events(day_events(n_events))
     fake_mixpanel.queue_fault(terminated_early())
-    with pytest.raises(MixpanelStreamError, match="terminated early") as caught:
-        export_lines(client_for(fake_mixpanel), the_day())
+    with pytest.raises(SourceStreamError, match="terminated early") as caught:
+        export_once(client_for(fake_mixpanel), the_day())
     assert caught.value.retryable
 
 
@@ -243,7 +311,7 @@ def test_refused_credentials_raise_an_auth_error_that_names_the_fix_and_hides_th
         fake_mixpanel, username, secret, project_id):
     client = MixpanelClient(project_id, username, secret, export_url=fake_mixpanel.url, engage_url=fake_mixpanel.url,
                             sleep=Sleeps())
-    with pytest.raises(MixpanelAuthError) as caught:
+    with pytest.raises(SourceAuthError) as caught:
         export_lines(client, the_day())
     message = str(caught.value)
     assert caught.value.status == 401 and not caught.value.retryable
@@ -254,24 +322,24 @@ def test_refused_credentials_raise_an_auth_error_that_names_the_fix_and_hides_th
 
 def test_unable_to_authenticate_400_is_an_auth_error_too(fake_mixpanel):
     fake_mixpanel.auth_failure_status = 400
-    with pytest.raises(MixpanelAuthError, match="Unable to authenticate request") as caught:
+    with pytest.raises(SourceAuthError, match="Unable to authenticate request") as caught:
         export_lines(client_for(fake_mixpanel, secret="expired-secret-81c2"), the_day())
     assert "expired-secret-81c2" not in str(caught.value) and not caught.value.retryable
     fake_mixpanel.queue_fault(unable_to_authenticate())
-    with pytest.raises(MixpanelAuthError):
+    with pytest.raises(SourceAuthError):
         export_lines(client_for(fake_mixpanel), the_day())
 
 
 def test_engage_with_refused_credentials_raises_an_auth_error_without_the_secret(fake_mixpanel):
-    with pytest.raises(MixpanelAuthError, match="Engage API page 0") as caught:
+    with pytest.raises(SourceAuthError, match="Engage API page 0") as caught:
         list(client_for(fake_mixpanel, secret="wrong-engage-secret-77").profiles())
     assert "wrong-engage-secret-77" not in str(caught.value)
 
 
 @pytest.mark.parametrize("status, mixpanel_text, hint, error_type", [
-    (402, "Your plan does not include API access", "paid plan", MixpanelAPIError),
-    (403, "Permission denied", f"may not read project {PROJECT_ID}", MixpanelAuthError),
-    (404, "Not found", f"project {PROJECT_ID} or the endpoint was not found", MixpanelAPIError),
+    (402, "Your plan does not include API access", "paid plan", SourcePermanentError),
+    (403, "Permission denied", f"may not read project {PROJECT_ID}", SourceAuthError),
+    (404, "Not found", f"project {PROJECT_ID} or the endpoint was not found", SourcePermanentError),
 ])
 def test_402_403_404_fail_at_once_with_mixpanels_text_and_a_hint(
         fake_mixpanel, status, mixpanel_text, hint, error_type):
@@ -286,7 +354,7 @@ def test_402_403_404_fail_at_once_with_mixpanels_text_and_a_hint(
 
 def test_a_404_with_a_message_body_shows_that_message(fake_mixpanel):
     fake_mixpanel.queue_fault(http_error(404, {"message": "Project does not exist"}))
-    with pytest.raises(MixpanelAPIError, match="Project does not exist"):
+    with pytest.raises(SourcePermanentError, match="Project does not exist"):
         export_lines(client_for(fake_mixpanel), the_day())
 
 
@@ -300,9 +368,10 @@ def test_a_to_date_after_mixpanels_today_is_retryable_because_the_day_will_come(
     # Mixpanel's "today" may be the project's calendar day, which can lag the UTC date of a
     # just-finished window west of UTC: the same query succeeds later, so it must not fail for good.
     fake_mixpanel.today = DAY - dt.timedelta(days=1)
-    with pytest.raises(MixpanelAPIError, match="to_date cannot be later than today") as caught:
+    with pytest.raises(SourceTransientError, match="to_date cannot be later than today") as caught:
         export_lines(client_for(fake_mixpanel), the_day())
     assert caught.value.status == 400 and caught.value.retryable
+    assert len(fake_mixpanel.export_requests()) == 1  # only a later run can help: no query spent on retries
 
 
 # --- Engage API ---------------------------------------------------------------------------------------

@@ -21,16 +21,17 @@ from mixpanel_assets.defs.gdpr_register import ProfilesWithoutDeleted, suppresse
 from mixpanel_assets.defs.partitions import events_partitions_def, windows_for_keys
 from mixpanel_assets.defs.resources import MixpanelSourceResource
 from mixpanel_assets.destinations.registry import io_manager_key, table_location
-from mixpanel_assets.mixpanel.errors import MixpanelAPIError
+from mixpanel_assets.mixpanel.errors import SourceError, SourceTransientError
 from mixpanel_assets.schema import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
 from mixpanel_assets.staging.exports import EventsExportSpec, export_events, export_identity, export_people
 from mixpanel_assets.staging.stage import BadInputError
 
 
 def retry_policy(project: ProjectConfig) -> dg.RetryPolicy | None:
-    """Transient failures (rate limits, 5xx, a cut stream) are retried by the step, with growing
-    delays; permanent ones (bad credentials, malformed data, bad config) raise
-    dg.Failure(allow_retries=False) instead. `project.step_retries` sets the numbers."""
+    """Step retries for what the source's retry layer does not cover (a destination or disk
+    hiccup). Source failures never reach it: the source retried them already (mixpanel/retry.py)
+    and `source_failures_to_dagster` fails the step without retries, so Export API queries are
+    not multiplied. `project.step_retries` sets the numbers."""
     retries = project.step_retries
     if retries.max_retries == 0:
         return None
@@ -63,18 +64,24 @@ def source_specs(project: ProjectConfig) -> list[dg.AssetSpec]:
 
 
 @contextlib.contextmanager
-def failing_permanently_when_retries_cannot_help():
-    """Malformed data and refused requests (bad credentials, a missing project) fail the step
-    without retries: retrying would only spend Export API quota. Transient errors pass through
-    to the step's retry policy."""
+def source_failures_to_dagster():
+    """The one place our source and input errors become Dagster failures, none of them retried
+    by Dagster: a permanent error (refused credentials, no API access, a missing project,
+    malformed data) fails the same way again, and a transient one reaching here has used up the
+    source's retries (or only a later run can help), so a step retry would only spend more of the
+    60 queries/hour. The metadata says which, for the UI and for alerts."""
     try:
         yield
     except BadInputError as exc:
-        raise dg.Failure(description=str(exc), allow_retries=False) from exc
-    except MixpanelAPIError as exc:
-        if not exc.retryable:
-            raise dg.Failure(description=str(exc), allow_retries=False) from exc
-        raise
+        raise dg.Failure(description=str(exc), allow_retries=False,
+                         metadata={"mixpanel/error": "bad_input", "mixpanel/retry_later_helps": False}) from exc
+    except SourceError as exc:
+        metadata = {"mixpanel/error": exc.reason, "mixpanel/retry_later_helps": exc.retryable}
+        if exc.status is not None:
+            metadata["mixpanel/http_status"] = exc.status
+        if isinstance(exc, SourceTransientError):
+            metadata["mixpanel/attempts"] = exc.attempts
+        raise dg.Failure(description=str(exc), allow_retries=False, metadata=metadata) from exc
 
 
 def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Path) -> dg.AssetsDefinition:
@@ -120,7 +127,7 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         run_spec = dataclasses.replace(spec, suppressed_distinct_ids=suppressed_distinct_ids(mixpanel.state_path))
         source = mixpanel.open(context.log)
         try:
-            with failing_permanently_when_retries_cannot_help():
+            with source_failures_to_dagster():
                 staged = export_events(source, windows, run_spec, mixpanel.state(), context.log)
         finally:
             source.close()
@@ -172,7 +179,7 @@ def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
     def mp_people_data(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
         source = ProfilesWithoutDeleted(mixpanel.open(context.log), suppressed_distinct_ids(mixpanel.state_path))
         try:
-            with failing_permanently_when_retries_cannot_help():
+            with source_failures_to_dagster():
                 staged = export_people(source, None, mixpanel.max_bad_fraction, context.log)
         finally:
             source.close()

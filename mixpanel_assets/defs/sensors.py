@@ -29,8 +29,8 @@ import dagster as dg
 from mixpanel_assets.config import PipelineConfig, PipelinesFile, SyncWindow
 from mixpanel_assets.defs.assets import (
     EVENTS_TABLE,
-    failing_permanently_when_retries_cannot_help,
     project_pool,
+    source_failures_to_dagster,
     source_keys,
 )
 from mixpanel_assets.defs.gdpr_register import suppressed_distinct_ids
@@ -315,7 +315,7 @@ def probe_job(pipeline: PipelineConfig, config: PipelinesFile) -> dg.JobDefiniti
                              allow_retries=False)
         source = mixpanel.open(context.log)
         try:
-            with failing_permanently_when_retries_cannot_help():
+            with source_failures_to_dagster():
                 result = probe_source(source, pipeline, project, first, last, context.log,
                                       workers=mixpanel.export_workers, staging_dir=mixpanel.staging_dir,
                                       suppressed_distinct_ids=suppressed_distinct_ids(mixpanel.state_path))

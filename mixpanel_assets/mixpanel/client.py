@@ -4,19 +4,21 @@ Behaviour follows MIXPANEL_SPEC.md sections 4 and 5:
 - residency hosts (US / EU / IN), service-account basic auth plus `project_id`;
 - the export body is streamed (gzip on the wire, decompressed with ISA-L) and handed on in
   chunks, never held whole; a body that is cut, or ends with Mixpanel's literal
-  "export terminated early" line, raises MixpanelStreamError so nothing partial is loaded;
-- 429 and 5xx are retried with exponential backoff, honouring Retry-After; every attempt takes
-  a token from the shared RateBudget first (60 queries/hour, 3/second);
-- 400/401/402/403/404 raise at once with Mixpanel's message; credentials never appear in errors.
+  "export terminated early" line, raises SourceStreamError so nothing partial is loaded;
+- every request takes a token from the shared RateBudget first (60 queries/hour, 3/second), so
+  a retry is a query like any other;
+- 429, 5xx and connection failures raise SourceTransientError (with the server's Retry-After),
+  400/401/402/403/404 raise SourcePermanentError at once with Mixpanel's message; credentials
+  never appear in errors.
+The client sends each request once: `export_chunks` is one attempt, which the caller wraps in
+`self.retries.call` (staging does, so a cut stream is staged again from scratch); Engage pages
+are retried here, one page at a time, by the same SourceRetries (retry.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import json
-import logging
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,12 +27,14 @@ import requests
 from isal import isal_zlib
 
 from mixpanel_assets.mixpanel.errors import (
-    MixpanelAPIError,
-    MixpanelAuthError,
-    MixpanelRateLimited,
-    MixpanelStreamError,
+    SourceAuthError,
+    SourceError,
+    SourcePermanentError,
+    SourceStreamError,
+    SourceTransientError,
 )
 from mixpanel_assets.mixpanel.rate_budget import RateBudget
+from mixpanel_assets.mixpanel.retry import BACKOFF_BASE_SECONDS, DEFAULT_MAX_RETRIES, SourceRetries, retry_after_seconds
 
 HOSTS = {
     "US": ("https://data.mixpanel.com", "https://mixpanel.com"),
@@ -42,8 +46,6 @@ ENGAGE_PATH = "/api/query/engage"
 CHUNK = 1 << 20
 ENGAGE_PAGE_SIZE = 1000
 TERMINATED = b"terminated early"
-
-log = logging.getLogger(__name__)
 
 _TRANSPORT_ERRORS = (
     requests.ConnectionError,
@@ -75,11 +77,11 @@ class MixpanelClient:
         export_url: str | None = None,
         engage_url: str | None = None,
         timeout: float = 300.0,
-        max_retries: int = 6,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         export_budget: RateBudget | None = None,
         engage_budget: RateBudget | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        backoff_base: float = 2.0,
+        backoff_base: float = BACKOFF_BASE_SECONDS,
         credentials_hint: str = "the username/secret env vars named in pipelines.yaml",
     ):
         if residency not in HOSTS:
@@ -89,11 +91,9 @@ class MixpanelClient:
         self.export_url = (export_url or data_host).rstrip("/") + EXPORT_PATH
         self.engage_url = (engage_url or query_host).rstrip("/") + ENGAGE_PATH
         self.timeout = timeout
-        self.max_retries = max_retries
         self.export_budget = export_budget or RateBudget(None, 60, 3)
         self.engage_budget = engage_budget or RateBudget(None, 60, 5)
-        self.sleep = sleep
-        self.backoff_base = backoff_base
+        self.retries = SourceRetries(max_retries, backoff_base, sleep=sleep)
         self.session = requests.Session()
         self.session.auth = (username, secret)
         self.session.headers["User-Agent"] = "mixpanel-assets"
@@ -106,7 +106,10 @@ class MixpanelClient:
     # --- Raw Event Export API -------------------------------------------------------------
 
     def export_chunks(self, query: ExportQuery) -> Iterator[bytes]:
-        """Yield the decompressed response body of one export query in ~1 MB chunks."""
+        """Yield the decompressed response body of one export query in ~1 MB chunks.
+
+        One attempt: a failure raises (SourceTransientError / SourcePermanentError); retrying
+        means calling this again and re-reading the whole body, under `self.retries.call`."""
         params = {
             "project_id": str(self.project_id),
             "from_date": query.from_date.isoformat(),
@@ -136,16 +139,8 @@ class MixpanelClient:
             if where:
                 data["where"] = where
             what = f"Engage API page {page}"
-            response = self._request(
-                "POST", self.engage_url, self.engage_budget, what,
-                params={"project_id": str(self.project_id)}, data=data,
-            )
-            try:
-                body = response.json()
-            except ValueError:
-                raise MixpanelAPIError(f"{what}: response is not JSON: {response.text[:200]!r}", response.status_code)
-            if body.get("status") not in (None, "ok"):
-                raise MixpanelAPIError(f"{what}: Mixpanel says {body.get('error') or body.get('status')!r}")
+            body = self.retries.call(lambda d=data, w=what: self._engage_page(d, w), what,
+                                     action="asking for the page again")
             results = body.get("results") or []
             yield from results
             page_size = int(body.get("page_size") or ENGAGE_PAGE_SIZE)
@@ -154,67 +149,43 @@ class MixpanelClient:
             session_id = body.get("session_id") or session_id
             page = int(body.get("page", page)) + 1
 
-    # --- shared request loop ------------------------------------------------------------------
+    def _engage_page(self, data: dict, what: str) -> dict:
+        """One Engage request and its JSON body (read whole inside the request, so a body cut
+        short surfaces here as a transient connection error and the page is asked for again)."""
+        response = self._request("POST", self.engage_url, self.engage_budget, what,
+                                 params={"project_id": str(self.project_id)}, data=data)
+        try:
+            body = response.json()
+        except ValueError:
+            raise SourcePermanentError(f"{what}: response is not JSON: {response.text[:200]!r}", response.status_code,
+                                       "bad_response") from None
+        if body.get("status") not in (None, "ok"):
+            raise SourcePermanentError(f"{what}: Mixpanel says {body.get('error') or body.get('status')!r}",
+                                       reason="bad_response")
+        return body
+
+    # --- one request ----------------------------------------------------------------------------
 
     def _request(self, method: str, url: str, budget: RateBudget, what: str, **kwargs) -> requests.Response:
-        attempt = 0
-        while True:
-            budget.acquire()
-            self.queries += 1
-            try:
-                response = self.session.request(method, url, timeout=(30, self.timeout), **kwargs)
-            except _TRANSPORT_ERRORS as exc:
-                # A non-streamed body (Engage) is read inside request(), so a connection cut
-                # mid-body surfaces here as ChunkedEncodingError and is retried like a refused one.
-                if attempt >= self.max_retries:
-                    raise MixpanelAPIError(
-                        f"{what}: no complete answer from {url} after {attempt + 1} attempts: {type(exc).__name__}",
-                        retryable=True,
-                    ) from None
-                self._wait(attempt, None, what, f"{type(exc).__name__}")
-                attempt += 1
-                continue
-            status = response.status_code
-            if status == 200:
-                return response
-            message = _error_message(response)
-            response.close()
-            if status == 429 or status >= 500:
-                if attempt >= self.max_retries:
-                    if status == 429:
-                        raise MixpanelRateLimited(f"{what}: still rate-limited after {attempt + 1} attempts: {message}")
-                    raise MixpanelAPIError(
-                        f"{what}: HTTP {status} after {attempt + 1} attempts: {message}", status, retryable=True
-                    )
-                self._wait(attempt, response.headers.get("Retry-After"), what, f"HTTP {status}")
-                attempt += 1
-                continue
-            raise _status_error(status, message, what, self.project_id, self.credentials_hint)
-
-    def _wait(self, attempt: int, retry_after: str | None, what: str, reason: str) -> None:
-        delay = _retry_after_seconds(retry_after)
-        if delay is None:
-            delay = self.backoff_base * (2**attempt) * (0.5 + random.random() / 2)
-        delay = min(delay, 600.0)
-        log.warning("%s: %s, retrying in %.1f s (attempt %d of %d)", what, reason, delay, attempt + 2, self.max_retries + 1)
-        self.sleep(delay)
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After is either seconds or an HTTP date (RFC 9110); anything else means 'use backoff'."""
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return max((when - dt.datetime.now(dt.UTC)).total_seconds(), 0.0)
+        """Send one request (one query of `budget`); anything but 200 raises a SourceError."""
+        budget.acquire()
+        self.queries += 1
+        try:
+            response = self.session.request(method, url, timeout=(30, self.timeout), **kwargs)
+        except _TRANSPORT_ERRORS as exc:
+            raise SourceTransientError(f"{what}: no complete answer from {url}: {type(exc).__name__}",
+                                       reason="connection") from None
+        status = response.status_code
+        if status == 200:
+            return response
+        message = _error_message(response)
+        response.close()
+        if status == 429 or status >= 500:
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            if status == 429:
+                raise SourceTransientError(f"{what}: HTTP 429, rate-limited: {message}", 429, "rate_limited", retry_after)
+            raise SourceTransientError(f"{what}: HTTP {status}: {message}", status, "unavailable", retry_after)
+        raise _status_error(status, message, what, self.project_id, self.credentials_hint)
 
 
 class _Gunzip:
@@ -262,10 +233,10 @@ def _body_chunks(response: requests.Response, what: str) -> Iterator[bytes]:
             tail = (tail + chunk)[-256:]
             yield chunk
     except (requests.RequestException, OSError, isal_zlib.error) as exc:
-        raise MixpanelStreamError(f"{what}: the response stream broke after {received} bytes ({type(exc).__name__}: {exc})") from None
+        raise SourceStreamError(f"{what}: the response stream broke after {received} bytes ({type(exc).__name__}: {exc})") from None
     except Exception as exc:  # urllib3 ProtocolError / IncompleteRead are not RequestExceptions
         if type(exc).__module__.startswith("urllib3") or type(exc).__name__ in ("IncompleteRead", "ProtocolError"):
-            raise MixpanelStreamError(f"{what}: the response stream broke after {received} bytes ({type(exc).__name__})") from None
+            raise SourceStreamError(f"{what}: the response stream broke after {received} bytes ({type(exc).__name__})") from None
         raise
     if decompressor is not None:
         rest = decompressor.flush()
@@ -273,9 +244,9 @@ def _body_chunks(response: requests.Response, what: str) -> Iterator[bytes]:
             tail = (tail + rest)[-256:]
             yield rest
         if not decompressor.eof:
-            raise MixpanelStreamError(f"{what}: the gzip stream ended before its end marker after {received} bytes (cut connection)")
+            raise SourceStreamError(f"{what}: the gzip stream ended before its end marker after {received} bytes (cut connection)")
     if TERMINATED in tail.rstrip().rsplit(b"\n", 1)[-1]:
-        raise MixpanelStreamError(f"{what}: Mixpanel ended the export with 'export terminated early'; the window is incomplete")
+        raise SourceStreamError(f"{what}: Mixpanel ended the export with 'export terminated early'; the window is incomplete")
 
 
 def _error_message(response: requests.Response) -> str:
@@ -290,7 +261,7 @@ def _error_message(response: requests.Response) -> str:
 
 
 def _status_error(status: int, message: str, what: str, project_id: int,
-                  credentials_hint: str = "the env vars named in pipelines.yaml") -> MixpanelAPIError:
+                  credentials_hint: str = "the env vars named in pipelines.yaml") -> SourceError:
     hint = {
         400: "Mixpanel rejected the request",
         401: f"the service account credentials were refused; check {credentials_hint}",
@@ -301,13 +272,15 @@ def _status_error(status: int, message: str, what: str, project_id: int,
     text = f"{what}: HTTP {status}: {message!r} ({hint})"
     if status == 400 and "later than today" in message.lower():
         # Mixpanel checks to_date against its own calendar day, which can lag the UTC date of a
-        # window that just ended (projects west of UTC); the same query succeeds a few hours later.
-        return MixpanelAPIError(
+        # window that just ended (projects west of UTC); the same query succeeds a few hours later,
+        # not a few seconds later, so only a later run can help.
+        return SourceTransientError(
             f"{what}: HTTP 400: {message!r} (the window's last UTC date has not begun in Mixpanel's "
-            "calendar yet; the run can be retried later)", status, retryable=True,
+            "calendar yet; the run can be retried later)", status, "not_yet", retry_now=False,
         )
     if status == 401 or status == 403 or (status == 400 and "authenticate" in message.lower()):
         if status == 400:
             text = f"{what}: HTTP 400: {message!r} (the service account credentials were refused; check {credentials_hint})"
-        return MixpanelAuthError(text, status)
-    return MixpanelAPIError(text, status)
+        return SourceAuthError(text, status)
+    reason = {400: "bad_request", 402: "payment", 404: "config"}.get(status, "unexpected")
+    return SourcePermanentError(text, status, reason)

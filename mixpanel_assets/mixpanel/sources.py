@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 
 from mixpanel_assets.mixpanel.client import ExportQuery, MixpanelClient
+from mixpanel_assets.mixpanel.retry import NO_RETRIES, SourceRetries
 from mixpanel_assets.transform.records import LocalFile, Origin
 
 UTC = dt.UTC
@@ -34,6 +35,7 @@ class Span:
 class EventSource:
     description = "source"
     queries = 0
+    retries: SourceRetries = NO_RETRIES  # how a read of this source is retried (retry.py)
 
     def event_chunks(self, span: Span, events: tuple[str, ...] | None = None, where: str | None = None) -> Iterator[bytes]:
         raise NotImplementedError
@@ -66,6 +68,10 @@ class MixpanelApiSource(EventSource):
     @property
     def queries(self) -> int:  # type: ignore[override]
         return self.client.queries
+
+    @property
+    def retries(self) -> SourceRetries:  # type: ignore[override]
+        return self.client.retries
 
     def export_query(self, span: Span, events=None, where=None) -> ExportQuery:
         """Map a UTC span to the Export API's inclusive from_date/to_date (+ a time filter).

@@ -13,7 +13,7 @@ import zoneinfo
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from mixpanel_assets.mixpanel.errors import MixpanelStreamError
+from mixpanel_assets.mixpanel.errors import SourceStreamError
 from mixpanel_assets.mixpanel.sources import EventSource, Span
 from mixpanel_assets.schema import IDENTITY_COLUMNS
 from mixpanel_assets.staging.scratch import scratch_folder
@@ -28,8 +28,6 @@ from mixpanel_assets.staging.stage import (
 from mixpanel_assets.transform.link_store import StateStore
 from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, BadLine, profile_row
 from mixpanel_assets.windows import PartitionWindow, Window, query_spans
-
-STREAM_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -55,14 +53,19 @@ def _inputs_for_spans(source: EventSource, spans, spec: EventsExportSpec) -> Ite
 def stage_source(source: EventSource, spans, windows: list[Window], keys: list[str], spec: EventsExportSpec,
                  describe: str, log: logging.Logger, *, write_rows: bool = True, progress=None,
                  retrying: str = "exporting the span again") -> StagedEvents:
-    """Stage the source's events of `spans` into `windows`, reading the spans again if the stream
-    is cut (each attempt is one more query); the same parsing, dedup, filters and bad-line policy
-    for an export and for a sync probe, so their fingerprints compare."""
+    """Stage the source's events of `spans` into `windows`; the same parsing, dedup, filters and
+    bad-line policy for an export and for a sync probe, so their fingerprints compare.
+
+    One attempt queries the spans and stages them from scratch: a cut stream cannot be resumed,
+    so after a transient failure (429, 5xx, a cut or 'terminated early' stream) the source's
+    retry layer (mixpanel/retry.py) runs the whole attempt again; each attempt is one more query
+    per span it reached. This is the only retry of an export or a probe."""
     client_filter = spec.events if (spec.events and not source.filters_events_server_side()) else None
     queries_before = source.queries
-    for attempt in range(1, STREAM_ATTEMPTS + 1):
+
+    def attempt() -> StagedEvents:
         try:
-            staged = stage_events(
+            return stage_events(
                 _inputs_for_spans(source, spans, spec),
                 windows,
                 keys,
@@ -77,15 +80,12 @@ def stage_source(source: EventSource, spans, windows: list[Window], keys: list[s
                 progress=progress,
                 suppressed_distinct_ids=spec.suppressed_distinct_ids,
             )
-        except (ExportStreamError, MixpanelStreamError) as exc:
-            if attempt == STREAM_ATTEMPTS:
-                raise
-            log.warning(f"{exc}; {retrying} (attempt {attempt + 1} of {STREAM_ATTEMPTS})")
-            time.sleep(min(30, 2**attempt))
-            continue
-        staged.queries = source.queries - queries_before
-        return staged
-    raise AssertionError("unreachable")
+        except ExportStreamError as exc:  # staging saw Mixpanel's 'terminated early' line
+            raise SourceStreamError(str(exc)) from exc
+
+    staged = source.retries.call(attempt, describe, log, action=retrying)
+    staged.queries = source.queries - queries_before
+    return staged
 
 
 def export_events(source: EventSource, windows: list[PartitionWindow], spec: EventsExportSpec,
