@@ -77,7 +77,7 @@ def top_event_properties(events: list[dict], fields: dict[str, str]) -> dict:
     counts: Counter[str] = Counter()
     for event in events:
         if event.get("event") == name:
-            counts.update(event.get("properties") or {})
+            counts.update((event.get("properties") or {}).keys())
     return {prop: {"count": count} for prop, count in counts.most_common(_limit(fields, 10))}
 
 

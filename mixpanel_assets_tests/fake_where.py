@@ -258,6 +258,7 @@ class _Parser:
         while pos < end:
             match = _TOKEN.match(text, pos)
             if not match or match.end() == pos:
+                pos = len(text) - len(text[pos:].lstrip())
                 raise WhereError(f"invalid where expression {text!r}: cannot read {text[pos:pos + 12]!r} "
                                  f"at position {pos}")
             kind = match.lastgroup
