@@ -259,7 +259,7 @@ class FakeMixpanel:
             self.engage_limits = (5, 60)  # Query API: 60/hour; 5 is its concurrency cap, used per second here
             self.auth_failure_status = 401  # set 400 to answer bad credentials like "Unable to authenticate"
             self.clock: Callable[[], float] = time.monotonic  # of the rate limits; freeze it for exact tests
-            self.now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)  # of "today"
+            self.now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)  # of "today"
             self.gzip_member_bytes: int | None = None  # start a new gzip member every N body bytes
 
     def start(self) -> "FakeMixpanel":

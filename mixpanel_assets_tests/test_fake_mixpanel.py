@@ -92,7 +92,7 @@ def test_the_request_log_never_holds_a_project_secret(fake_mixpanel):
 def test_to_date_later_than_today_is_judged_on_the_project_timezones_date(fake_mixpanel, timezone, now_utc, to_date,
                                                                         status):
     fake_mixpanel.set_timezone(timezone)
-    fake_mixpanel.now = lambda: dt.datetime.fromisoformat(now_utc).replace(tzinfo=dt.timezone.utc)
+    fake_mixpanel.now = lambda: dt.datetime.fromisoformat(now_utc).replace(tzinfo=dt.UTC)
     response = export(fake_mixpanel, (USERNAME, SECRET), project_id=PROJECT_ID, from_date="2024-11-22",
                       to_date=to_date)
     assert response.status_code == status
