@@ -1,5 +1,9 @@
 """A fake Mixpanel that speaks the Raw Event Export API and the Engage API over real HTTP.
 
+Modules beside it: fake_where.py (segmentation expressions, the `where` of both APIs) and
+fake_queries.py (the Query API reads schema-discovering tools make: top event properties,
+profile properties, cohorts).
+
 Why it exists: the client, the assets and the data-sync sensor must be proven against the wire
 protocol (Basic auth, chunked gzip streams, paging, error bodies, cut connections), not against
 mocks of our own code. It follows MIXPANEL_SPEC.md sections 4 and 5 and binds to 127.0.0.1 on a
@@ -12,6 +16,7 @@ free port, in a thread of the test process.
         mp.add_events(late, ingested_at_ms=...)       # late arrival / back-dated /import
         mp.delete_distinct_ids(["u1"])                # a GDPR deletion (events and profile)
         mp.add_profiles([{"$distinct_id": "u1", "$properties": {...}}])
+        mp.add_cohort(7, "Pro users", where='user["plan"] == "pro"')
         mp.queue_fault(rate_limited(retry_after=2))   # the next export request gets a 429
         mp.queue_fault(cut_stream(), times=2)         # ...and the two after it are cut mid-body
         mp.queue_fault(api="engage")                  # no faults: the next Engage request is clean
@@ -21,20 +26,29 @@ free port, in a thread of the test process.
         pipelines_yaml_project["source"] = mp.source_config("USER_ENV", "SECRET_ENV")
 
 Behaviour worth knowing:
-- Export: `GET /api/2.0/export`, Basic auth (service account) plus `project_id`; dates are UTC days
-  of each event's `time` (for legacy projects store the shifted local epoch, as Mixpanel does);
-  `event` (JSON array), `where` (see `parse_where`), `limit`, `time_in_ms`; lines in time order,
-  duplicates included; chunked, gzip when asked for and the body is over 1400 bytes.
+- Auth (every API): Basic with the service account plus `project_id`, or with the project secret
+  (`project_secret_of(pid)`, default PROJECT_SECRET) as username, empty password, no `project_id`
+  needed, as Mixpanel accepts until 2027-03-03. The request log shows "(project secret)" for it.
+- Export: `GET /api/2.0/export`; dates are UTC days of each event's `time` (for legacy projects
+  store the shifted local epoch, as Mixpanel does); `event` (JSON array), `where` (fake_where.py;
+  a malformed one is a 400), `limit`, `time_in_ms`; lines in time order, duplicates included,
+  each event exactly as stored; chunked, gzip when asked for and the body is over 1400 bytes.
 - Engage: `POST /api/query/engage` (and the older `/api/2.0/engage`), form fields `page`,
   `session_id`, `page_size` (capped by `engage_page_size`), `where`, `distinct_id(s)`,
-  `output_properties`; a session keeps the page-0 snapshot so paging is stable under changes.
+  `output_properties`, `filter_by_cohort`; a session keeps the page-0 snapshot so paging is
+  stable under changes.
+- Query API reads (fake_queries.py): `/api/2.0/events/properties/top`, `/api/2.0/engage/properties`,
+  `/api/2.0/cohorts/list`, also under `/api/query/`; they share Engage's rate budget.
 - Faults are queued per API and consumed one per request in arrival order, whatever the request
   (a request that fails auth still consumes one). Several faults queued together apply to the same
   request: the first status fault wins; body faults (cut, terminated early, malformed, split) combine.
 - `gzip_member_bytes` makes a gzip body several concatenated members, as streaming servers emit.
-- `today` (default: the real UTC date) bounds `to_date`; `enforce_rate_limits` turns on 429s at
+- `today` (default: the date now in the project's timezone, `set_timezone`, default UTC; `now`
+  can be replaced) bounds `to_date`; `enforce_rate_limits` turns on 429s at
   3 queries/second and 60/hour per project (Engage: 60/hour), off by default, timed by `clock`.
 - Settings changed on the instance last until `reset()` (the fixture resets between tests).
+- The request log's `status` is set before the first response byte, so it is there for a test
+  that reads the log as soon as its client has the answer.
 """
 
 from __future__ import annotations
@@ -52,6 +66,7 @@ import string
 import threading
 import time
 import zlib
+import zoneinfo
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -60,9 +75,24 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from mixpanel_assets_tests.fake_queries import (
+    COHORTS_PATHS,
+    PROFILE_PROPERTIES_PATHS,
+    QUERY_PATHS,
+    TOP_PROPERTIES_PATHS,
+    Cohort,
+    QueryError,
+    cohorts_list,
+    profile_properties,
+    top_event_properties,
+)
+from mixpanel_assets_tests.fake_where import Node, WhereError, parse_where, selects
+
 PROJECT_ID = 4242
 USERNAME = "fake-sa.1a2b3c.mp-service-account"
 SECRET = "fake-secret-do-not-log-7f3e9c"
+PROJECT_SECRET = "fake-project-secret-0d9e8f7a6b5c"  # the project's API secret (retired 2027-03-03)
+PROJECT_SECRET_USER = "(project secret)"  # what the request log shows instead of a project secret
 
 EXPORT_PATH = "/api/2.0/export"
 ENGAGE_PATHS = ("/api/query/engage", "/api/2.0/engage")
@@ -149,221 +179,30 @@ def split_line(index: int = 0) -> Fault:
     return Fault("split", index=index)
 
 
-# --- the `where` expression subset -----------------------------------------------------------
-
-
-class WhereError(ValueError):
-    """The `where` expression is outside the supported subset or malformed (answered with 400)."""
-
-
-_UNDEFINED = object()
-_TOKEN = re.compile(
-    r"""\s*(?:
-      (?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
-    | (?P<str>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')
-    | (?P<op>==|!=|<=|>=|<|>|\(|\)|\[|\])
-    | (?P<name>[A-Za-z_][A-Za-z_0-9]*)
-    )""",
-    re.VERBOSE,
-)
-_REFS = ("properties", "event", "user")
-_COMPARE: dict[str, Callable[[object, object], bool]] = {
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
-}
-
-Record = tuple[dict, float]  # (properties, time in seconds)
-Node = Callable[[Record], object]
-
-
-def parse_where(text: str) -> Node:
-    """Compile a segmentation expression to a function of (properties, time); no eval anywhere.
-
-    Supported: `properties["x"]` (also `event["x"]`, `user["x"]`; `"$time"` is the event's
-    time), string/number/true/false literals, `datetime(<epoch seconds>)` and
-    `datetime("YYYY-MM-DDTHH:MM:SS")` (UTC), `defined(properties["x"])`, `==, !=, <, <=, >, >=`,
-    `and`, `or`, `not`, parentheses. An undefined property compares unequal to everything.
-    """
-    tokens = _tokenize(text)
-    parser = _Parser(tokens, text)
-    node = parser.expression()
-    if parser.pos != len(tokens):
-        raise WhereError(f"unexpected {tokens[parser.pos][1]!r} in where expression {text!r}")
-    return node
-
-
-def _tokenize(text: str) -> list[tuple[str, object]]:
-    tokens: list[tuple[str, object]] = []
-    pos = 0
-    text = text.rstrip()
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        if not match or match.end() == pos:
-            raise WhereError(f"cannot parse where expression {text!r} at position {pos}")
-        pos = match.end()
-        kind = match.lastgroup
-        value = match.group(kind)
-        if kind == "num":
-            tokens.append(("lit", float(value) if any(c in value for c in ".eE") else int(value)))
-        elif kind == "str":
-            tokens.append(("lit", _unquote(value)))
-        elif kind == "op":
-            tokens.append(("op", value))
-        else:
-            tokens.append(("name", value))
-    return tokens
-
-
-def _unquote(token: str) -> str:
-    inner = token[1:-1]
-    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), inner)
-
-
-class _Parser:
-    def __init__(self, tokens: list[tuple[str, object]], text: str):
-        self.tokens = tokens
-        self.text = text
-        self.pos = 0
-
-    def peek(self) -> tuple[str, object] | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
-
-    def take(self, kind: str, value: object = None) -> object:
-        token = self.peek()
-        if token is None or token[0] != kind or (value is not None and token[1] != value):
-            found = "the end" if token is None else repr(token[1])
-            raise WhereError(f"expected {value or kind} but found {found} in where expression {self.text!r}")
-        self.pos += 1
-        return token[1]
-
-    def accept(self, kind: str, value: object) -> bool:
-        if self.peek() == (kind, value):
-            self.pos += 1
-            return True
-        return False
-
-    def expression(self) -> Node:
-        node = self.conjunction()
-        while self.accept("name", "or"):
-            left, right = node, self.conjunction()
-            node = lambda r, a=left, b=right: _truthy(a(r)) or _truthy(b(r))  # noqa: E731
-        return node
-
-    def conjunction(self) -> Node:
-        node = self.negation()
-        while self.accept("name", "and"):
-            left, right = node, self.negation()
-            node = lambda r, a=left, b=right: _truthy(a(r)) and _truthy(b(r))  # noqa: E731
-        return node
-
-    def negation(self) -> Node:
-        if self.accept("name", "not"):
-            inner = self.negation()
-            return lambda r: not _truthy(inner(r))
-        return self.comparison()
-
-    def comparison(self) -> Node:
-        left = self.operand()
-        token = self.peek()
-        if token and token[0] == "op" and token[1] in _COMPARE:
-            self.pos += 1
-            right = self.operand()
-            return lambda r, op=token[1]: _compare(op, left(r), right(r))
-        return left
-
-    def operand(self) -> Node:
-        token = self.peek()
-        if token is None:
-            raise WhereError(f"where expression {self.text!r} ends too early")
-        kind, value = token
-        if kind == "lit":
-            self.pos += 1
-            return lambda r: value
-        if kind == "op" and value == "(":
-            self.pos += 1
-            node = self.expression()
-            self.take("op", ")")
-            return node
-        if kind == "name" and value in ("true", "false"):
-            self.pos += 1
-            return lambda r: value == "true"
-        if kind == "name" and value in _REFS:
-            return self.reference()
-        if kind == "name" and value == "defined":
-            self.pos += 1
-            self.take("op", "(")
-            ref = self.reference()
-            self.take("op", ")")
-            return lambda r: ref(r) is not _UNDEFINED
-        if kind == "name" and value == "datetime":
-            self.pos += 1
-            self.take("op", "(")
-            arg = self.take("lit")
-            self.take("op", ")")
-            seconds = _datetime_seconds(arg, self.text)
-            return lambda r: seconds
-        raise WhereError(f"unsupported {value!r} in where expression {self.text!r}")
-
-    def reference(self) -> Node:
-        self.take("name")
-        self.take("op", "[")
-        name = self.take("lit")
-        self.take("op", "]")
-        if not isinstance(name, str):
-            raise WhereError(f"property names are strings, not {name!r}, in where expression {self.text!r}")
-        if name == "$time":
-            return lambda r: r[1]
-        return lambda r: r[0].get(name, _UNDEFINED)
-
-
-def _datetime_seconds(arg: object, text: str) -> float:
-    if isinstance(arg, (int, float)):
-        return arg
-    try:
-        moment = dt.datetime.fromisoformat(str(arg))
-    except ValueError:
-        raise WhereError(f"bad datetime({arg!r}) in where expression {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.timestamp()
-
-
-def _truthy(value: object) -> bool:
-    return value is not _UNDEFINED and bool(value)
-
-
-def _compare(op: str, a: object, b: object) -> bool:
-    if a is _UNDEFINED or b is _UNDEFINED:
-        return op == "!="
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
-    if numbers or (type(a) is type(b) and isinstance(a, str)):
-        return _COMPARE[op](a, b)
-    if op in ("==", "!="):
-        return _COMPARE[op](a, b)
-    return False
-
-
 # --- the store --------------------------------------------------------------------------------
 
 
 @dataclass
 class _Project:
+    secret: str  # the project secret: Basic username, empty password, no project_id
+    timezone: str = "UTC"  # judges "to_date later than today"
     events: list[tuple[float, int, dict]] = field(default_factory=list)  # (time, seq, event)
     profiles: dict[str, dict] = field(default_factory=dict)  # distinct_id -> $properties
     sessions: dict[str, list[dict]] = field(default_factory=dict)
     spent: dict[str, deque] = field(default_factory=dict)  # api -> monotonic stamps (rate limits)
+    cohorts: dict[int, Cohort] = field(default_factory=dict)
 
 
 @dataclass
 class RecordedRequest:
-    """One request as the fake saw it; `status` is what it answered (None while streaming)."""
+    """One request as the fake saw it; `status` is set before the first response byte is written."""
 
-    api: str  # "export" | "engage" | "other"
+    api: str  # "export" | "engage" | "query" (fake_queries.py) | "other"
     method: str
     path: str
     params: dict[str, str]
     form: dict[str, str]
-    user: str | None
+    user: str | None  # the Basic username (a service account, or a project secret)
     at: float  # wall clock, epoch seconds
     headers: dict[str, str] = field(default_factory=dict)  # request headers, Authorization left out
     status: int | None = None
@@ -391,10 +230,13 @@ class FakeMixpanel:
     """The fake server plus its in-memory data; see the module docstring for the whole API."""
 
     def __init__(self, project_id: int = PROJECT_ID, username: str = USERNAME, secret: str = SECRET, *,
-                 today: dt.date | None = None, engage_page_size: int = 1000, enforce_rate_limits: bool = False):
+                 project_secret: str = PROJECT_SECRET, timezone: str = "UTC", today: dt.date | None = None,
+                 engage_page_size: int = 1000, enforce_rate_limits: bool = False):
         self.project_id = project_id
         self.username = username
         self.secret = secret
+        self.project_secret = project_secret
+        self.timezone = str(zoneinfo.ZoneInfo(timezone))
         self._defaults = dict(today=today, engage_page_size=engage_page_size, enforce_rate_limits=enforce_rate_limits)
         self._lock = threading.RLock()
         self._seq = 0
@@ -407,7 +249,7 @@ class FakeMixpanel:
     def reset(self) -> None:
         """Forget data, faults, sessions and the request log; restore the constructor's settings."""
         with self._lock:
-            self._projects: dict[int, _Project] = {self.project_id: _Project()}
+            self._projects: dict[int, _Project] = {self.project_id: _Project(self.project_secret, self.timezone)}
             self._faults: dict[str, deque[tuple[Fault, ...]]] = {"export": deque(), "engage": deque()}
             self._requests: list[RecordedRequest] = []
             self.today: dt.date | None = self._defaults["today"]
@@ -417,6 +259,7 @@ class FakeMixpanel:
             self.engage_limits = (5, 60)  # Query API: 60/hour; 5 is its concurrency cap, used per second here
             self.auth_failure_status = 401  # set 400 to answer bad credentials like "Unable to authenticate"
             self.clock: Callable[[], float] = time.monotonic  # of the rate limits; freeze it for exact tests
+            self.now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)  # of "today"
             self.gzip_member_bytes: int | None = None  # start a new gzip member every N body bytes
 
     def start(self) -> "FakeMixpanel":
@@ -462,9 +305,30 @@ class FakeMixpanel:
 
     # data
 
-    def add_project(self, project_id: int) -> None:
+    def add_project(self, project_id: int, secret: str | None = None, timezone: str = "UTC") -> None:
+        """Another project (same service account); its project secret defaults to one of its own."""
+        zoneinfo.ZoneInfo(timezone)
         with self._lock:
-            self._projects.setdefault(project_id, _Project())
+            self._projects.setdefault(project_id, _Project(secret or f"fake-project-secret-{project_id}", timezone))
+
+    def set_timezone(self, timezone: str, project_id: int | None = None) -> None:
+        """The project's timezone (until reset): Mixpanel judges to_date against today there."""
+        zoneinfo.ZoneInfo(timezone)
+        with self._lock:
+            self._project(project_id).timezone = timezone
+
+    def project_secret_of(self, project_id: int | None = None) -> str:
+        return self._project(project_id).secret
+
+    def add_cohort(self, cohort_id: int, name: str, where: str | None = None, distinct_ids: Iterable[str] | None = None,
+                   description: str = "", created: str = "2024-01-01 00:00:00", is_visible: bool = True,
+                   project_id: int | None = None) -> None:
+        """A saved cohort: the profiles `where` selects (and, if given, only those ids), counted live."""
+        node = parse_where(where) if where else None
+        ids = frozenset(str(i) for i in distinct_ids) if distinct_ids is not None else None
+        with self._lock:
+            self._project(project_id).cohorts[cohort_id] = Cohort(
+                cohort_id, name, where, node, ids, description, created, is_visible)
 
     def _project(self, project_id: int | None) -> _Project:
         pid = self.project_id if project_id is None else project_id
@@ -474,13 +338,12 @@ class FakeMixpanel:
 
     def add_events(self, events: Iterable[dict | bytes | str], ingested_at_ms: int | None = None,
                    project_id: int | None = None) -> int:
-        """Store events (dicts or JSON lines); returns how many.
+        """Store events (dicts or JSON lines); returns how many. They are served exactly as stored.
 
-        `ingested_at_ms` overrides `mp_processing_time_ms` on every event: that is how a test
-        models a late arrival or a back-dated /import into a day already exported. Events that
-        carry no `mp_processing_time_ms` at all get the current time. Events are copied.
+        `ingested_at_ms` sets `mp_processing_time_ms` on every event: that is how a test models a
+        late arrival or a back-dated /import into a day already exported. Without it an event
+        keeps what it has, none included (older exports and imports carry none). Events are copied.
         """
-        now_ms = int(time.time() * 1000)
         stored = []
         for item in events:
             event = _as_event(item)
@@ -488,8 +351,6 @@ class FakeMixpanel:
             props = event["properties"]
             if ingested_at_ms is not None:
                 props["mp_processing_time_ms"] = int(ingested_at_ms)
-            else:
-                props.setdefault("mp_processing_time_ms", now_ms)
             stored.append((seconds, event))
         with self._lock:
             project = self._project(project_id)
@@ -582,8 +443,10 @@ class FakeMixpanel:
             queue = self._faults.get(api)
             return queue.popleft() if queue else ()
 
-    def _today(self) -> dt.date:
-        return self.today or dt.datetime.now(dt.timezone.utc).date()
+    def _today(self, project_id: int | None = None) -> dt.date:
+        """Today in the project's timezone, as Mixpanel judges "to_date cannot be later than today"."""
+        zone = zoneinfo.ZoneInfo(self._project(project_id).timezone)
+        return self.today or self.now().astimezone(zone).date()
 
     def _check_rate(self, api: str, project_id: int) -> float | None:
         """Seconds until the next query is allowed, or None when it fits (and is then counted)."""
@@ -612,19 +475,38 @@ class FakeMixpanel:
         for seconds, _, event in entries:
             if names is not None and event.get("event") not in names:
                 continue
-            if where is not None and not _truthy(where((event["properties"], seconds))):
+            if where is not None and not selects(where, (event["properties"], seconds)):
                 continue
             selected.append(event)
             if limit is not None and len(selected) >= limit:
                 break
         return selected
 
-    def _engage_snapshot(self, project_id: int, where: Node | None, ids: set[str] | None) -> list[dict]:
+    def _query(self, project_id: int, path: str, fields: dict[str, str]) -> object:
+        """The body of a Query API read (fake_queries.py), from a snapshot of the stored data."""
         with self._lock:
-            items = [(k, copy.deepcopy(v)) for k, v in self._projects[project_id].profiles.items()]
+            project = self._projects[project_id]
+            if path in TOP_PROPERTIES_PATHS:
+                events = [entry[2] for entry in project.events]
+                return top_event_properties(events, fields)
+            if path in PROFILE_PROPERTIES_PATHS:
+                return profile_properties(project.profiles, fields)
+            assert path in COHORTS_PATHS
+            return cohorts_list(project.cohorts, project.profiles, project_id)
+
+    def _engage_snapshot(self, project_id: int, where: Node | None, ids: set[str] | None,
+                         cohort_id: int | None = None) -> list[dict]:
+        with self._lock:
+            project = self._projects[project_id]
+            items = [(k, copy.deepcopy(v)) for k, v in project.profiles.items()]
+            if cohort_id is not None:
+                if cohort_id not in project.cohorts:
+                    raise _BadRequest(f"filter_by_cohort: project {project_id} has no cohort {cohort_id}")
+                members = set(project.cohorts[cohort_id].members(project.profiles))
+                ids = members if ids is None else ids & members
         return [
             {"$distinct_id": k, "$properties": v} for k, v in items
-            if (ids is None or k in ids) and (where is None or _truthy(where((v, 0.0))))
+            if (ids is None or k in ids) and (where is None or selects(where, (v, None)))
         ]
 
 
@@ -671,11 +553,14 @@ class _Handler(BaseHTTPRequestHandler):
         if raw and "json" not in (self.headers.get("Content-Type") or ""):
             form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
         user, password = self._basic_auth()
-        api = "export" if url.path == EXPORT_PATH else "engage" if url.path in ENGAGE_PATHS else "other"
-        faults = self.fake._next_faults(api) if api != "other" else ()
+        path = url.path.rstrip("/") or "/"
+        api = ("export" if path == EXPORT_PATH else "engage" if path in ENGAGE_PATHS
+               else "query" if path in QUERY_PATHS else "other")
+        faults = self.fake._next_faults(api) if api in ("export", "engage") else ()
         headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
+        logged_user = PROJECT_SECRET_USER if user and not password else user  # a project secret stays out of the log
         record = self.fake._record(
-            RecordedRequest(api, self.command, url.path, params, form, user, time.time(), headers), faults)
+            RecordedRequest(api, self.command, url.path, params, form, logged_user, time.time(), headers), faults)
         try:
             if api == "other":
                 return self._send(record, 404, {"error": f"unknown path {url.path}", "status": "error"})
@@ -689,17 +574,21 @@ class _Handler(BaseHTTPRequestHandler):
             if project_id is None:
                 body = UNABLE_TO_AUTHENTICATE if self.fake.auth_failure_status == 400 else INVALID_CREDENTIALS
                 return self._send(record, self.fake.auth_failure_status, body)
-            wait = self.fake._check_rate(api, project_id)
+            wait = self.fake._check_rate("engage" if api == "query" else api, project_id)  # one Query API budget
             if wait is not None:
                 per_hour = (self.fake.export_limits if api == "export" else self.fake.engage_limits)[1]
                 return self._send(record, 429, _rate_limit_body(project_id, per_hour),
                                   {"Retry-After": str(max(1, math.ceil(wait)))})
             if api == "export":
                 self._export(record, project_id, params, faults)
-            else:
+            elif api == "engage":
                 self._engage(record, project_id, fields, faults)
+            else:
+                self._send(record, 200, self.fake._query(project_id, path, fields))
         except _BadRequest as exc:
             self._send(record, 400, {"error": exc.message, "status": "error"})
+        except (WhereError, QueryError) as exc:
+            self._send(record, 400, {"request": self.path, "error": str(exc), "status": "error"})
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
@@ -716,7 +605,15 @@ class _Handler(BaseHTTPRequestHandler):
         return user, password
 
     def _authorised_project(self, user: str | None, password: str | None, project_id: str | None) -> int | None:
+        """The project a request may read: a service account names it with `project_id`; a project
+        secret (Basic username, empty password) is its own project, `project_id` optional."""
         fake = self.fake
+        if user and not password:
+            with fake._lock:
+                owner = next((pid for pid, p in fake._projects.items() if p.secret == user), None)
+            if owner is None or (project_id and project_id != str(owner)):
+                return None
+            return owner
         if user != fake.username or password != fake.secret:
             return None
         try:
@@ -733,7 +630,7 @@ class _Handler(BaseHTTPRequestHandler):
         to_date = _date_param(params, "to_date")
         if from_date > to_date:
             raise _BadRequest(f"from_date {from_date} is after to_date {to_date}")
-        if to_date > self.fake._today():
+        if to_date > self.fake._today(project_id):
             raise _BadRequest("to_date cannot be later than today")
         names = None
         if params.get("event"):
@@ -744,12 +641,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise _BadRequest(f"event must be a JSON array of event names, got {params['event']!r}")
             names = set(names)
-        where = None
-        if params.get("where"):
-            try:
-                where = parse_where(params["where"])
-            except WhereError as exc:
-                raise _BadRequest(str(exc)) from None
+        where = parse_where(params["where"]) if params.get("where") else None  # WhereError: 400
         limit = None
         if params.get("limit"):
             try:
@@ -775,16 +667,15 @@ class _Handler(BaseHTTPRequestHandler):
             if size > GZIP_MIN_BYTES:
                 break
         use_gzip = gzip_ok and size > GZIP_MIN_BYTES
+        record.status, record.content_encoding = 200, "gzip" if use_gzip else None  # before the first byte
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Transfer-Encoding", "chunked")
         if use_gzip:
             self.send_header("Content-Encoding", "gzip")
-            record.content_encoding = "gzip"
         if cut is not None:
             self.send_header("Connection", "close")
         self.end_headers()
-        record.status = 200
         pieces = _wire_pieces(head, lines, use_gzip, self.fake.gzip_member_bytes)
         if cut is None:
             for piece in pieces:
@@ -836,12 +727,7 @@ class _Handler(BaseHTTPRequestHandler):
             if results is None:
                 raise _BadRequest("request for page in uncached query for params: unknown or expired session_id")
         else:
-            where = None
-            if fields.get("where"):
-                try:
-                    where = parse_where(fields["where"])
-                except WhereError as exc:
-                    raise _BadRequest(str(exc)) from None
+            where = parse_where(fields["where"]) if fields.get("where") else None  # WhereError: 400
             ids = None
             if fields.get("distinct_ids"):
                 try:
@@ -850,7 +736,7 @@ class _Handler(BaseHTTPRequestHandler):
                     raise _BadRequest("distinct_ids must be a JSON array") from None
             elif fields.get("distinct_id"):
                 ids = {fields["distinct_id"]}
-            results = fake._engage_snapshot(project_id, where, ids)
+            results = fake._engage_snapshot(project_id, where, ids, _cohort_id(fields.get("filter_by_cohort")))
             session_id = f"{int(time.time())}-{''.join(random.choices(string.ascii_uppercase, k=6))}"
             with fake._lock:
                 project.sessions[session_id] = results
@@ -865,12 +751,12 @@ class _Handler(BaseHTTPRequestHandler):
         if cut is None:
             return self._send(record, 200, body)
         data = orjson.dumps(body)
+        record.status = 200  # before the first byte
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Connection", "close")
         self.end_headers()
-        record.status = 200
         self.wfile.write(data[: len(data) // 2 if cut.after is None else min(cut.after, len(data) - 1)])
         self._hang_up()
 
@@ -881,6 +767,7 @@ class _Handler(BaseHTTPRequestHandler):
             data, ctype = orjson.dumps(body), "application/json"
         else:
             data, ctype = str(body or "").encode(), "text/plain; charset=utf-8"
+        record.status = status  # before the first byte: a client that has its answer finds the log complete
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
@@ -889,7 +776,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
         self.wfile.flush()
-        record.status = status
+
+
+def _cohort_id(raw: str | None) -> int | None:
+    """Engage's `filter_by_cohort={"id": 12345}` (MIXPANEL_SPEC.md section 5)."""
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+        return int(value["id"])
+    except (ValueError, TypeError, KeyError):
+        raise _BadRequest(f'filter_by_cohort must be a JSON object like {{"id": 12345}}, got {raw!r}') from None
 
 
 def _date_param(params: dict[str, str], name: str) -> dt.date:
