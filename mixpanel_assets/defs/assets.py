@@ -19,9 +19,10 @@ from mixpanel_assets.config import PipelineConfig, PipelinesFile, ProjectConfig
 from mixpanel_assets.defs.freshness import events_freshness_policy
 from mixpanel_assets.defs.gdpr_register import ProfilesWithoutDeleted, suppressed_distinct_ids
 from mixpanel_assets.defs.partitions import events_partitions_def, windows_for_keys
-from mixpanel_assets.defs.resources import MixpanelSourceResource
+from mixpanel_assets.defs.resources import state_store
 from mixpanel_assets.destinations.registry import io_manager_key, table_location
 from mixpanel_assets.mixpanel.errors import MixpanelAPIError
+from mixpanel_assets.mixpanel.resource import MixpanelSourceResource
 from mixpanel_assets.staging.exports import EventsExportSpec, export_events, export_identity, export_people
 from mixpanel_assets.staging.stage import BadInputError
 
@@ -123,7 +124,7 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         source = mixpanel.open(context.log)
         try:
             with failing_permanently_when_retries_cannot_help():
-                staged = export_events(source, windows, run_spec, mixpanel.state(), context.log)
+                staged = export_events(source, windows, run_spec, state_store(mixpanel), context.log)
         finally:
             source.close()
         for window in staged.windows:
@@ -206,7 +207,7 @@ def identity_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Pa
         ),
     )
     def mp_identity_mappings_data(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
-        staged = export_identity(mixpanel.state(), event_pipelines, project.identity_merge, None,
+        staged = export_identity(state_store(mixpanel), event_pipelines, project.identity_merge, None,
                                  project.identity.memory_limit_mb)
         context.log.info(f"{staged.rows} identity mappings from {staged.extra_metadata['links']} links")
         return dg.Output(staged, metadata={"dagster/row_count": staged.rows, **staged.extra_metadata})

@@ -33,3 +33,9 @@ class MixpanelStreamError(MixpanelError):
     """The export stream was cut or ended early; the window must be exported again."""
 
     retryable = True
+
+
+class BadInputError(ValueError):
+    """The input itself is wrong (more malformed lines than the bad-line policy allows, an
+    unreadable local file): permanent, so the run fails without retrying. Defined with the
+    source, which raises it for unreadable files, so the source needs nothing from staging."""
