@@ -16,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 
 from mixpanel_assets.config import PipelineConfig, PipelinesFile, ProjectConfig
+from mixpanel_assets.defs.backfill_limit import enforce_backfill_limit
 from mixpanel_assets.defs.freshness import events_freshness_policy
 from mixpanel_assets.defs.gdpr_register import ProfilesWithoutDeleted, suppressed_distinct_ids
 from mixpanel_assets.defs.partitions import events_partitions_def, windows_for_keys
@@ -119,6 +120,7 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
     )
     def mp_master_event(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
         windows = windows_for_keys(partitions_def, list(context.partition_keys), pipeline.frequency)
+        enforce_backfill_limit(context, pipeline, project, windows)
         # Users deleted by a GDPR deletion stay deleted until Mixpanel has deleted them too.
         run_spec = dataclasses.replace(spec, suppressed_distinct_ids=suppressed_distinct_ids(mixpanel.state_path))
         source = mixpanel.open(context.log)
