@@ -4,7 +4,10 @@ It mirrors Mixpanel's "Create Pipeline" form (name, data source, frequency, date
 destination) so people moving off Mixpanel's add-on recognise every field. Validation runs while
 the code location loads, so an error here is the first thing a user sees: every message names the
 file, the pipeline and the field, and says how to fix it. Nothing here reads the environment;
-credentials are *names* of environment variables, resolved only when a run starts.
+credentials are *names* of environment variables, resolved only when a run starts. Nothing here
+reads the date either: a file valid today stays valid (Mixpanel's backfill limit, which counts
+from a date, is checked here only against the pipeline's own `created` date; without one it is
+enforced when a run exports, see defs/backfill_limit.py).
 """
 
 from __future__ import annotations
@@ -167,7 +170,9 @@ class PipelineConfig(_Model):
     frequency: Literal["hourly", "daily"] = "daily"
     from_date: dt.date | None = None
     to_date: dt.date | None = None
-    created: dt.date | None = None  # the day the pipeline was set up; anchors the backfill limit
+    # The day the pipeline was set up; anchors the backfill limit. Without it the limit counts from
+    # the pipeline's first export (or the run's day), checked when a run exports.
+    created: dt.date | None = None
     sync: bool = True
     sync_window: SyncWindow | None = None  # events pipelines with sync; default SyncWindow()
     events: tuple[str, ...] | None = None
@@ -236,7 +241,7 @@ class PipelinesFile(_Model):
         return tuple(p for p in self.pipelines if p.data_source == "events")
 
 
-def load_pipelines_file(path: str | Path, today: dt.date | None = None) -> PipelinesFile:
+def load_pipelines_file(path: str | Path) -> PipelinesFile:
     """Read and validate pipelines.yaml; every error names the file, pipeline and field."""
     path = Path(path)
     try:
@@ -245,17 +250,17 @@ def load_pipelines_file(path: str | Path, today: dt.date | None = None) -> Pipel
         raise ConfigError(f"{path}: file not found (the pipelines configuration)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_pipelines(raw, source=str(path), today=today)
+    return parse_pipelines(raw, source=str(path))
 
 
-def parse_pipelines(raw: Any, source: str = "pipelines.yaml", today: dt.date | None = None) -> PipelinesFile:
+def parse_pipelines(raw: Any, source: str = "pipelines.yaml") -> PipelinesFile:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with 'project' and 'pipelines' at the top level")
     try:
         parsed = PipelinesFile.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe_validation_error(exc, raw, source)) from None
-    problems = _cross_pipeline_problems(parsed, today or dt.date.today())
+    problems = _cross_pipeline_problems(parsed)
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
     return parsed
@@ -296,7 +301,7 @@ def _location(loc: list, raw: dict) -> str:
 _UNION_TAGS = {"mixpanel", "local", "demo", "duckdb", "s3", "gcs", "azure", "bigquery", "snowflake", "redshift"}
 
 
-def _cross_pipeline_problems(parsed: PipelinesFile, today: dt.date) -> list[str]:
+def _cross_pipeline_problems(parsed: PipelinesFile) -> list[str]:
     problems: list[str] = []
     names = [p.name for p in parsed.pipelines]
     for name in sorted({n for n in names if names.count(n) > 1}):
@@ -328,13 +333,12 @@ def _cross_pipeline_problems(parsed: PipelinesFile, today: dt.date) -> list[str]
                     f"{a.destination.describe()} for overlapping dates {lift}"
                 )
     for p in events:
-        anchor = p.created or today
-        earliest = _months_before(anchor, limits.max_backfill_months)
-        if p.from_date and p.from_date < earliest:
+        # Only against `created`: a limit counted from today would make a valid file invalid as
+        # time passes. Without `created`, runs enforce it (defs/backfill_limit.py).
+        if p.created is not None and p.from_date < months_before(p.created, limits.max_backfill_months):
             problems.append(
                 f"pipeline {p.name!r}, field from_date: {p.from_date} is more than {limits.max_backfill_months} months "
-                f"before {'created ' if p.created else 'today '}{anchor} {lift}; or set the pipeline's "
-                "'created' date to the day it was set up"
+                f"before created {p.created} {lift}"
             )
     return problems
 
@@ -344,7 +348,8 @@ def _overlap(a: PipelineConfig, b: PipelineConfig) -> bool:
     return a.from_date <= (b.to_date or far) and b.from_date <= (a.to_date or far)
 
 
-def _months_before(day: dt.date, months: int) -> dt.date:
+def months_before(day: dt.date, months: int) -> dt.date:
+    """The same day `months` calendar months earlier (the month's last day when it is shorter)."""
     year, month = divmod(day.year * 12 + day.month - 1 - months, 12)
     month += 1
     for d in (day.day, 30, 29, 28):

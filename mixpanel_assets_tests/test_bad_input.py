@@ -281,8 +281,9 @@ CONFIG_MISTAKES = [
     ("bad_project_id", {**GOOD_PROJECT, "id": -5}, [_pipeline()], None, ["field project.id"]),
     ("zero_workers", {**GOOD_PROJECT, "export_workers": 0}, [_pipeline()], None, ["field project.export_workers"]),
     ("missing_source", {"id": 1}, [_pipeline()], None, ["field project.source: required field is missing"]),
-    ("too_far_back", GOOD_PROJECT, [_pipeline(from_date="2020-01-01", created=None)], None,
-     ["field from_date", "more than 6 months", "enforce_mixpanel_limits"]),
+    # Counted from `created` (without it, runs enforce the limit: test_backfill_limit.py).
+    ("too_far_back", GOOD_PROJECT, [_pipeline(from_date="2020-01-01")], None,
+     ["field from_date", "more than 6 months before created 2026-11-01", "enforce_mixpanel_limits"]),
     ("three_recurring", GOOD_PROJECT, [_pipeline(name=f"p{i}", frequency=f, destination={"type": "local", "path": f"e{i}"})
                                        for i, f in enumerate(["daily", "hourly", "daily"])], None,
      ["more than 2 recurring events pipelines"]),

@@ -33,7 +33,7 @@ def pipelines(*destinations) -> list[dict]:
 
 def error_of(destination: dict) -> str:
     with pytest.raises(ConfigError) as info:
-        parse_pipelines({"project": PROJECT, "pipelines": pipelines(destination)}, source="cfg.yaml", today=TODAY)
+        parse_pipelines({"project": PROJECT, "pipelines": pipelines(destination)}, source="cfg.yaml")
     return str(info.value)
 
 

@@ -1,13 +1,10 @@
 """pipelines.yaml validation: every mistake gets an error naming the file, the pipeline and the field."""
 
-import datetime as dt
-
 import pytest
 import yaml
 
 from mixpanel_assets.config import ConfigError, load_pipelines_file, parse_pipelines
 
-TODAY = dt.date(2026, 11, 22)
 PROJECT = {"id": 42, "timezone": "Europe/Berlin", "source": {"type": "demo"}}
 
 
@@ -19,7 +16,7 @@ def events(name="ev", **overrides):
 
 
 def parse(pipelines, project=PROJECT):
-    return parse_pipelines({"project": project, "pipelines": pipelines}, source="cfg.yaml", today=TODAY)
+    return parse_pipelines({"project": project, "pipelines": pipelines}, source="cfg.yaml")
 
 
 def error_of(pipelines, project=PROJECT) -> str:
@@ -110,15 +107,22 @@ def test_non_overlapping_date_ranges_may_share_a_destination():
     parse([events("a", to_date="2026-11-05"), events("b", from_date="2026-11-06", frequency="hourly")])
 
 
-def test_from_date_more_than_six_months_back_is_refused_unless_lifted():
-    message = error_of([events(from_date="2026-01-01")])
-    assert "field from_date: 2026-01-01 is more than 6 months before today 2026-11-22" in message
+def test_from_date_more_than_six_months_before_created_is_refused_unless_lifted():
+    message = error_of([events(from_date="2026-01-01", created="2026-11-22")])
+    assert "pipeline 'ev', field from_date: 2026-01-01 is more than 6 months before created 2026-11-22" in message
+    assert "set project.limits.enforce_mixpanel_limits: false to lift it" in message
     lifted = {**PROJECT, "limits": {"enforce_mixpanel_limits": False}}
-    parse([events(from_date="2026-01-01")], lifted)
+    parse([events(from_date="2026-01-01", created="2026-11-22")], lifted)
 
 
 def test_the_backfill_limit_counts_from_the_created_date_so_a_config_stays_valid():
     parse([events(from_date="2026-01-01", created="2026-06-15")])
+
+
+def test_without_created_an_old_from_date_loads_and_runs_enforce_the_limit():
+    # Validation never reads the date: counted from today, this file would stop loading as time
+    # passes. Runs exporting partitions beyond the limit fail instead (test_backfill_limit.py).
+    parse([events(from_date="2020-01-01")])
 
 
 def test_identity_pipeline_needs_an_events_pipeline():
@@ -147,6 +151,6 @@ def test_missing_file_is_named(tmp_path):
 def test_the_shipped_pipelines_yaml_is_valid():
     from mixpanel_assets.definitions import PIPELINES_FILE
 
-    config = load_pipelines_file(PIPELINES_FILE, today=TODAY)
+    config = load_pipelines_file(PIPELINES_FILE)
     assert {p.data_source for p in config.pipelines} == {"events", "people", "identity"}
     assert yaml.safe_load(PIPELINES_FILE.read_text())["project"]["source"]["type"] == "demo"

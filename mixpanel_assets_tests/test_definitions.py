@@ -73,3 +73,42 @@ def test_step_retries_come_from_pipelines_yaml(tmp_path):
     assert (policy.max_retries, policy.delay, policy.backoff) == (3, 60, dg.Backoff.EXPONENTIAL)
     none = definitions(tmp_path, {"id": 5, "source": {"type": "demo"}, "step_retries": {"max_retries": 0}}, pipelines)
     assert none.resolve_assets_def(dg.AssetKey(["ev", "mp_master_event"])).op.retry_policy is None
+
+
+def test_each_source_kind_gets_its_own_resource_with_only_its_settings(tmp_path):
+    from mixpanel_assets.mixpanel.resource import (
+        DemoSourceResource,
+        LocalFilesSourceResource,
+        MixpanelApiSourceResource,
+        MixpanelSourceResource,
+    )
+
+    pipelines = [{"name": "ev", "data_source": "events", "from_date": "2026-11-01", "destination": {"type": "local", "path": "o"}}]
+    kinds = {
+        "mixpanel": ({"type": "mixpanel", "timeout_seconds": 30}, MixpanelApiSourceResource),
+        "local": ({"type": "local", "path": "exports"}, LocalFilesSourceResource),
+        "demo": ({"type": "demo", "seed": 7}, DemoSourceResource),
+    }
+    for source, cls in kinds.values():
+        resource = definitions(tmp_path, {"id": 5, "state": {"path": "st"}, "source": source}, pipelines).resources["mixpanel"]
+        assert type(resource) is cls and isinstance(resource, MixpanelSourceResource)
+        assert resource.state_path == str(tmp_path / "st")  # relative to pipelines.yaml
+    fields = {kind: set(cls.model_fields) - set(MixpanelSourceResource.model_fields) for kind, (_, cls) in kinds.items()}
+    assert {"username", "secret", "export_url"} <= fields["mixpanel"] and not fields["mixpanel"] & {"path", "seed"}
+    assert fields["local"] == {"path", "profiles_path"} and fields["demo"] == {"seed", "events_per_hour", "users"}
+    local = definitions(tmp_path, {"id": 5, "source": kinds["local"][0]}, pipelines).resources["mixpanel"]
+    assert local.path == str(tmp_path / "exports")
+
+
+def test_the_source_imports_nothing_from_the_layers_above_it():
+    import ast
+
+    above = ("mixpanel_assets.config", "mixpanel_assets.transform", "mixpanel_assets.staging",
+             "mixpanel_assets.destinations", "mixpanel_assets.defs")
+    found = []
+    for path in sorted((REPO / "mixpanel_assets" / "mixpanel").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}:{node.lineno}: {m}" for m in modules if m.startswith(above)]
+    assert found == []

@@ -16,12 +16,14 @@ from pathlib import Path
 import dagster as dg
 
 from mixpanel_assets.config import PipelineConfig, PipelinesFile, ProjectConfig
+from mixpanel_assets.defs.backfill_limit import enforce_backfill_limit
 from mixpanel_assets.defs.freshness import events_freshness_policy
 from mixpanel_assets.defs.gdpr_register import ProfilesWithoutDeleted, suppressed_distinct_ids
 from mixpanel_assets.defs.partitions import events_partitions_def, windows_for_keys
-from mixpanel_assets.defs.resources import MixpanelSourceResource
+from mixpanel_assets.defs.resources import state_store
 from mixpanel_assets.destinations.registry import io_manager_key, table_location
 from mixpanel_assets.mixpanel.errors import SourceError, SourceTransientError
+from mixpanel_assets.mixpanel.resource import MixpanelSourceResource
 from mixpanel_assets.schema import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
 from mixpanel_assets.staging.exports import EventsExportSpec, export_events, export_identity, export_people
 from mixpanel_assets.staging.stage import BadInputError
@@ -123,12 +125,13 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
     )
     def mp_master_event(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
         windows = windows_for_keys(partitions_def, list(context.partition_keys), pipeline.frequency)
+        enforce_backfill_limit(context, pipeline, project, windows)
         # Users deleted by a GDPR deletion stay deleted until Mixpanel has deleted them too.
         run_spec = dataclasses.replace(spec, suppressed_distinct_ids=suppressed_distinct_ids(mixpanel.state_path))
         source = mixpanel.open(context.log)
         try:
             with source_failures_to_dagster():
-                staged = export_events(source, windows, run_spec, mixpanel.state(), context.log)
+                staged = export_events(source, windows, run_spec, state_store(mixpanel), context.log)
         finally:
             source.close()
         for window in staged.windows:
@@ -211,7 +214,7 @@ def identity_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Pa
         ),
     )
     def mp_identity_mappings_data(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
-        staged = export_identity(mixpanel.state(), event_pipelines, project.identity_merge, None,
+        staged = export_identity(state_store(mixpanel), event_pipelines, project.identity_merge, None,
                                  project.identity.memory_limit_mb)
         context.log.info(f"{staged.rows} identity mappings from {staged.extra_metadata['links']} links")
         return dg.Output(staged, metadata={"dagster/row_count": staged.rows, **staged.extra_metadata})

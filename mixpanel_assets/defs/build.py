@@ -23,8 +23,11 @@ from mixpanel_assets.destinations.registry import build_io_manager, io_manager_k
 
 
 def build_definitions(config_path: str | Path, today: dt.date | None = None) -> dg.Definitions:
+    """The definitions of pipelines.yaml, the same whatever the date: validation, assets, partitions,
+    checks and jobs never depend on it. `today` (default: the real date) only leaves out the
+    schedule of a date-ranged pipeline whose to_date has passed, which has nothing left to run."""
     config_path = Path(config_path).resolve()
-    config = load_pipelines_file(config_path, today=today)
+    config = load_pipelines_file(config_path)
     return definitions_for(config, config_path.parent, today or dt.date.today())
 
 

@@ -19,6 +19,7 @@ that partition's materialization, which is how the UI shows them on every partit
 """
 
 
+import json
 import warnings
 
 import dagster as dg
@@ -49,19 +50,18 @@ _DESCRIPTIONS = {
 def _target(record: dg.EventLogRecord | None):
     """Point an evaluation at the materialization it checked, so the UI shows it as current.
 
-    Dagster fills this in only for results of single-partition runs; for our per-partition
-    evaluations in multi-partition runs we build it, from Dagster's internal (serialisable)
-    record type, since no public constructor exists.
+    Dagster fills this in only for results of single-partition runs; our evaluations are per
+    partition of multi-partition runs, and the target's type has no public constructor. Its
+    serialised form is the one Dagster persists in every event log (and so must keep reading),
+    so we build it from that form with the public `dg.deserialize_value`, never from Dagster's
+    private modules. test_checks asserts the partitions read as current.
     """
     if record is None:
         return None
-    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-        AssetCheckEvaluationTargetMaterializationData,
-    )
-
-    return AssetCheckEvaluationTargetMaterializationData(
-        storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
-    )
+    return dg.deserialize_value(json.dumps({
+        "__class__": "AssetCheckEvaluationTargetMaterializationData",
+        "run_id": record.run_id, "storage_id": record.storage_id, "timestamp": record.timestamp,
+    }))
 
 
 def _latest_by_partition(instance: dg.DagsterInstance, key: dg.AssetKey, partitions: list[str]) -> dict[str, dg.EventLogRecord]:

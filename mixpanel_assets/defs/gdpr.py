@@ -38,6 +38,7 @@ from mixpanel_assets.config import PipelineConfig, PipelinesFile, resolve_path
 from mixpanel_assets.defs.checks import GDPR_REMOVED_KEY
 from mixpanel_assets.defs.gdpr_register import add_to_register
 from mixpanel_assets.defs.partitions import events_partitions_def, windows_for_keys
+from mixpanel_assets.defs.resources import state_store
 from mixpanel_assets.destinations.base import Destination, Removal
 from mixpanel_assets.destinations.registry import io_manager_key
 from mixpanel_assets.schema import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
@@ -206,7 +207,7 @@ def gdpr_job(pipelines_file: PipelinesFile, base_dir: Path) -> dg.JobDefinition:
         if not requested:
             raise dg.Failure("GDPR deletion: no distinct_ids given (set distinct_ids or ids_file)", allow_retries=False)
         mixpanel = context.resources.mixpanel
-        state = mixpanel.state()
+        state = state_store(mixpanel)
         work_dir = scratch_dir("gdpr", mixpanel.staging_dir)
         destinations = {name: getattr(context.resources, key).destination(context.log) for name, key in io_keys.items()}
         record = {"run_id": context.run_id, "started_at": _now(), "dry_run": config.dry_run,

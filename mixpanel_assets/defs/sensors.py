@@ -35,7 +35,6 @@ from mixpanel_assets.defs.assets import (
 )
 from mixpanel_assets.defs.gdpr_register import suppressed_distinct_ids
 from mixpanel_assets.defs.partitions import events_partitions_def
-from mixpanel_assets.defs.resources import MixpanelSourceResource
 from mixpanel_assets.defs.schedules import job_name
 from mixpanel_assets.defs.sync import (
     EXPORTED_FINGERPRINT_TAG,
@@ -57,6 +56,7 @@ from mixpanel_assets.defs.sync import (
     probe_source,
     sum_fingerprints,
 )
+from mixpanel_assets.mixpanel.resource import MixpanelSourceResource
 
 SENSOR_INTERVAL_SECONDS = 600
 IN_FLIGHT = [

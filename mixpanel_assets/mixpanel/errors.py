@@ -73,3 +73,9 @@ class SourceStreamError(SourceTransientError):
 
     def __init__(self, message: str):
         super().__init__(message, None, "stream")
+
+
+class BadInputError(ValueError):
+    """The input itself is wrong (more malformed lines than the bad-line policy allows, an
+    unreadable local file): permanent, so the run fails without retrying. Defined with the
+    source, which raises it for unreadable files, so the source needs nothing from staging."""

@@ -18,8 +18,9 @@ from pathlib import Path
 import orjson
 
 from mixpanel_assets.mixpanel.client import ExportQuery, MixpanelClient
+from mixpanel_assets.mixpanel.errors import BadInputError
+from mixpanel_assets.mixpanel.inputs import LocalFile, Origin
 from mixpanel_assets.mixpanel.retry import NO_RETRIES, SourceRetries
-from mixpanel_assets.transform.records import LocalFile, Origin
 
 UTC = dt.UTC
 
@@ -42,7 +43,7 @@ class EventSource:
 
     def event_inputs(self, span: Span, events: tuple[str, ...] | None = None, where: str | None = None) -> Iterator:
         """What staging reads for `span`: event_chunks, unless the source can hand over whole local
-        files (`records.LocalFile`) that the parse workers read themselves."""
+        files (`inputs.LocalFile`) that the parse workers read themselves."""
         return self.event_chunks(span, events, where)
 
     def profile_lines(self) -> Iterator[bytes]:
@@ -193,8 +194,6 @@ def read_file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
             try:
                 chunk = stream.read(size)
             except (EOFError, OSError, ValueError) as exc:  # truncated or corrupt gzip/zstd, unreadable file
-                from mixpanel_assets.staging.stage import BadInputError
-
                 # Permanent: the same file fails the same way on every retry, so say which file and why.
                 raise BadInputError(f"local source file {path} cannot be read: {type(exc).__name__}: {exc} "
                                     "(a truncated or corrupt compressed file?); nothing was written") from None

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from mixpanel_assets.mixpanel.errors import BadInputError
+from mixpanel_assets.mixpanel.inputs import LocalFile, Origin
 from mixpanel_assets.staging.block_worker import (
     FLAG_NO_DEDUP,
     LINK_PARTS,
@@ -52,7 +54,7 @@ from mixpanel_assets.staging.block_worker import (
 from mixpanel_assets.staging.parts import EXTENSIONS, PartFile
 from mixpanel_assets.staging.pool import InlineExecutor, process_pool
 from mixpanel_assets.staging.scratch import scratch_dir
-from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, BlockResult, LocalFile, Origin
+from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, BlockResult
 from mixpanel_assets.windows import Window
 
 BLOCK_BYTES = 4 << 20
@@ -70,10 +72,6 @@ _DIGEST_DTYPE = np.dtype([("hi", ">u8"), ("lo", ">u8")])
 
 class ExportStreamError(RuntimeError):
     """The source stream was cut or ended with Mixpanel's 'export terminated early' line."""
-
-
-class BadInputError(ValueError):
-    """More malformed lines than the project's bad-line policy allows."""
 
 
 @dataclass(frozen=True)

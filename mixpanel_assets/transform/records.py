@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import orjson
 import xxhash
 
+from mixpanel_assets.mixpanel.inputs import LocalFile, Origin  # noqa: F401  (the markers sources yield)
+
 _loads = orjson.loads
 _dumps = orjson.dumps
 _key_hash = xxhash.xxh3_128_intdigest
@@ -37,27 +39,6 @@ LINK_MERGE = "merge"  # Original: $merge ($distinct_ids)
 LINK_REKEY = "rekey"  # a re-keyed export row: $distinct_id_before_identity -> distinct_id
 
 MAX_REPORTED_BAD_LINES = 20
-
-
-class Origin(str):
-    """A marker a source yields between byte chunks: the following lines come from this input.
-
-    Lets bad-line reports say "2024-11-22.jsonl line 501" instead of a position in a
-    concatenation of every file.
-    """
-
-
-@dataclass(frozen=True)
-class LocalFile:
-    """An input item standing for a whole uncompressed local file, read by the workers themselves.
-
-    A source yields it where it would yield `Origin(name)` and the file's bytes; staging then cuts
-    the file into byte ranges that the worker processes read directly, so the coordinating process
-    never reads, splits or pickles the data (most of its work otherwise).
-    """
-
-    path: str
-    name: str
 
 
 class BadLine(ValueError):
