@@ -101,9 +101,10 @@ def window_of(staged) -> PartitionWindow:
     return window
 
 
-def write_staged_window(destination: Destination, staged, work_dir: Path, workers: int = 1) -> WriteResult:
+def write_staged_window(destination: Destination, staged, work_dir: Path, workers: int = 1,
+                        window: PartitionWindow | None = None) -> WriteResult:
     """Have staging write the window's parts in the destination's format, then hand them over."""
-    window = window_of(staged)
+    window = window or window_of(staged)
     fmt = destination.parts_format
     parts = staged.write_parts(work_dir, fmt=fmt.fmt, compression=fmt.compression, max_bytes=fmt.max_bytes,
                                workers=workers, table=EVENTS_TABLE)

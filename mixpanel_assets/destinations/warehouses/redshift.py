@@ -23,6 +23,9 @@ before S3 changes); after a window's files are in place, its partition is create
 Redshift sees the Glue database through an external schema. Its DDL is printed in the run log;
 with `workgroup` set it is also run through the Redshift Data API (once: a Glue table parameter
 records that it succeeded), since creating it needs the database's CREATE privilege.
+
+Over ~400 lines because the destination is one module: its config model and the code that opens
+it sit here with the Glue catalog code (docs/destinations.md).
 """
 
 from __future__ import annotations
