@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 from mixpanel_assets.config import ConfigError, parse_pipelines
+from mixpanel_assets.destinations.base import DestinationError, is_permanent
 from mixpanel_assets.destinations.io_managers import DestinationIOManager
 from mixpanel_assets.destinations.registry import parse_destination
 from mixpanel_assets_tests.helpers import definitions
@@ -78,6 +79,22 @@ def test_credentials_stay_env_var_references_and_locations_are_bucket_uris(tmp_p
     assert tables == {"to_s3": "s3://acme-mixpanel/raw/42/mp_people_data",
                       "to_gcs": "gs://acme-mixpanel/42/mp_people_data",
                       "to_azure": "az://mixpanel/42/mp_people_data"}
+
+
+@pytest.mark.parametrize("name, variable, field", [("to_s3", "ACME_AWS_KEY_ID", "access_key_id_env"),
+                                                   ("to_gcs", "ACME_GCS_KEY", "credentials_env"),
+                                                   ("to_azure", "ACME_TENANT", "tenant_id_env")])
+def test_an_unset_secret_env_var_fails_when_a_run_opens_the_destination_naming_it_without_retries(
+        name, variable, field, tmp_path, monkeypatch):
+    for unset in ("ACME_AWS_KEY_ID", "ACME_AWS_SECRET", "ACME_GCS_KEY", "ACME_TENANT", "ACME_CLIENT",
+                  "ACME_CLIENT_SECRET"):
+        monkeypatch.delenv(unset, raising=False)
+    defs = definitions(tmp_path, PROJECT, pipelines(S3, GCS, AZURE), today=TODAY)
+    with pytest.raises(DestinationError) as info:
+        defs.resources[f"{name}__io_manager"].open()
+    message = str(info.value)
+    assert f"pipeline {name!r}" in message and variable in message and field in message and "not set" in message
+    assert is_permanent(info.value)  # the IO manager fails the step at once: waiting sets no variable
 
 
 def test_cloud_definitions_load_without_importing_cloud_sdks_or_reading_the_environment(tmp_path):
