@@ -54,7 +54,6 @@ class DestinationContext:
 
     pipeline: str
     project_id: int
-    workers: int = 1
     timezone: str = "UTC"  # the project's: partition dates and clustering keys use it
     log: logging.Logger | None = None
 

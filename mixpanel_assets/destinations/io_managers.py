@@ -44,7 +44,7 @@ class DestinationIOManager(dg.ConfigurableIOManager):
 
     def open(self, log=None) -> Destination:
         """The destination, opened now: clients built, secrets read from their env vars."""
-        context = DestinationContext(self.pipeline, self.project_id, self.workers, self.timezone, log)
+        context = DestinationContext(self.pipeline, self.project_id, self.timezone, log)
         return open_configured(parse_destination(self.destination), context)
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
