@@ -21,7 +21,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mixpanel_assets.destinations.configs import DestinationConfig, env_var_name
+from mixpanel_assets.destinations.configs import env_var_name
+from mixpanel_assets.destinations.registry import DestinationConfig
 
 PIPELINE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 

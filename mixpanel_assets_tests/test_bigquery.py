@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 
 from mixpanel_assets.destinations.base import DestinationError
+from mixpanel_assets.destinations.io_managers import write_staged_window
 from mixpanel_assets.destinations.warehouses.bigquery import BigQueryDestination
 from mixpanel_assets_tests.emulators.bigquery import PROJECT, bigquery_emulator  # noqa: F401
 from mixpanel_assets_tests.helpers import definitions, epoch, event_line, run_partition
@@ -217,12 +218,12 @@ def destination(bigquery_emulator):  # noqa: F811
 
 def test_a_failed_load_job_leaves_the_previous_rows_and_names_pipeline_table_and_partition(destination, tmp_path):
     window = window_of(DAY)
-    destination.write_event_window(staged_window(tmp_path, window, good_events(5)), window, tmp_path / "parts")
+    write_staged_window(destination, staged_window(tmp_path, window, good_events(5)), tmp_path / "parts", window=window)
 
     changed = staged_window(tmp_path, window, good_events(3, city="Rome"))
     corrupt(changed)
     with pytest.raises(DestinationError) as failure:
-        destination.write_event_window(changed, window, tmp_path / "parts")
+        write_staged_window(destination, changed, tmp_path / "parts", window=window)
     message = str(failure.value)
     assert "pipeline 'bq_daily'" in message and f"partition {DAY}" in message
     assert f"{PROJECT}.{destination.dataset}.mp_master_event" in message and "unchanged" in message
@@ -234,11 +235,11 @@ def test_a_failed_load_job_leaves_the_previous_rows_and_names_pipeline_table_and
 
 def test_rows_outside_the_window_are_refused_before_the_table_is_touched(destination, tmp_path):
     window = window_of(DAY)
-    destination.write_event_window(staged_window(tmp_path, window, good_events(1)), window, tmp_path / "parts")
+    write_staged_window(destination, staged_window(tmp_path, window, good_events(1)), tmp_path / "parts", window=window)
     wrong = staged_window(tmp_path, window, good_events(2))
     misplace(wrong, "2024-11-25T12:00:00")
     with pytest.raises(DestinationError, match="outside the window"):
-        destination.write_event_window(wrong, window, tmp_path / "parts")
+        write_staged_window(destination, wrong, tmp_path / "parts", window=window)
     assert rows(destination.client, f"SELECT COUNT(*) FROM {destination.sql_ref('mp_master_event')}") == [(1,)]
 
 
@@ -246,5 +247,5 @@ def test_a_dataset_that_does_not_exist_is_named_in_the_error(bigquery_emulator, 
     destination = BigQueryDestination("bq_daily", PROJECT_ID, bigquery_emulator.client(), "no_such_dataset")
     window = window_of(DAY)
     with pytest.raises(DestinationError, match=f"dataset {PROJECT}.no_such_dataset does not exist"):
-        destination.write_event_window(staged_window(tmp_path, window, good_events(1)), window, tmp_path / "parts")
+        write_staged_window(destination, staged_window(tmp_path, window, good_events(1)), tmp_path / "parts", window=window)
     destination.close()

@@ -12,6 +12,9 @@ import dagster as dg
 import pytest
 
 from mixpanel_assets.config import ConfigError, parse_pipelines
+from mixpanel_assets.destinations.base import DestinationError, is_permanent
+from mixpanel_assets.destinations.io_managers import DestinationIOManager
+from mixpanel_assets.destinations.registry import parse_destination
 from mixpanel_assets_tests.helpers import definitions
 
 TODAY = dt.date(2026, 11, 22)
@@ -58,18 +61,40 @@ def test_cloud_destination_mistakes_name_the_pipeline_and_the_field(destination,
 
 def test_credentials_stay_env_var_references_and_locations_are_bucket_uris(tmp_path):
     defs = definitions(tmp_path, PROJECT, pipelines(S3, GCS, AZURE), today=TODAY)
-    s3, gcs, azure = (defs.resources[f"{n}__io_manager"] for n in ("to_s3", "to_gcs", "to_azure"))
-    assert s3.access_key_id == dg.EnvVar("ACME_AWS_KEY_ID") and s3.secret_access_key == dg.EnvVar("ACME_AWS_SECRET")
+    managers = [defs.resources[f"{n}__io_manager"] for n in ("to_s3", "to_gcs", "to_azure")]
+    assert all(type(m) is DestinationIOManager for m in managers)  # one IO manager for every destination
+    s3, gcs, azure = (parse_destination(m.destination) for m in managers)
+    # Secrets stay env var *names* in the resource config, read only when a run opens the destination.
+    assert managers[0].destination["access_key_id_env"] == "ACME_AWS_KEY_ID"
+    assert managers[0].destination["secret_access_key_env"] == "ACME_AWS_SECRET"
     assert (s3.server_side_encryption, s3.kms_key_id, s3.prefix) == ("aws:kms", "alias/mixpanel", "raw")
     assert "ACME_AWS_KEY_ID/ACME_AWS_SECRET" in s3.credentials_from
-    assert gcs.credentials == dg.EnvVar("ACME_GCS_KEY") and (gcs.format, gcs.compression) == ("parquet", "zstd")
-    assert azure.client_secret == dg.EnvVar("ACME_CLIENT_SECRET")
-    assert azure.account_url == "https://acmestore.blob.core.windows.net" and azure.compression == "zstd"
+    assert managers[1].destination["credentials_env"] == "ACME_GCS_KEY"
+    assert (gcs.parts_format.fmt, gcs.parts_format.compression) == ("parquet", "zstd")
+    assert managers[2].destination["client_secret_env"] == "ACME_CLIENT_SECRET"
+    assert azure.effective_account_url == "https://acmestore.blob.core.windows.net"
+    assert azure.parts_format.compression == "zstd"
     tables = {str(spec.key.path[0]): spec.metadata["dagster/table_name"]
               for a in defs.assets if isinstance(a, dg.AssetsDefinition) for spec in a.specs}
     assert tables == {"to_s3": "s3://acme-mixpanel/raw/42/mp_people_data",
                       "to_gcs": "gs://acme-mixpanel/42/mp_people_data",
                       "to_azure": "az://mixpanel/42/mp_people_data"}
+
+
+@pytest.mark.parametrize("name, variable, field", [("to_s3", "ACME_AWS_KEY_ID", "access_key_id_env"),
+                                                   ("to_gcs", "ACME_GCS_KEY", "credentials_env"),
+                                                   ("to_azure", "ACME_TENANT", "tenant_id_env")])
+def test_an_unset_secret_env_var_fails_when_a_run_opens_the_destination_naming_it_without_retries(
+        name, variable, field, tmp_path, monkeypatch):
+    for unset in ("ACME_AWS_KEY_ID", "ACME_AWS_SECRET", "ACME_GCS_KEY", "ACME_TENANT", "ACME_CLIENT",
+                  "ACME_CLIENT_SECRET"):
+        monkeypatch.delenv(unset, raising=False)
+    defs = definitions(tmp_path, PROJECT, pipelines(S3, GCS, AZURE), today=TODAY)
+    with pytest.raises(DestinationError) as info:
+        defs.resources[f"{name}__io_manager"].open()
+    message = str(info.value)
+    assert f"pipeline {name!r}" in message and variable in message and field in message and "not set" in message
+    assert is_permanent(info.value)  # the IO manager fails the step at once: waiting sets no variable
 
 
 def test_cloud_definitions_load_without_importing_cloud_sdks_or_reading_the_environment(tmp_path):

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from mixpanel_assets.destinations.base import DestinationError
+from mixpanel_assets.destinations.io_managers import write_staged_window
 from mixpanel_assets.destinations.objects.store import Bucket, ObjectStoreDestination
 from mixpanel_assets.staging.stage import stage_events
 from mixpanel_assets.windows import PartitionWindow, Window
@@ -79,7 +80,7 @@ def export(bucket: Bucket, lines: list[bytes], tmp_path):
     try:
         destination = ObjectStoreDestination("faulty_pipeline", PROJECT_ID, bucket, max_file_mb=1)
         destination.max_bytes = 128 << 10  # several parts from a small window
-        return destination.write_event_window(staged.windows[0], window(), tmp_path / "parts")
+        return write_staged_window(destination, staged.windows[0], tmp_path / "parts", window=window())
     finally:
         staged.cleanup()
 

@@ -190,10 +190,10 @@ class _WriteOnly(Destination):
     def describe(self):
         return "a warehouse in the making"
 
-    def write_event_window(self, staged, window, work_dir):
+    def write_event_window(self, parts, window, fingerprint):
         raise AssertionError("not used")
 
-    def write_table(self, staged, work_dir):
+    def write_table(self, parts, table, digest):
         raise AssertionError("not used")
 
 

@@ -21,6 +21,7 @@ import pytest
 from mixpanel_assets.defs.checks import NO_DUPLICATES, ROW_COUNT, SCHEMA, TABLE_ROW_COUNT, UNIQUE_IDS
 from mixpanel_assets.defs.gdpr_register import register_path
 from mixpanel_assets.destinations.base import DestinationError, Removal
+from mixpanel_assets.destinations.io_managers import write_staged_window
 from mixpanel_assets.destinations.warehouses.bigquery import BigQueryDestination
 from mixpanel_assets.destinations.warehouses.snowflake import SnowflakeDestination, snowflake_resource
 from mixpanel_assets.destinations.warehouses.window_counts import bucket_seconds, removals_by_window
@@ -317,7 +318,7 @@ def raced_destination(kind: str, request):
 def test_rows_written_between_the_count_and_the_delete_stop_the_deletion_and_it_deletes_nothing(kind, request, tmp_path):
     destination, rows_of_u1 = raced_destination(kind, request)
     window = window_of("2024-11-22")
-    destination.write_event_window(staged_window(tmp_path, window, good_events(4)), window, tmp_path / "parts")
+    write_staged_window(destination, staged_window(tmp_path, window, good_events(4)), tmp_path / "parts", window=window)
     with pytest.raises(DestinationError) as failure:
         destination.delete_event_rows(frozenset({"u1"}), [window], tmp_path / "gdpr")
     message = str(failure.value)

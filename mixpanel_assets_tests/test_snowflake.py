@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from mixpanel_assets.destinations.base import DestinationError
+from mixpanel_assets.destinations.io_managers import write_staged_window
 from mixpanel_assets.destinations.warehouses.snowflake import SnowflakeDestination, snowflake_resource
 from mixpanel_assets_tests.emulators.snowflake import (  # noqa: F401
     ACCOUNT,
@@ -219,12 +220,12 @@ def destination(snowflake_emulator):  # noqa: F811
 
 def test_a_failed_copy_leaves_the_previous_rows_and_names_pipeline_table_and_partition(destination, tmp_path):
     window = window_of(DAY)
-    destination.write_event_window(staged_window(tmp_path, window, good_events(5)), window, tmp_path / "parts")
+    write_staged_window(destination, staged_window(tmp_path, window, good_events(5)), tmp_path / "parts", window=window)
 
     changed = staged_window(tmp_path, window, good_events(3, city="Rome"))
     corrupt(changed)
     with pytest.raises(DestinationError) as failure:
-        destination.write_event_window(changed, window, tmp_path / "parts")
+        write_staged_window(destination, changed, tmp_path / "parts", window=window)
     message = str(failure.value)
     assert "pipeline 'sf_daily'" in message and f"partition {DAY}" in message
     assert f"{DATABASE}.{destination.schema}.MP_MASTER_EVENT_RAW" in message and "unchanged" in message
@@ -234,9 +235,9 @@ def test_a_failed_copy_leaves_the_previous_rows_and_names_pipeline_table_and_par
 
 def test_rows_outside_the_window_are_refused_before_the_table_is_touched(destination, tmp_path):
     window = window_of(DAY)
-    destination.write_event_window(staged_window(tmp_path, window, good_events(1)), window, tmp_path / "parts")
+    write_staged_window(destination, staged_window(tmp_path, window, good_events(1)), tmp_path / "parts", window=window)
     wrong = staged_window(tmp_path, window, good_events(2))
     misplace(wrong, "2024-11-25T12:00:00")
     with pytest.raises(DestinationError, match="outside the window"):
-        destination.write_event_window(wrong, window, tmp_path / "parts")
+        write_staged_window(destination, wrong, tmp_path / "parts", window=window)
     assert destination.rows(f"SELECT COUNT(*) FROM {destination.q}.MP_MASTER_EVENT_RAW") == [(1,)]

@@ -21,7 +21,8 @@ from mixpanel_assets.defs.freshness import events_freshness_policy
 from mixpanel_assets.defs.gdpr_register import ProfilesWithoutDeleted, suppressed_distinct_ids
 from mixpanel_assets.defs.partitions import events_partitions_def, windows_for_keys
 from mixpanel_assets.defs.resources import state_store
-from mixpanel_assets.destinations.registry import io_manager_key, table_location
+from mixpanel_assets.destinations.io_managers import io_manager_key
+from mixpanel_assets.destinations.registry import table_location
 from mixpanel_assets.mixpanel.errors import SourceError, SourceTransientError
 from mixpanel_assets.mixpanel.resource import MixpanelSourceResource
 from mixpanel_assets.schema import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
@@ -112,7 +113,7 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         kinds={"mixpanel", pipeline.destination.kind},
         retry_policy=retry_policy(project),
         metadata={
-            "dagster/table_name": table_location(pipeline, project, EVENTS_TABLE, base_dir),
+            "dagster/table_name": table_location(pipeline.destination, project.id, EVENTS_TABLE, base_dir),
             "mixpanel/pipeline": pipeline.name,
             "mixpanel/frequency": pipeline.frequency,
             "partition_expr": "time",
@@ -174,7 +175,7 @@ def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         group_name=pipeline.name,
         kinds={"mixpanel", pipeline.destination.kind},
         retry_policy=retry_policy(project),
-        metadata={"dagster/table_name": table_location(pipeline, project, PEOPLE_TABLE, base_dir),
+        metadata={"dagster/table_name": table_location(pipeline.destination, project.id, PEOPLE_TABLE, base_dir),
                   "mixpanel/pipeline": pipeline.name},
         tags={"mixpanel/data_source": "people"},
         description=f"User profiles of Mixpanel project {project.id}, replaced whole on every run.",
@@ -204,7 +205,7 @@ def identity_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Pa
         group_name=pipeline.name,
         kinds={"mixpanel", pipeline.destination.kind},
         retry_policy=retry_policy(project),
-        metadata={"dagster/table_name": table_location(pipeline, project, IDENTITY_TABLE, base_dir),
+        metadata={"dagster/table_name": table_location(pipeline.destination, project.id, IDENTITY_TABLE, base_dir),
                   "mixpanel/pipeline": pipeline.name, "mixpanel/identity_merge": project.identity_merge},
         tags={"mixpanel/data_source": "identity"},
         description=(

@@ -19,7 +19,7 @@ from mixpanel_assets.defs.gdpr import gdpr_job
 from mixpanel_assets.defs.resources import source_resource
 from mixpanel_assets.defs.schedules import pipeline_job, pipeline_schedule
 from mixpanel_assets.defs.sensors import probe_job, sync_sensor
-from mixpanel_assets.destinations.registry import build_io_manager, io_manager_key
+from mixpanel_assets.destinations.io_managers import build_io_manager, io_manager_key
 
 
 def build_definitions(config_path: str | Path, today: dt.date | None = None) -> dg.Definitions:

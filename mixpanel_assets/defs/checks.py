@@ -27,7 +27,7 @@ import dagster as dg
 from mixpanel_assets.config import PipelineConfig, PipelinesFile
 from mixpanel_assets.defs.partitions import PartitionWindow, events_partitions_def, windows_for_keys
 from mixpanel_assets.destinations.base import Destination
-from mixpanel_assets.destinations.registry import io_manager_key
+from mixpanel_assets.destinations.io_managers import io_manager_key, open_destination
 from mixpanel_assets.schema import DEDUP_KEY, EVENT_COLUMNS, EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE, columns
 
 ROW_COUNT = "row_count_matches_source"
@@ -101,10 +101,6 @@ def _schema_result(columns: list[tuple[str, str]], expected) -> tuple[bool, dict
                                "found_columns": dg.MetadataValue.json(found)}
 
 
-def _destination(context, pipeline: PipelineConfig) -> Destination:
-    return getattr(context.resources, io_manager_key(pipeline)).destination(context.log)
-
-
 def events_checks(pipeline: PipelineConfig, config: PipelinesFile) -> dg.AssetChecksDefinition:
     partitions_def = events_partitions_def(pipeline, config.project)
     key = dg.AssetKey([pipeline.name, EVENTS_TABLE])
@@ -121,7 +117,7 @@ def events_checks(pipeline: PipelineConfig, config: PipelinesFile) -> dg.AssetCh
         instance = context.instance
         materializations = _latest_by_partition(instance, key, keys)
         removed = _gdpr_removed(instance, key, {k: r.storage_id for k, r in materializations.items()})
-        destination = _destination(context, pipeline)
+        destination = open_destination(context, pipeline)
         try:
             for window in windows:
                 record = materializations.get(window.partition_key)
@@ -193,7 +189,7 @@ def table_checks(pipeline: PipelineConfig, table: str) -> dg.AssetChecksDefiniti
         latest = instance.fetch_materializations(key, limit=1).records
         record = latest[0] if latest else None
         removed = _gdpr_removed(instance, key, {None: record.storage_id} if record else {}).get(None, 0)
-        destination = _destination(context, pipeline)
+        destination = open_destination(context, pipeline)
         try:
             readback = destination.read_table(table)
         except NotImplementedError as exc:

@@ -40,7 +40,7 @@ from mixpanel_assets.defs.gdpr_register import add_to_register
 from mixpanel_assets.defs.partitions import events_partitions_def, windows_for_keys
 from mixpanel_assets.defs.resources import state_store
 from mixpanel_assets.destinations.base import Destination, Removal
-from mixpanel_assets.destinations.registry import io_manager_key
+from mixpanel_assets.destinations.io_managers import io_manager_key, open_destination
 from mixpanel_assets.schema import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE
 from mixpanel_assets.staging.scratch import scratch_dir
 from mixpanel_assets.transform.link_store import StateStore
@@ -209,7 +209,7 @@ def gdpr_job(pipelines_file: PipelinesFile, base_dir: Path) -> dg.JobDefinition:
         mixpanel = context.resources.mixpanel
         state = state_store(mixpanel)
         work_dir = scratch_dir("gdpr", mixpanel.staging_dir)
-        destinations = {name: getattr(context.resources, key).destination(context.log) for name, key in io_keys.items()}
+        destinations = {p.name: open_destination(context, p) for p in pipelines_file.pipelines}
         record = {"run_id": context.run_id, "started_at": _now(), "dry_run": config.dry_run,
                   "project_id": project.id, "requested_distinct_ids": requested}
         try:

@@ -1,7 +1,9 @@
 """What every destination does, whatever it is: replace one events window, or one whole table.
 
 Both operations are all-or-nothing from a reader's point of view: a failure leaves the previous
-version of the window (or table) in place, and a rerun never leaves two copies.
+version of the window (or table) in place, and a rerun never leaves two copies. A destination only
+uploads or loads finished part files: it says which ones it wants (`parts_format`), and the IO
+manager (io_managers.py) has staging write them, so no destination calls back into staging.
 """
 
 from __future__ import annotations
@@ -13,12 +15,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixpanel_assets.schema import EVENTS_TABLE, IDENTITY_TABLE, PEOPLE_TABLE, TABLES  # noqa: F401 - re-exported
-from mixpanel_assets.staging.stage import StagedTable, StagedWindow
+from mixpanel_assets.staging.parts import PartFile
 from mixpanel_assets.windows import PartitionWindow
 
 
 class DestinationError(RuntimeError):
     """A destination refused a write; the message names the pipeline, the place and the partition."""
+
+
+def permanent(error: Exception) -> Exception:
+    """Mark an error retrying cannot fix (missing dataset or bucket, rejected credentials, unset env
+    var): the IO manager then fails the step at once instead of waiting out the retry policy."""
+    error.permanent = True  # type: ignore[attr-defined]
+    return error
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Marked permanent itself, or caused by an error that is (e.g. objects/cloud.BucketAccessError)."""
+    return bool(getattr(exc, "permanent", False) or getattr(exc.__cause__, "permanent", False))
+
+
+@dataclass(frozen=True)
+class PartsFormat:
+    """The part files a destination loads: format, compression, and uncompressed bytes per part."""
+
+    fmt: str = "json"
+    compression: str = "gzip"
+    max_bytes: int = 256 << 20
+
+
+@dataclass(frozen=True)
+class DestinationContext:
+    """What opening a destination needs besides its config: whose it is, and where to log."""
+
+    pipeline: str
+    project_id: int
+    timezone: str = "UTC"  # the project's: partition dates and clustering keys use it
+    log: logging.Logger | None = None
 
 
 @dataclass
@@ -74,13 +107,19 @@ class Destination(ABC):
     @abstractmethod
     def describe(self) -> str: ...
 
-    @abstractmethod
-    def write_event_window(self, staged: StagedWindow, window: PartitionWindow, work_dir: Path) -> WriteResult:
-        """Replace exactly `window`'s events with the staged rows."""
+    @property
+    def parts_format(self) -> PartsFormat:
+        """The part files this destination loads; warehouses read gzip JSON lines."""
+        return PartsFormat()
 
     @abstractmethod
-    def write_table(self, staged: StagedTable, work_dir: Path) -> WriteResult:
-        """Replace a whole table (mp_people_data or mp_identity_mappings_data)."""
+    def write_event_window(self, parts: list[PartFile], window: PartitionWindow, fingerprint: str) -> WriteResult:
+        """Replace exactly `window`'s events with the rows of `parts` (written in `parts_format`);
+        `fingerprint` is the staged window's source fingerprint token, recorded with the export."""
+
+    @abstractmethod
+    def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
+        """Replace a whole table (mp_people_data or mp_identity_mappings_data) with the rows of `parts`."""
 
     # Reading back and deleting: used by the asset checks (checks.py) and the GDPR deletion job
     # (gdpr.py). Not abstract, so a destination can add them after its writer; until it does,

@@ -16,9 +16,96 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Literal
 
-from mixpanel_assets.destinations.objects.cloud import BucketAccessError, ObjectStoreError, content_type, first_line
+from pydantic import Field, field_validator, model_validator
+
+from mixpanel_assets.destinations.configs import HTTP_URL, ObjectStoreConfig, env_secret, env_var_name, object_location
+from mixpanel_assets.destinations.objects.cloud import (
+    BucketAccessError,
+    ObjectStoreError,
+    content_type,
+    first_line,
+    open_object_store,
+)
 from mixpanel_assets.destinations.objects.store import Bucket
+
+
+class AzureDestinationConfig(ObjectStoreConfig):
+    """An Azure Blob container. Credentials (one kind): a service principal (three env vars), an
+    account key, a SAS token, a connection string, else DefaultAzureCredential."""
+
+    type: Literal["azure"]
+    container: str = Field(pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$", min_length=3, max_length=63)
+    account: str | None = Field(None, pattern=r"^[a-z0-9]{3,24}$")  # -> https://<account>.blob.core.windows.net
+    account_url: str | None = Field(None, pattern=HTTP_URL)  # instead of account: emulators, other clouds
+    connection_string_env: str | None = None
+    account_key_env: str | None = None
+    sas_token_env: str | None = None
+    tenant_id_env: str | None = None
+    client_id_env: str | None = None
+    client_secret_env: str | None = None
+
+    _check_env = field_validator("connection_string_env", "account_key_env", "sas_token_env", "tenant_id_env",
+                                 "client_id_env", "client_secret_env")(env_var_name)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AzureDestinationConfig:
+        principal = (self.tenant_id_env, self.client_id_env, self.client_secret_env)
+        if any(principal) and not all(principal):
+            raise ValueError("a service principal needs tenant_id_env, client_id_env and client_secret_env")
+        kinds = [bool(self.connection_string_env), bool(self.account_key_env), bool(self.sas_token_env), all(principal)]
+        if sum(kinds) > 1:
+            raise ValueError("give one kind of credentials: connection_string_env, account_key_env, sas_token_env "
+                             "or the service principal's three env vars")
+        if self.account and self.account_url:
+            raise ValueError("give account or account_url, not both")
+        if not (self.account or self.account_url or self.connection_string_env):
+            raise ValueError("account (the storage account name) is required unless connection_string_env is given")
+        return self
+
+    @property
+    def effective_account_url(self) -> str | None:
+        if self.account_url:
+            return self.account_url.rstrip("/")
+        return f"https://{self.account}.blob.core.windows.net" if self.account else None
+
+    def location_key(self) -> tuple:
+        return ("azure", self.effective_account_url or self.connection_string_env, self.container, self.prefix)
+
+    def describe(self) -> str:
+        where = f" in storage account {self.account}" if self.account else ""
+        return f"Azure container {self.container}{where}"
+
+    @property
+    def credentials_from(self) -> str:
+        """Where the credentials come from (env var *names*), for error messages."""
+        if self.connection_string_env:
+            return f"the connection string in env var {self.connection_string_env}"
+        if self.account_key_env:
+            return f"the account key in env var {self.account_key_env}"
+        if self.sas_token_env:
+            return f"the SAS token in env var {self.sas_token_env}"
+        if self.client_secret_env:
+            return (f"the service principal in env vars {self.tenant_id_env}/{self.client_id_env}/"
+                    f"{self.client_secret_env}")
+        return "DefaultAzureCredential"
+
+
+def open_destination(config: AzureDestinationConfig, context):
+    def open_bucket() -> AzureBlobBucket:
+        secrets = {field[:-4]: env_secret(context.pipeline, field, getattr(config, field))
+                   for field in ("connection_string_env", "account_key_env", "sas_token_env", "tenant_id_env",
+                                 "client_id_env", "client_secret_env")}
+        return AzureBlobBucket.connect(config.container, account_url=config.effective_account_url, **secrets,
+                                       credentials_from=config.credentials_from)
+
+    return open_object_store(config, context, open_bucket)
+
+
+def table_location(config: AzureDestinationConfig, project_id: int, table: str) -> str:
+    return object_location("az", config.container, config.prefix, project_id, table)
+
 
 MAX_SINGLE_PUT = 32 << 20
 BLOCK_SIZE = 16 << 20

@@ -3,15 +3,15 @@
 Cloud SDK errors carry request dumps (XML bodies, URLs with query strings, signature details);
 the adapters turn the ones a user must act on into `BucketAccessError`, with a message that says
 what to fix and names the bucket, never a secret. The IO manager makes those permanent failures
-(no step retries: a missing bucket does not appear by waiting), and checks access once before
-the part files are compressed, so a typo fails in a second, not after minutes of work.
+(no step retries: a missing bucket does not appear by waiting); access is checked once when the
+destination opens, before the part files are compressed, so a typo fails in a second, not after
+minutes of work.
 
 Imports nothing heavy: loading definitions must not import boto3, google-cloud or azure.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import PurePosixPath
 
 from mixpanel_assets.destinations.base import DestinationError
@@ -23,6 +23,8 @@ class ObjectStoreError(RuntimeError):
 
 class BucketAccessError(ObjectStoreError):
     """The bucket is missing, access is denied or the credentials are rejected: retrying will not help."""
+
+    permanent = True  # base.is_permanent: the IO manager fails the step without retries
 
 
 _CONTENT_TYPES = {
@@ -53,39 +55,16 @@ def check_access(pipeline: str, bucket, folder: str) -> None:
         raise DestinationError(f"pipeline {pipeline!r}: cannot use {bucket.uri(folder)}: {exc}") from exc
 
 
-@contextlib.contextmanager
-def permanent_failures(obj):
-    """Turn a DestinationError caused by a BucketAccessError into a Failure that is not retried.
-
-    Also removes the staged data when the destination could not even be opened (the base IO
-    manager removes it only once it has started writing).
-    """
-    import dagster as dg
-
-    try:
-        yield
-    except DestinationError as exc:
-        cleanup = getattr(obj, "cleanup", None)
-        if cleanup is not None:
-            cleanup()
-        if isinstance(exc.__cause__, BucketAccessError):
-            raise dg.Failure(description=str(exc), allow_retries=False) from exc
-        raise
-
-
-def open_destination(io_manager, log):
-    """The ObjectStoreDestination of a cloud IO manager, its bucket opened and access checked."""
+def open_object_store(config, context, open_bucket):
+    """The ObjectStoreDestination of a cloud store config, its bucket opened by `open_bucket()` and
+    access checked once, before any part file is uploaded."""
     from mixpanel_assets.destinations.objects.store import ObjectStoreDestination
 
-    pipeline = io_manager.pipeline
     try:
-        bucket = io_manager.open_bucket()
+        bucket = open_bucket()
     except ObjectStoreError as exc:
-        raise DestinationError(f"pipeline {pipeline!r}: {exc}") from exc
-    destination = ObjectStoreDestination(
-        pipeline, io_manager.project_id, bucket, prefix=io_manager.prefix, fmt=io_manager.format,
-        compression=io_manager.compression, max_file_mb=io_manager.max_file_mb, workers=io_manager.workers, log=log,
-    )
-    project_folder = "/".join(p for p in (destination.prefix, str(io_manager.project_id)) if p) + "/"
-    check_access(pipeline, bucket, project_folder)
+        raise DestinationError(f"pipeline {context.pipeline!r}: {exc}") from exc
+    destination = ObjectStoreDestination.from_config(config, context, bucket)
+    project_folder = "/".join(p for p in (destination.prefix, str(context.project_id)) if p) + "/"
+    check_access(context.pipeline, bucket, project_folder)
     return destination

@@ -15,9 +15,52 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from typing import Literal
 
-from mixpanel_assets.destinations.objects.cloud import BucketAccessError, ObjectStoreError, content_type, first_line
+from pydantic import Field, field_validator
+
+from mixpanel_assets.destinations.configs import HTTP_URL, ObjectStoreConfig, env_secret, env_var_name, object_location
+from mixpanel_assets.destinations.objects.cloud import (
+    BucketAccessError,
+    ObjectStoreError,
+    content_type,
+    first_line,
+    open_object_store,
+)
 from mixpanel_assets.destinations.objects.store import Bucket
+
+
+class GCSDestinationConfig(ObjectStoreConfig):
+    """A GCS bucket. Credentials: the service-account key in `credentials_env` (its JSON, or the
+    path to the key file), else Application Default Credentials."""
+
+    type: Literal["gcs"]
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+    project: str | None = None
+    credentials_env: str | None = None
+    endpoint_url: str | None = Field(None, pattern=HTTP_URL)  # emulators: anonymous access
+
+    _check_env = field_validator("credentials_env")(env_var_name)
+
+    def location_key(self) -> tuple:
+        return ("gcs", self.endpoint_url, self.bucket, self.prefix)
+
+    def describe(self) -> str:
+        return f"GCS bucket {self.bucket}"
+
+
+def open_destination(config: GCSDestinationConfig, context):
+    def open_bucket() -> GCSBucket:
+        credentials = env_secret(context.pipeline, "credentials_env", config.credentials_env)
+        return GCSBucket.connect(config.bucket, project=config.project, credentials=credentials,
+                                 credentials_env=config.credentials_env, endpoint_url=config.endpoint_url)
+
+    return open_object_store(config, context, open_bucket)
+
+
+def table_location(config: GCSDestinationConfig, project_id: int, table: str) -> str:
+    return object_location("gs", config.bucket, config.prefix, project_id, table)
+
 
 RESUMABLE_CHUNK = 16 << 20  # a multiple of 256 KiB, as the resumable protocol requires
 _SCOPES = ("https://www.googleapis.com/auth/devstorage.read_write",)

@@ -1,12 +1,38 @@
-"""The local-folder store: Mixpanel's bucket layout on a filesystem path (the embedded default)."""
+"""`type: local`: Mixpanel's bucket layout in a folder on a filesystem path (the embedded default)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+from typing import Literal
 
-from mixpanel_assets.destinations.objects.store import Bucket
+from mixpanel_assets.destinations.configs import ObjectStoreConfig, resolve_under
+from mixpanel_assets.destinations.objects.store import Bucket, ObjectStoreDestination
+
+
+class LocalDestinationConfig(ObjectStoreConfig):
+    """A folder laid out exactly like Mixpanel's bucket."""
+
+    type: Literal["local"]
+    path: str
+
+    def location_key(self) -> tuple:
+        return ("local", self.path.rstrip("/"), self.prefix)
+
+    def describe(self) -> str:
+        return f"local folder {self.path}"
+
+    def resolved(self, base_dir: Path) -> LocalDestinationConfig:
+        return self.model_copy(update={"path": resolve_under(base_dir, self.path)})
+
+
+def open_destination(config: LocalDestinationConfig, context) -> ObjectStoreDestination:
+    return ObjectStoreDestination.from_config(config, context, LocalBucket(config.path))
+
+
+def table_location(config: LocalDestinationConfig, project_id: int, table: str) -> str:
+    return "/".join(p for p in (config.path, config.prefix, str(project_id), table) if p)
 
 
 class LocalBucket(Bucket):

@@ -13,9 +13,97 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Literal
 
-from mixpanel_assets.destinations.objects.cloud import BucketAccessError, ObjectStoreError, content_type, first_line
+from pydantic import Field, field_validator, model_validator
+
+from mixpanel_assets.destinations.configs import (
+    HTTP_URL,
+    ROLE_ARN,
+    ObjectStoreConfig,
+    env_secret,
+    env_var_name,
+    object_location,
+)
+from mixpanel_assets.destinations.objects.cloud import (
+    BucketAccessError,
+    ObjectStoreError,
+    content_type,
+    first_line,
+    open_object_store,
+)
 from mixpanel_assets.destinations.objects.store import Bucket
+
+
+class S3DestinationConfig(ObjectStoreConfig):
+    """An S3 bucket, or an S3-compatible store / emulator through `endpoint_url`.
+
+    Credentials: keys from the env vars named here, else `role_arn` assumed with the default
+    chain, else the default chain itself (env, profile, instance or task role).
+    """
+
+    type: Literal["s3"]
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    region: str | None = None
+    endpoint_url: str | None = Field(None, pattern=HTTP_URL)
+    profile: str | None = None
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+    session_token_env: str | None = None
+    role_arn: str | None = Field(None, pattern=ROLE_ARN)
+    external_id: str | None = None  # the role trust policy's sts:ExternalId condition, if any
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = None
+    kms_key_id: str | None = None  # key id/ARN/alias for aws:kms; empty = the account's aws/s3 key
+
+    _check_env = field_validator("access_key_id_env", "secret_access_key_env", "session_token_env")(env_var_name)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> S3DestinationConfig:
+        if (self.access_key_id_env is None) != (self.secret_access_key_env is None):
+            raise ValueError("access_key_id_env and secret_access_key_env go together: give both or neither")
+        if self.kms_key_id and self.server_side_encryption != "aws:kms":
+            raise ValueError("kms_key_id needs server_side_encryption: aws:kms")
+        return self
+
+    def location_key(self) -> tuple:
+        return ("s3", self.endpoint_url, self.bucket, self.prefix)
+
+    def describe(self) -> str:
+        return f"S3 bucket {self.bucket}"
+
+    @property
+    def credentials_from(self) -> str:
+        """Where the credentials come from (env var *names*), for error messages."""
+        if self.access_key_id_env:
+            base = f"the keys in env vars {self.access_key_id_env}/{self.secret_access_key_env}"
+        elif self.profile:
+            base = f"AWS profile {self.profile}"
+        else:
+            base = "the default AWS credential chain"
+        return f"role {self.role_arn} (assumed with {base})" if self.role_arn else base
+
+    def keys(self, pipeline: str) -> dict:
+        """The keys from the env vars named here, read now (when a run opens the destination)."""
+        return {"access_key_id": env_secret(pipeline, "access_key_id_env", self.access_key_id_env),
+                "secret_access_key": env_secret(pipeline, "secret_access_key_env", self.secret_access_key_env),
+                "session_token": env_secret(pipeline, "session_token_env", self.session_token_env)}
+
+    def open_bucket(self, pipeline: str) -> S3Bucket:
+        return S3Bucket.connect(
+            self.bucket, region=self.region, endpoint_url=self.endpoint_url, profile=self.profile,
+            **self.keys(pipeline), role_arn=self.role_arn, external_id=self.external_id,
+            credentials_from=self.credentials_from, server_side_encryption=self.server_side_encryption,
+            kms_key_id=self.kms_key_id,
+        )
+
+
+def open_destination(config: S3DestinationConfig, context):
+    return open_object_store(config, context, lambda: config.open_bucket(context.pipeline))
+
+
+def table_location(config: S3DestinationConfig, project_id: int, table: str) -> str:
+    return object_location("s3", config.bucket, config.prefix, project_id, table)
+
 
 MULTIPART_THRESHOLD = 64 << 20
 MULTIPART_CHUNKSIZE = 16 << 20  # x4 threads: at most ~64 MB of a part in memory

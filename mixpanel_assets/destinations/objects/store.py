@@ -24,11 +24,11 @@ from mixpanel_assets.destinations.base import (
     EVENTS_TABLE,
     Destination,
     DestinationError,
+    PartsFormat,
     WriteResult,
     utc_now_iso,
 )
 from mixpanel_assets.staging.parts import PartFile
-from mixpanel_assets.staging.stage import StagedRows, StagedTable, StagedWindow
 from mixpanel_assets.windows import PartitionWindow
 
 MANIFEST = "manifest.json"
@@ -77,17 +77,26 @@ class Bucket(ABC):
 
 class ObjectStoreDestination(Destination):
     def __init__(self, pipeline: str, project_id: int, bucket: Bucket, *, prefix: str = "", fmt: str = "json",
-                 compression: str = "gzip", max_file_mb: int = 256, workers: int = 1, log=None):
+                 compression: str = "gzip", max_file_mb: int = 256, log=None):
         super().__init__(pipeline, project_id, log)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.fmt = fmt
         self.compression = compression
         self.max_bytes = max_file_mb << 20
-        self.workers = workers
+
+    @classmethod
+    def from_config(cls, config, context, bucket: Bucket) -> ObjectStoreDestination:
+        """From an ObjectStoreConfig (configs.py) and the run's DestinationContext."""
+        return cls(context.pipeline, context.project_id, bucket, prefix=config.prefix, fmt=config.format,
+                   compression=config.effective_compression, max_file_mb=config.max_file_mb, log=context.log)
 
     def describe(self) -> str:
         return self.bucket.describe()
+
+    @property
+    def parts_format(self) -> PartsFormat:
+        return PartsFormat(self.fmt, self.compression, self.max_bytes)
 
     def table_folder(self, table: str) -> str:
         parts = [p for p in (self.prefix, str(self.project_id), table) if p]
@@ -96,23 +105,20 @@ class ObjectStoreDestination(Destination):
     def window_folder(self, window: PartitionWindow) -> str:
         return self.table_folder(EVENTS_TABLE) + "/".join(window.folder_parts()) + "/"
 
-    def write_event_window(self, staged: StagedWindow, window: PartitionWindow, work_dir: Path) -> WriteResult:
+    def write_event_window(self, parts: list[PartFile], window: PartitionWindow, fingerprint: str) -> WriteResult:
         manifest = {
             "partition_key": window.partition_key,
             "window_start": window.start.isoformat(),
             "window_end": window.end.isoformat(),
-            "fingerprint": staged.fingerprint.token(),
+            "fingerprint": fingerprint,
         }
-        return self._replace_folder(self.window_folder(window), staged, EVENTS_TABLE, work_dir, manifest,
+        return self._replace_folder(self.window_folder(window), parts, EVENTS_TABLE, manifest,
                                     f"partition {window.partition_key}")
 
-    def write_table(self, staged: StagedTable, work_dir: Path) -> WriteResult:
-        return self._replace_folder(self.table_folder(staged.table), staged, staged.table, work_dir, {}, staged.table)
+    def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
+        return self._replace_folder(self.table_folder(table), parts, table, {}, table)
 
-    def _replace_folder(self, folder: str, staged: StagedRows, table: str, work_dir: Path, extra: dict,
-                        what: str) -> WriteResult:
-        parts = staged.write_parts(work_dir, fmt=self.fmt, compression=self.compression, max_bytes=self.max_bytes,
-                                   workers=self.workers, table=table)
+    def _replace_folder(self, folder: str, parts: list[PartFile], table: str, extra: dict, what: str) -> WriteResult:
         try:
             return self._swap(folder, parts, table, extra)
         except DestinationError:
@@ -122,9 +128,6 @@ class ObjectStoreDestination(Destination):
                 f"pipeline {self.pipeline!r}: writing {what} to {self.bucket.uri(folder)} failed: "
                 f"{type(exc).__name__}: {exc}; the previous data there is unchanged"
             ) from exc
-        finally:
-            for part in parts:
-                part.path.unlink(missing_ok=True)
 
     def _swap(self, folder: str, parts: list[PartFile], table: str, extra: dict) -> WriteResult:
         # `complete` goes first and comes back last: a folder that has it holds exactly the

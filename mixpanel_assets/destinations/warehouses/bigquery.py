@@ -27,6 +27,10 @@ readers) and the previous tables are dropped, as Mixpanel does.
 The client is google-cloud-bigquery itself rather than dagster-gcp's BigQueryResource: that
 resource can neither point at another endpoint (the emulator in tests) nor take a key without
 writing it to a temporary file named by a process-wide environment variable.
+
+Over ~400 lines because the destination is one module: its config model, the client and the
+export path stay together (docs/destinations.md); reading back and GDPR deletion are in
+bigquery_admin.py.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ import json
 import re
 import uuid
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from mixpanel_assets.destinations.base import (
     EVENTS_TABLE,
@@ -43,21 +50,59 @@ from mixpanel_assets.destinations.base import (
     PEOPLE_TABLE,
     Destination,
     DestinationError,
+    PartsFormat,
     WriteResult,
+    permanent,
 )
+from mixpanel_assets.destinations.configs import HTTP_URL, DestinationConfigBase, env_secret, env_var_name
+from mixpanel_assets.destinations.warehouses.bigquery_admin import BigQueryAdmin, _first_line, _str
 from mixpanel_assets.schema import (
     BIGQUERY,
-    DEDUP_KEY,
     EVENT_COLUMNS,
-    INSERT_ID,
     TIMESTAMP,
-    USER_COLUMNS,
     dialect_columns,
     typed,
 )
 from mixpanel_assets.staging.parts import PartFile
-from mixpanel_assets.staging.stage import StagedRows, StagedTable, StagedWindow
 from mixpanel_assets.windows import PartitionWindow
+
+
+class BigQueryDestinationConfig(DestinationConfigBase):
+    """A BigQuery dataset you created (as with Mixpanel). Credentials: the service-account key in
+    `credentials_env` (its JSON, or the path to the key file), else Application Default Credentials;
+    anonymous when `api_endpoint` (an emulator) is set without `credentials_env`."""
+
+    type: Literal["bigquery"]
+    project: str = Field(pattern=r"^[a-z0-9][a-z0-9.:-]{2,126}$")
+    dataset: str = Field(pattern=r"^[A-Za-z0-9_]{1,1024}$")
+    location: str | None = None  # where jobs run, e.g. US, EU, europe-west3 (the dataset's location)
+    credentials_env: str | None = None
+    api_endpoint: str | None = Field(None, pattern=HTTP_URL)
+    load_compression: Literal["gzip", "none"] = "gzip"  # bytes uploaded per load job
+    job_timeout_seconds: float = Field(1800.0, gt=0)
+
+    _check_env = field_validator("credentials_env")(env_var_name)
+
+    def location_key(self) -> tuple:
+        return ("bigquery", self.api_endpoint, self.project, self.dataset)
+
+    def describe(self) -> str:
+        return f"BigQuery dataset {self.project}.{self.dataset}"
+
+
+def open_destination(config: BigQueryDestinationConfig, context) -> BigQueryDestination:
+    credentials = env_secret(context.pipeline, "credentials_env", config.credentials_env)
+    client = make_client(config.project, location=config.location, credentials=credentials,
+                         credentials_env=config.credentials_env, api_endpoint=config.api_endpoint)
+    return BigQueryDestination(context.pipeline, context.project_id, client, config.dataset,
+                               timezone=context.timezone, load_compression=config.load_compression,
+                               job_timeout=config.job_timeout_seconds, log=context.log)
+
+
+def table_location(config: BigQueryDestinationConfig, project_id: int, table: str) -> str:
+    """What readers query: the events table, the people / identity views."""
+    name = table if table == EVENTS_TABLE else f"{table}_view"
+    return f"{config.project}.{config.dataset}.{name}"
 
 EXPORT_LOG = "mp_nessie_export_log"
 RESOLVED_VIEW = "mp_master_event_resolved"
@@ -126,28 +171,9 @@ def _date(value: dt.date) -> str:
     return f"DATE '{value.isoformat()}'"
 
 
-def _str(value: str | None) -> str:
-    """A string literal for SQL we compose from our own values (names, keys, fingerprints)."""
-    if value is None:
-        return "NULL"
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def permanent(error: DestinationError) -> DestinationError:
-    """Mark an error retrying cannot fix (missing dataset, foreign schema, rejected credentials):
-    the IO manager then fails the step at once instead of waiting out the retry policy."""
-    error.permanent = True
-    return error
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:500] if text else type(exc).__name__
-
-
-class BigQueryDestination(Destination):
+class BigQueryDestination(BigQueryAdmin, Destination):
     def __init__(self, pipeline: str, project_id: int, client, dataset: str, *, timezone: str = "UTC",
-                 load_compression: str = "gzip", job_timeout: float = 1800.0, workers: int = 1, log=None):
+                 load_compression: str = "gzip", job_timeout: float = 1800.0, log=None):
         super().__init__(pipeline, project_id, log)
         self.client = client
         self.project = client.project
@@ -155,11 +181,14 @@ class BigQueryDestination(Destination):
         self.timezone = timezone
         self.load_compression = load_compression
         self.job_timeout = job_timeout
-        self.workers = workers
         self._checked: set[str] = set()
 
     def describe(self) -> str:
         return f"BigQuery dataset {self.project}.{self.dataset}"
+
+    @property
+    def parts_format(self) -> PartsFormat:
+        return PartsFormat("json", self.load_compression)
 
     def ref(self, table: str) -> str:
         return f"{self.project}.{self.dataset}.{table}"
@@ -175,30 +204,27 @@ class BigQueryDestination(Destination):
 
     # --- events ------------------------------------------------------------------------------
 
-    def write_event_window(self, staged: StagedWindow, window: PartitionWindow, work_dir: Path) -> WriteResult:
+    def write_event_window(self, parts: list[PartFile], window: PartitionWindow, fingerprint: str) -> WriteResult:
         what = f"partition {window.partition_key} of {self.ref(EVENTS_TABLE)}"
+        rows = sum(p.rows for p in parts)
         staging = None
-        parts = []
         try:
             self._ensure_dataset()
             self._ensure_table(EVENTS_TABLE, EVENT_SCHEMA, partition_field="mp_date")
             self._ensure_table(EXPORT_LOG, LOG_SCHEMA)
-            parts = self._parts(staged, work_dir, EVENTS_TABLE)
             if parts:
                 staging = f"_mp_load_{EVENTS_TABLE}_{uuid.uuid4().hex[:12]}"
                 self._create_table(staging, EVENT_LOAD_SCHEMA, expires=True)
                 for part in parts:
                     self._load(part.path, staging, EVENT_LOAD_SCHEMA)
-                self._check_staging(staging, staged.rows, window)
+                self._check_staging(staging, rows, window)
             removed = self._count(f"SELECT COUNT(*) FROM {self.sql_ref(EVENTS_TABLE)} WHERE {self._in_window(window)}")
-            self._run(self._replace_window_sql(staging, window, staged), "replace the window")
+            self._run(self._replace_window_sql(staging, window, rows, fingerprint), "replace the window")
         except Exception as exc:
             raise self._fail(what, exc, "the previous rows of the window are unchanged") from exc
         finally:
             self._drop_quietly(staging)
-            for part in parts:
-                part.path.unlink(missing_ok=True)
-        return WriteResult(location=self.location(EVENTS_TABLE), rows=staged.rows, removed=removed,
+        return WriteResult(location=self.location(EVENTS_TABLE), rows=rows, removed=removed,
                            bytes=sum(p.size for p in parts))
 
     def _in_window(self, window: PartitionWindow) -> str:
@@ -210,7 +236,7 @@ class BigQueryDestination(Destination):
         return (f"mp_date BETWEEN {_date(first)} AND {_date(last)} "
                 f"AND time >= {_ts(window.start)} AND time < {_ts(window.end)}")
 
-    def _replace_window_sql(self, staging: str | None, window: PartitionWindow, staged: StagedWindow) -> str:
+    def _replace_window_sql(self, staging: str | None, window: PartitionWindow, rows: int, fingerprint: str) -> str:
         table = self.sql_ref(EVENTS_TABLE)
         statements = [f"DELETE FROM {table} WHERE {self._in_window(window)};"]
         if staging is not None:
@@ -222,7 +248,7 @@ class BigQueryDestination(Destination):
                 f"FROM (SELECT *, {_EPOCH_MICROS} AS t FROM {self.sql_ref(staging)});"
             )
         statements.append(self._log_sql(EVENTS_TABLE, EVENTS_TABLE, window.partition_key, window.local_date,
-                                        window.start, window.end, staged.rows, staged.fingerprint.token()))
+                                        window.start, window.end, rows, fingerprint))
         return "BEGIN TRANSACTION;\n" + "\n".join(statements) + "\nCOMMIT TRANSACTION;"
 
     def _check_staging(self, staging: str, expected: int, window: PartitionWindow) -> None:
@@ -239,27 +265,25 @@ class BigQueryDestination(Destination):
 
     # --- people and identity mappings --------------------------------------------------------
 
-    def write_table(self, staged: StagedTable, work_dir: Path) -> WriteResult:
-        table = staged.table
+    def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
+        rows = sum(p.rows for p in parts)
         view = f"{table}_view"
         new = f"{table}_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:6]}"
         what = f"{self.ref(view)} (new table {new})"
-        parts = []
         swapped = False
         try:
             self._ensure_dataset()
             self._ensure_table(EXPORT_LOG, LOG_SCHEMA)
             self._create_table(new, TABLE_SCHEMAS[table])
-            parts = self._parts(staged, work_dir, table)
             for part in parts:
                 self._load(part.path, new, TABLE_SCHEMAS[table])
             loaded = self._count(f"SELECT COUNT(*) FROM {self.sql_ref(new)}")
-            if loaded != staged.rows:
-                raise DestinationError(f"{new} holds {loaded} rows after loading, expected {staged.rows}")
+            if loaded != rows:
+                raise DestinationError(f"{new} holds {loaded} rows after loading, expected {rows}")
             self._run(f"CREATE OR REPLACE VIEW {self.sql_ref(view)} AS SELECT * FROM {self.sql_ref(new)}",
                       f"point {view} at {new}")
             swapped = True
-            self._run(self._log_sql(table, new, None, None, None, None, loaded, staged.digest), "log the export")
+            self._run(self._log_sql(table, new, None, None, None, None, loaded, digest), "log the export")
             if table == IDENTITY_TABLE:
                 self.ensure_resolved_view()
         except Exception as exc:
@@ -268,11 +292,8 @@ class BigQueryDestination(Destination):
             state = (f"{view} already shows the new rows; the export log and the resolved view were not updated"
                      if swapped else f"{view} still shows the previous table")
             raise self._fail(what, exc, state) from exc
-        finally:
-            for part in parts:
-                part.path.unlink(missing_ok=True)
         removed = self._drop_previous(table, keep=new)
-        return WriteResult(location=self.location(new), rows=staged.rows, removed=removed,
+        return WriteResult(location=self.location(new), rows=rows, removed=removed,
                            bytes=sum(p.size for p in parts))
 
     def ensure_resolved_view(self) -> None:
@@ -300,185 +321,7 @@ class BigQueryDestination(Destination):
                                      f"{self.ref(item.table_id)}: {_first_line(exc)}")
         return dropped
 
-    # --- reading back (asset checks) -----------------------------------------------------------
-
-    def read_event_window(self, window: PartitionWindow):
-        """The window as readers see it; mp_date, our partitioning column, is left out of the columns
-        (reported as a problem only where it disagrees with the local date of `time`)."""
-        from google.api_core.exceptions import NotFound
-
-        from mixpanel_assets.destinations.base import EventWindowReadback
-
-        location = self.location(EVENTS_TABLE)
-        try:
-            schema = self.client.get_table(self.ref(EVENTS_TABLE)).schema
-        except NotFound:
-            return EventWindowReadback(location, 0, 0, 0, [], [f"no table {self.ref(EVENTS_TABLE)}"])
-        table, where = self.sql_ref(EVENTS_TABLE), self._in_window(window)
-        counts = self._row(f"SELECT COUNT(*) AS n, COUNTIF(mp_date != DATE(time, {_str(self.timezone)})) AS misdated "
-                           f"FROM {table} WHERE {where}")
-        duplicates = self._row(
-            f"SELECT COUNT(*) AS k, IFNULL(SUM(n - 1), 0) AS extra FROM (SELECT COUNT(*) AS n FROM {table} "
-            f"WHERE {where} AND {INSERT_ID} IS NOT NULL GROUP BY {', '.join(DEDUP_KEY)} "
-            "HAVING COUNT(*) > 1)")
-        problems = [f"{counts['misdated']} rows whose mp_date is not the {self.timezone} date of their time"
-                    ] if counts["misdated"] else []
-        columns = [(f.name, _LOGICAL.get(f.field_type, f.field_type)) for f in schema if f.name != "mp_date"]
-        return EventWindowReadback(location, int(counts["n"]), int(duplicates["k"]), int(duplicates["extra"]),
-                                   columns, problems)
-
-    def read_table(self, table: str):
-        """mp_people_data / mp_identity_mappings_data through their view, as readers query them."""
-        from google.api_core.exceptions import NotFound
-
-        from mixpanel_assets.destinations.base import TableReadback
-
-        view = self.sql_ref(f"{table}_view")
-        location = self.location(f"{table}_view")
-        try:
-            schema = self.client.query(f"SELECT * FROM {view} LIMIT 0", timeout=120).result(timeout=self.job_timeout).schema
-        except NotFound:
-            return TableReadback(location, 0, 0, [], [f"no view {self.ref(table + '_view')}"])
-        rows = self._count(f"SELECT COUNT(*) FROM {view}")
-        duplicates = self._count(f"SELECT COUNT(*) FROM (SELECT distinct_id FROM {view} GROUP BY distinct_id "
-                                 "HAVING COUNT(*) > 1)")
-        columns = [(f.name, _LOGICAL.get(f.field_type, f.field_type)) for f in schema]
-        return TableReadback(location, rows, duplicates, columns)
-
-    # --- deleting users (GDPR) -----------------------------------------------------------------
-    # The distinct_ids are user data. Rather than composing them into SQL text (bqemulator takes no
-    # query parameters inside scripts), they are loaded from a file into a table of their own,
-    # which expires like a staging table, and joined on: nothing to escape, no query-length limit
-    # for thousands of ids, and the ids never appear in the project's query history.
-
-    def delete_event_rows(self, distinct_ids, windows, work_dir, dry_run=False):
-        """One grouped count attributes the users' rows to the windows (window_counts.py), then one
-        transaction deletes them from all the windows at once: each window is all-or-nothing, and it
-        is one DML job instead of one per partition (BigQuery takes seconds per DML job and limits
-        their rate per table, and an hourly pipeline has thousands of partitions)."""
-        import dataclasses
-
-        from mixpanel_assets.destinations.warehouses.window_counts import bucket_seconds, removals_by_window
-
-        if not windows or not distinct_ids or not self._exists(EVENTS_TABLE):
-            return []
-        table = self.sql_ref(EVENTS_TABLE)
-        span = dataclasses.replace(windows[0], end=windows[-1].end)
-        bucket = bucket_seconds(windows)
-        ids = None
-        try:
-            ids = self._load_ids(distinct_ids, Path(work_dir))
-            match = f"distinct_id IN (SELECT distinct_id FROM {self.sql_ref(ids)}) AND {self._in_window(span)}"
-            counts = self._rows(f"SELECT DIV(UNIX_SECONDS(time), {bucket}) AS b, COUNT(*) AS n FROM {table} "
-                                f"WHERE {match} GROUP BY b")
-            removals = removals_by_window(windows, counts, bucket, self.location(EVENTS_TABLE))
-            if removals and not dry_run:
-                self._run(self._delete_sql(table, match, sum(r.rows for r in removals)), "delete the rows")
-        except Exception as exc:
-            raise self._delete_failed(f"the events of {len(windows)} partitions of {self.ref(EVENTS_TABLE)}",
-                                      exc) from exc
-        finally:
-            self._drop_quietly(ids)
-        return removals
-
-    def delete_table_rows(self, table, distinct_ids, work_dir, dry_run=False):
-        """Deletes in place from the table the view points at now, rather than copying the other
-        rows into a new table and swapping the view as an export does: one DML job instead of a
-        copy of every profile, the export log still names the table readers see, and an export
-        swapping the view meanwhile is never undone (ours would bring back its predecessor)."""
-        from mixpanel_assets.destinations.base import Removal
-
-        current = ids = None
-        try:
-            current = self._view_target(table) if distinct_ids else None
-            if current is None:
-                return Removal(table, None, 0, self.location(f"{table}_view"))
-            target = self.sql_ref(current)
-            ids = self._load_ids(distinct_ids, Path(work_dir))
-            among = f"(SELECT distinct_id FROM {self.sql_ref(ids)})"
-            match = "(" + " OR ".join(f"{column} IN {among}" for column in USER_COLUMNS[table]) + ")"
-            rows = self._count(f"SELECT COUNT(*) FROM {target} WHERE {match}")
-            if rows and not dry_run:
-                self._run(self._delete_sql(target, match, rows), "delete the rows")
-        except Exception as exc:
-            raise self._delete_failed(f"{self.ref(current) if current else table} (behind {table}_view)", exc) from exc
-        finally:
-            self._drop_quietly(ids)
-        return Removal(table, None, rows, self.location(current))
-
-    def _exists(self, table: str) -> bool:
-        from google.api_core.exceptions import NotFound
-
-        try:
-            self.client.get_table(self.ref(table))
-        except NotFound:
-            return False
-        return True
-
-    def _view_target(self, table: str) -> str | None:
-        """The suffixed table `<table>_view` reads, None without a view (nothing exported yet).
-        INFORMATION_SCHEMA rather than Table.view_query, which bqemulator leaves empty."""
-        from google.api_core.exceptions import NotFound
-
-        view = f"{table}_view"
-        try:
-            found = self._rows(f"SELECT view_definition FROM `{self.project}.{self.dataset}.INFORMATION_SCHEMA.VIEWS` "
-                               f"WHERE table_name = {_str(view)}")
-        except NotFound:
-            return None
-        if not found:
-            return None
-        names = {m["name"] for m in re.finditer(rf"\b(?P<name>{table}_\d{{8}}T\d{{6}}_[0-9a-f]{{6}})\b", found[0][0])}
-        if len(names) != 1:
-            raise DestinationError(f"{self.ref(view)} does not read one {table}_<time> table written by this "
-                                   "exporter (was it changed by hand?)")
-        return names.pop()
-
-    def _load_ids(self, distinct_ids, work_dir: Path) -> str:
-        """An expiring table holding the ids, loaded from a JSON-lines file; its name."""
-        import orjson
-
-        name = f"_mp_gdpr_ids_{uuid.uuid4().hex[:12]}"
-        work_dir.mkdir(parents=True, exist_ok=True)
-        path = work_dir / f"{name}.json"
-        path.write_bytes(b"".join(orjson.dumps({"distinct_id": i}) + b"\n" for i in sorted(distinct_ids)))
-        try:
-            self._create_table(name, _IDS_SCHEMA, expires=True)
-            self._load(path, name, _IDS_SCHEMA)
-            loaded = self._count(f"SELECT COUNT(*) FROM {self.sql_ref(name)}")
-            if loaded != len(distinct_ids):
-                raise DestinationError(f"{name} holds {loaded} distinct_ids after loading, expected {len(distinct_ids)}")
-        except BaseException:
-            self._drop_quietly(name)
-            raise
-        finally:
-            path.unlink(missing_ok=True)
-        return name
-
-    @staticmethod
-    def _delete_sql(target: str, match: str, expected: int) -> str:
-        """Delete in a transaction that fails (and so rolls back) unless exactly the counted rows
-        match when it starts and none are left at its end. ERROR() in a SELECT, not ASSERT, which
-        bqemulator does not parse."""
-        left = f"(SELECT COUNT(*) FROM {target} WHERE {match})"
-        return ("BEGIN TRANSACTION;\n"
-                f"SELECT IF({left} != {int(expected)}, ERROR('the rows to delete changed after they were counted "
-                "(an export wrote them meanwhile?)'), 0);\n"
-                f"DELETE FROM {target} WHERE {match};\n"
-                f"SELECT IF({left} != 0, ERROR('rows of the deleted users were left after the DELETE'), 0);\n"
-                "COMMIT TRANSACTION;")
-
-    def _delete_failed(self, what: str, exc: Exception) -> DestinationError:
-        return DestinationError(
-            f"pipeline {self.pipeline!r}: removing deleted users' rows from {what} failed: {type(exc).__name__}: "
-            f"{_first_line(exc)}; it is one transaction, so those rows are all still there (rerun the deletion)"
-        )
-
     # --- building blocks ---------------------------------------------------------------------
-
-    def _parts(self, staged: StagedRows, work_dir: Path, table: str) -> list[PartFile]:
-        return staged.write_parts(work_dir, fmt="json", compression=self.load_compression, workers=self.workers,
-                                  table=table)
 
     def _ensure_dataset(self) -> None:
         if "dataset" in self._checked:
@@ -594,5 +437,3 @@ class BigQueryDestination(Destination):
 
 
 _LEGACY_TYPES = {"FLOAT": "FLOAT64", "INTEGER": "INT64", "BOOLEAN": "BOOL"}
-_LOGICAL = {declared: logical for logical, declared in BIGQUERY.items()}
-_IDS_SCHEMA = (("distinct_id", "STRING"),)  # the ids a GDPR deletion removes

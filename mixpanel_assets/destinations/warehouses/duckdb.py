@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from pathlib import Path
+from typing import Literal
 
 from filelock import FileLock
+from pydantic import ConfigDict, Field
 
 from mixpanel_assets.destinations.base import (
     EVENTS_TABLE,
@@ -27,6 +29,7 @@ from mixpanel_assets.destinations.base import (
     DestinationError,
     WriteResult,
 )
+from mixpanel_assets.destinations.configs import DestinationConfigBase, resolve_under
 from mixpanel_assets.schema import (
     DEDUP_KEY,
     DUCKDB,
@@ -37,8 +40,35 @@ from mixpanel_assets.schema import (
     columns,
     typed,
 )
-from mixpanel_assets.staging.stage import StagedTable, StagedWindow
+from mixpanel_assets.staging.parts import PartFile
 from mixpanel_assets.windows import PartitionWindow
+
+
+class DuckDBDestinationConfig(DestinationConfigBase):
+    """An embedded DuckDB database file holding the three tables."""
+
+    type: Literal["duckdb"]
+    path: str
+    schema_name: str = Field("main", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def location_key(self) -> tuple:
+        return ("duckdb", self.path, self.schema_name)
+
+    def describe(self) -> str:
+        return f"DuckDB {self.path} schema {self.schema_name}"
+
+    def resolved(self, base_dir: Path) -> DuckDBDestinationConfig:
+        return self.model_copy(update={"path": resolve_under(base_dir, self.path)})
+
+
+def open_destination(config: DuckDBDestinationConfig, context) -> DuckDBDestination:
+    return DuckDBDestination(context.pipeline, context.project_id, config.path, config.schema_name, log=context.log)
+
+
+def table_location(config: DuckDBDestinationConfig, project_id: int, table: str) -> str:
+    return f"{Path(config.path).stem}.{config.schema_name}.{table}"
 
 LOCK_TIMEOUT_S = 1800
 
@@ -95,18 +125,13 @@ def _naive_utc(value: dt.datetime) -> dt.datetime:
 
 
 class DuckDBDestination(Destination):
-    def __init__(self, pipeline: str, project_id: int, path: str | Path, schema: str = "main", workers: int = 1, log=None):
+    def __init__(self, pipeline: str, project_id: int, path: str | Path, schema: str = "main", log=None):
         super().__init__(pipeline, project_id, log)
         self.path = Path(path)
         self.schema = schema
-        self.workers = workers
 
     def describe(self) -> str:
         return f"DuckDB {self.path} ({self.schema})"
-
-    def _parts(self, staged, work_dir: Path, table: str) -> list[str]:
-        parts = staged.write_parts(work_dir, fmt="json", compression="gzip", workers=self.workers, table=table)
-        return [str(p.path) for p in parts]
 
     @contextlib.contextmanager
     def _transaction(self, failure: str, unchanged: str = "the previous rows are unchanged", create: bool = True):
@@ -141,52 +166,44 @@ class DuckDBDestination(Destination):
             finally:
                 conn.close()
 
-    def write_event_window(self, staged: StagedWindow, window: PartitionWindow, work_dir: Path) -> WriteResult:
-        files = self._parts(staged, work_dir, EVENTS_TABLE)
+    def write_event_window(self, parts: list[PartFile], window: PartitionWindow, fingerprint: str) -> WriteResult:
+        files, rows = [str(p.path) for p in parts], sum(p.rows for p in parts)
         table = f"{self.schema}.{EVENTS_TABLE}"
         start, end = _naive_utc(window.start), _naive_utc(window.end)
-        try:
-            with self._transaction(f"loading partition {window.partition_key} of {table}") as conn:
-                removed = conn.execute(f"DELETE FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
-                if files:
-                    conn.execute(
-                        f"INSERT INTO {table} {_SELECT_EVENTS} FROM read_json(?, format='newline_delimited', "
-                        f"columns={_EVENT_COLUMNS}, compression='gzip')",
-                        [files],
-                    )
-                loaded = conn.execute(f"SELECT count(*) FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
-                if loaded != staged.rows:
-                    raise DestinationError(
-                        f"{loaded} rows in the window after loading, expected {staged.rows} "
-                        "(events outside the window in the staged files?)"
-                    )
-                self._log(conn, EVENTS_TABLE, window.partition_key, start, end, loaded, staged.fingerprint.token())
-        finally:
-            for f in files:
-                Path(f).unlink(missing_ok=True)
+        with self._transaction(f"loading partition {window.partition_key} of {table}") as conn:
+            removed = conn.execute(f"DELETE FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
+            if files:
+                conn.execute(
+                    f"INSERT INTO {table} {_SELECT_EVENTS} FROM read_json(?, format='newline_delimited', "
+                    f"columns={_EVENT_COLUMNS}, compression='gzip')",
+                    [files],
+                )
+            loaded = conn.execute(f"SELECT count(*) FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
+            if loaded != rows:
+                raise DestinationError(
+                    f"{loaded} rows in the window after loading, expected {rows} "
+                    "(events outside the window in the staged files?)"
+                )
+            self._log(conn, EVENTS_TABLE, window.partition_key, start, end, loaded, fingerprint)
         return WriteResult(location=f"duckdb://{self.path}/{table}", rows=loaded, removed=int(removed))
 
-    def write_table(self, staged: StagedTable, work_dir: Path) -> WriteResult:
-        files = self._parts(staged, work_dir, staged.table)
-        table = f"{self.schema}.{staged.table}"
-        columns, names = _TABLE_COLUMNS[staged.table]
-        try:
-            with self._transaction(f"loading {table}") as conn:
-                removed = conn.execute(f"DELETE FROM {table}").fetchone()[0]
-                if files:
-                    conn.execute(
-                        f"INSERT INTO {table} SELECT {names} FROM read_json(?, format='newline_delimited', "
-                        f"columns={columns}, compression='gzip')",
-                        [files],
-                    )
-                loaded = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                if loaded != staged.rows:
-                    raise DestinationError(f"{loaded} rows after loading, expected {staged.rows}")
-                self._log(conn, staged.table, None, None, None, loaded, staged.digest)
-        finally:
-            for f in files:
-                Path(f).unlink(missing_ok=True)
-        return WriteResult(location=f"duckdb://{self.path}/{table}", rows=loaded, removed=int(removed))
+    def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
+        files, rows = [str(p.path) for p in parts], sum(p.rows for p in parts)
+        target = f"{self.schema}.{table}"
+        columns, names = _TABLE_COLUMNS[table]
+        with self._transaction(f"loading {target}") as conn:
+            removed = conn.execute(f"DELETE FROM {target}").fetchone()[0]
+            if files:
+                conn.execute(
+                    f"INSERT INTO {target} SELECT {names} FROM read_json(?, format='newline_delimited', "
+                    f"columns={columns}, compression='gzip')",
+                    [files],
+                )
+            loaded = conn.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
+            if loaded != rows:
+                raise DestinationError(f"{loaded} rows after loading, expected {rows}")
+            self._log(conn, table, None, None, None, loaded, digest)
+        return WriteResult(location=f"duckdb://{self.path}/{target}", rows=loaded, removed=int(removed))
 
     def _log(self, conn, table, partition_key, start, end, rows, fingerprint) -> None:
         conn.execute(

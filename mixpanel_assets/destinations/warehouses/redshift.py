@@ -23,6 +23,9 @@ before S3 changes); after a window's files are in place, its partition is create
 Redshift sees the Glue database through an external schema. Its DDL is printed in the run log;
 with `workgroup` set it is also run through the Redshift Data API (once: a Glue table parameter
 records that it succeeded), since creating it needs the database's CREATE privilege.
+
+Over ~400 lines because the destination is one module: its config model and the code that opens
+it sit here with the Glue catalog code (docs/destinations.md).
 """
 
 from __future__ import annotations
@@ -30,17 +33,55 @@ from __future__ import annotations
 import datetime as dt
 import time
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from mixpanel_assets.destinations.base import (
     EVENTS_TABLE,
     Destination,
     DestinationError,
     WriteResult,
+    permanent,
 )
+from mixpanel_assets.destinations.configs import ROLE_ARN, SQL_NAME
+from mixpanel_assets.destinations.objects.cloud import open_object_store
+from mixpanel_assets.destinations.objects.s3 import S3DestinationConfig
 from mixpanel_assets.destinations.objects.store import COMPLETE, MANIFEST, Bucket, ObjectStoreDestination
 from mixpanel_assets.schema import GLUE, TABLES, typed
-from mixpanel_assets.staging.stage import StagedTable, StagedWindow
+from mixpanel_assets.staging.parts import PartFile
 from mixpanel_assets.windows import PartitionWindow
+
+
+class RedshiftDestinationConfig(S3DestinationConfig):
+    """Redshift Spectrum: the S3 export (every `type: s3` field applies), plus AWS Glue tables over
+    it and the external schema in Redshift. Glue and the Redshift Data API use the S3 credentials
+    and `endpoint_url`."""
+
+    type: Literal["redshift"]  # type: ignore[assignment]
+    glue_database: str = Field(pattern=r"^[a-z0-9_]{1,255}$")  # created by you, as with Mixpanel
+    glue_region: str | None = None  # default: region
+    iam_role_arn: str | None = Field(None, pattern=ROLE_ARN)  # Redshift's role
+    workgroup: str | None = Field(None, pattern=r"^[a-z0-9-]{3,64}$")  # Redshift Serverless: run the DDL there
+    redshift_database: str = Field("dev", pattern=SQL_NAME)
+    external_schema: str = Field("mp_json_export", pattern=SQL_NAME)
+    statement_timeout_seconds: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _spectrum_readable(self) -> RedshiftDestinationConfig:
+        if self.format != "json" or self.effective_compression not in ("gzip", "none"):
+            raise ValueError("Redshift Spectrum tables here read gzip or plain JSON lines (Glue's JSON SerDe): "
+                             "use format: json with compression gzip or none")
+        if self.workgroup and not self.iam_role_arn:
+            raise ValueError("workgroup needs iam_role_arn: CREATE EXTERNAL SCHEMA names the role Redshift reads Glue with")
+        return self
+
+    def describe(self) -> str:
+        return f"Redshift Spectrum on S3 bucket {self.bucket} (Glue database {self.glue_database})"
+
+
+def table_location(config: RedshiftDestinationConfig, project_id: int, table: str) -> str:
+    return f"{config.glue_database}.{table}"  # the Glue table; Redshift reads it as <external_schema>.<table>
 
 PARTITION_KEY = "mp_date"
 SCHEMA_MARKER = "mixpanel_assets.external_schema"  # Glue table parameter: "<workgroup>/<database>/<schema>"
@@ -102,49 +143,45 @@ def external_schema_sql(schema: str, glue_database: str, region: str | None, iam
             f"{region_clause}\nIAM_ROLE '{role}';")
 
 
-def aws_session(io_manager):
+def aws_session(config: S3DestinationConfig, keys: dict):
     """A boto3 session with the destination's S3 credentials (keys, profile, assumed role)."""
     import boto3
 
-    session = boto3.Session(aws_access_key_id=io_manager.access_key_id,
-                            aws_secret_access_key=io_manager.secret_access_key,
-                            aws_session_token=io_manager.session_token, profile_name=io_manager.profile)
-    if io_manager.role_arn:
-        sts = session.client("sts", region_name=io_manager.region, endpoint_url=io_manager.endpoint_url)
-        args = {"RoleArn": io_manager.role_arn, "RoleSessionName": "mixpanel-assets-export", "DurationSeconds": 3600}
-        if io_manager.external_id:
-            args["ExternalId"] = io_manager.external_id
+    session = boto3.Session(aws_access_key_id=keys["access_key_id"], aws_secret_access_key=keys["secret_access_key"],
+                            aws_session_token=keys["session_token"], profile_name=config.profile)
+    if config.role_arn:
+        sts = session.client("sts", region_name=config.region, endpoint_url=config.endpoint_url)
+        args = {"RoleArn": config.role_arn, "RoleSessionName": "mixpanel-assets-export", "DurationSeconds": 3600}
+        if config.external_id:
+            args["ExternalId"] = config.external_id
         creds = sts.assume_role(**args)["Credentials"]
         session = boto3.Session(aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
                                 aws_session_token=creds["SessionToken"])
     return session
 
 
-def open_spectrum_destination(io_manager, store: ObjectStoreDestination, log) -> RedshiftSpectrumDestination:
-    region = io_manager.glue_region or io_manager.region
+def open_destination(config: RedshiftDestinationConfig, context) -> RedshiftSpectrumDestination:
+    """The S3 side first (bucket opened, access checked), then the Glue and Data API clients."""
+    pipeline = context.pipeline
+    store = open_object_store(config, context, lambda: HiddenMarkersBucket(config.open_bucket(pipeline)))
+    region = config.glue_region or config.region
     if not region:
-        raise _permanent(DestinationError(
-            f"pipeline {io_manager.pipeline!r}: set glue_region (or region) for Glue database "
-            f"{io_manager.glue_database!r}"))
+        raise permanent(DestinationError(
+            f"pipeline {pipeline!r}: set glue_region (or region) for Glue database {config.glue_database!r}"))
     try:
-        session = aws_session(io_manager)
-        glue = session.client("glue", region_name=region, endpoint_url=io_manager.endpoint_url)
-        data_api = (session.client("redshift-data", region_name=region, endpoint_url=io_manager.endpoint_url)
-                    if io_manager.workgroup else None)
+        session = aws_session(config, config.keys(pipeline))
+        glue = session.client("glue", region_name=region, endpoint_url=config.endpoint_url)
+        data_api = (session.client("redshift-data", region_name=region, endpoint_url=config.endpoint_url)
+                    if config.workgroup else None)
     except Exception as exc:
-        raise DestinationError(f"pipeline {io_manager.pipeline!r}: cannot build AWS clients for Glue: "
+        raise DestinationError(f"pipeline {pipeline!r}: cannot build AWS clients for Glue: "
                                f"{type(exc).__name__}: {_first_line(exc)}") from exc
     return RedshiftSpectrumDestination(
-        io_manager.pipeline, io_manager.project_id, store, glue, io_manager.glue_database, region=region,
-        timezone=io_manager.timezone, data_api=data_api, workgroup=io_manager.workgroup,
-        redshift_database=io_manager.redshift_database, iam_role_arn=io_manager.iam_role_arn,
-        external_schema=io_manager.external_schema, statement_timeout=io_manager.statement_timeout_seconds, log=log,
+        pipeline, context.project_id, store, glue, config.glue_database, region=region,
+        timezone=context.timezone, data_api=data_api, workgroup=config.workgroup,
+        redshift_database=config.redshift_database, iam_role_arn=config.iam_role_arn,
+        external_schema=config.external_schema, statement_timeout=config.statement_timeout_seconds, log=context.log,
     )
-
-
-def _permanent(error: DestinationError) -> DestinationError:
-    error.permanent = True  # retrying cannot help: the IO manager fails the step without retries
-    return error
 
 
 def _first_line(exc: BaseException) -> str:
@@ -181,9 +218,13 @@ class RedshiftSpectrumDestination(Destination):
 
     # --- writes: files first (the object-store protocol), then the catalog ----------------------
 
-    def write_event_window(self, staged: StagedWindow, window: PartitionWindow, work_dir: Path) -> WriteResult:
+    @property
+    def parts_format(self):
+        return self.store.parts_format
+
+    def write_event_window(self, parts: list[PartFile], window: PartitionWindow, fingerprint: str) -> WriteResult:
         self._ensure_table(EVENTS_TABLE)
-        result = self.store.write_event_window(staged, window, work_dir)
+        result = self.store.write_event_window(parts, window, fingerprint)
         day = window.local_date.isoformat()
         location = self.store.bucket.uri(self.store.table_folder(EVENTS_TABLE) + "/".join(window.folder_parts()[:3]) + "/")
         try:
@@ -196,10 +237,10 @@ class RedshiftSpectrumDestination(Destination):
         self._ensure_external_schema(EVENTS_TABLE)
         return result
 
-    def write_table(self, staged: StagedTable, work_dir: Path) -> WriteResult:
-        self._ensure_table(staged.table)
-        result = self.store.write_table(staged, work_dir)
-        self._ensure_external_schema(staged.table)
+    def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
+        self._ensure_table(table)
+        result = self.store.write_table(parts, table, digest)
+        self._ensure_external_schema(table)
         return result
 
     # --- reading back and deleting (asset checks, GDPR): the data is the S3 files ---------------
@@ -278,7 +319,7 @@ class RedshiftSpectrumDestination(Destination):
         try:
             self.glue.get_database(Name=self.glue_database)
         except self.glue.exceptions.EntityNotFoundException:
-            raise _permanent(DestinationError(
+            raise permanent(DestinationError(
                 f"pipeline {self.pipeline!r}: Glue database {self.glue_database!r} does not exist in {self.region}; "
                 f"create it (e.g. `aws glue create-database --database-input Name={self.glue_database}`)"
             )) from None
@@ -357,7 +398,7 @@ class RedshiftSpectrumDestination(Destination):
                                  f"{_first_line(exc)}; {state}")
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
         if code in ("AccessDeniedException", "AccessDenied", "UnrecognizedClientException", "InvalidClientTokenId"):
-            _permanent(error)
+            permanent(error)
         return error
 
 

@@ -18,6 +18,10 @@ that fails on a bad file fails here, before the target is touched). The load tab
 
 Temporary stages and tables vanish with the session, so a killed run leaves nothing behind. The
 connection comes from dagster-snowflake's SnowflakeResource; out-of-band telemetry is switched off.
+
+Over ~400 lines because the destination is one module: its config model and the code that opens
+it sit here with the implementation (docs/destinations.md); the read-back and GDPR half can move
+out as BigQuery's did (bigquery_admin.py) when it grows.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ import contextlib
 import datetime as dt
 import uuid
 from pathlib import Path
+from typing import Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from mixpanel_assets.destinations.base import (
     EVENTS_TABLE,
@@ -35,6 +42,7 @@ from mixpanel_assets.destinations.base import (
     DestinationError,
     WriteResult,
 )
+from mixpanel_assets.destinations.configs import SQL_NAME, DestinationConfigBase, env_secret, env_var_name
 from mixpanel_assets.schema import (
     DEDUP_KEY,
     EVENT_COLUMNS,
@@ -49,8 +57,67 @@ from mixpanel_assets.schema import (
     typed,
 )
 from mixpanel_assets.staging.parts import PartFile
-from mixpanel_assets.staging.stage import StagedRows, StagedTable, StagedWindow
 from mixpanel_assets.windows import PartitionWindow
+
+
+class SnowflakeDestinationConfig(DestinationConfigBase):
+    """A Snowflake schema, through dagster-snowflake's SnowflakeResource. Give one secret: the
+    password or the private key (PEM text), each as the *name* of its env var."""
+
+    type: Literal["snowflake"]
+    account: str = Field(pattern=r"^[A-Za-z0-9._-]+$")  # account identifier, e.g. myorg-myaccount
+    user: str = Field(min_length=1)
+    database: str = Field(pattern=SQL_NAME)
+    schema_name: str = Field(alias="schema", pattern=SQL_NAME)
+    warehouse: str | None = Field(None, pattern=SQL_NAME)
+    role: str | None = Field(None, pattern=SQL_NAME)
+    password_env: str | None = None
+    private_key_env: str | None = None
+    private_key_password_env: str | None = None
+    # Emulators and private endpoints: where the connector connects instead of <account>.snowflakecomputing.com.
+    host: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
+    port: int | None = Field(None, ge=1, le=65535)
+    protocol: Literal["https", "http"] = "https"
+    network_timeout_seconds: int | None = Field(None, ge=1)
+    login_timeout_seconds: int | None = Field(None, ge=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    _check_env = field_validator("password_env", "private_key_env", "private_key_password_env")(env_var_name)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> SnowflakeDestinationConfig:
+        if bool(self.password_env) == bool(self.private_key_env):
+            raise ValueError("give exactly one of password_env and private_key_env")
+        if self.private_key_password_env and not self.private_key_env:
+            raise ValueError("private_key_password_env goes with private_key_env")
+        return self
+
+    def location_key(self) -> tuple:
+        return ("snowflake", self.host or self.account.lower(), self.database.upper(), self.schema_name.upper())
+
+    def describe(self) -> str:
+        return f"Snowflake {self.database}.{self.schema_name} (account {self.account})"
+
+
+def open_destination(config: SnowflakeDestinationConfig, context) -> SnowflakeDestination:
+    """The secrets are read from their env vars here, when a run opens the destination."""
+    pipeline = context.pipeline
+    resource = snowflake_resource(
+        account=config.account, user=config.user, database=config.database, schema=config.schema_name,
+        warehouse=config.warehouse, role=config.role, password=env_secret(pipeline, "password_env", config.password_env),
+        private_key=env_secret(pipeline, "private_key_env", config.private_key_env),
+        private_key_password=env_secret(pipeline, "private_key_password_env", config.private_key_password_env),
+        host=config.host, port=config.port, protocol=config.protocol,
+        network_timeout=config.network_timeout_seconds, login_timeout=config.login_timeout_seconds,
+    )
+    return SnowflakeDestination(pipeline, context.project_id, resource, config.database, config.schema_name,
+                                timezone=context.timezone, log=context.log)
+
+
+def table_location(config: SnowflakeDestinationConfig, project_id: int, table: str) -> str:
+    """The events view readers query, and the people / identity tables."""
+    return f"{config.database}.{config.schema_name}.{NAMES[table]}".upper()
 
 RAW = "MP_MASTER_EVENT_RAW"
 NAMES = {table: table.upper() for table in TABLES}
@@ -135,13 +202,12 @@ def _first_line(exc: BaseException) -> str:
 
 class SnowflakeDestination(Destination):
     def __init__(self, pipeline: str, project_id: int, resource, database: str, schema: str, *,
-                 timezone: str = "UTC", workers: int = 1, log=None):
+                 timezone: str = "UTC", log=None):
         super().__init__(pipeline, project_id, log)
         self.resource = resource
         self.database = database.upper()
         self.schema = schema.upper()
         self.timezone = timezone
-        self.workers = workers
 
     @property
     def q(self) -> str:
@@ -155,51 +221,42 @@ class SnowflakeDestination(Destination):
 
     # --- events ------------------------------------------------------------------------------
 
-    def write_event_window(self, staged: StagedWindow, window: PartitionWindow, work_dir: Path) -> WriteResult:
+    def write_event_window(self, parts: list[PartFile], window: PartitionWindow, fingerprint: str) -> WriteResult:
         what = f"partition {window.partition_key} of {self.q}.{RAW}"
         start, end = window.start.timestamp(), window.end.timestamp()
         in_window = f"{_EPOCH} >= {start!r} AND {_EPOCH} < {end!r}"
-        parts: list[PartFile] = []
+        rows = sum(p.rows for p in parts)
         try:
-            parts = self._parts(staged, work_dir, EVENTS_TABLE)
             with self._cursor() as cur:
                 load = self._load(cur, parts, EVENTS_TABLE)
                 if load:
-                    self._check_load(cur, load, staged.rows, f"NOT ({in_window}) OR {_EPOCH} IS NULL")
+                    self._check_load(cur, load, rows, f"NOT ({in_window}) OR {_EPOCH} IS NULL")
                 insert = f"INSERT INTO {self.q}.{RAW} (DATA) SELECT DATA FROM {load}" if load else None
-                removed = self._replace(cur, f"DELETE FROM {self.q}.{RAW} WHERE {in_window}", insert, staged.rows,
+                removed = self._replace(cur, f"DELETE FROM {self.q}.{RAW} WHERE {in_window}", insert, rows,
                                         (EVENTS_TABLE, window.partition_key, window.local_date,
-                                         _naive_utc(window.start), _naive_utc(window.end), staged.rows,
-                                         staged.fingerprint.token()))
+                                         _naive_utc(window.start), _naive_utc(window.end), rows, fingerprint))
         except Exception as exc:
             raise self._fail(what, exc) from exc
-        finally:
-            for part in parts:
-                part.path.unlink(missing_ok=True)
-        return WriteResult(location=self.location(RAW), rows=staged.rows, removed=removed,
+        return WriteResult(location=self.location(RAW), rows=rows, removed=removed,
                            bytes=sum(p.size for p in parts))
 
     # --- people and identity mappings --------------------------------------------------------
 
-    def write_table(self, staged: StagedTable, work_dir: Path) -> WriteResult:
-        name = NAMES[staged.table]
-        columns, select = _FROM_LOAD[staged.table]
-        parts: list[PartFile] = []
+    def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
+        name = NAMES[table]
+        columns, select = _FROM_LOAD[table]
+        rows = sum(p.rows for p in parts)
         try:
-            parts = self._parts(staged, work_dir, staged.table)
             with self._cursor() as cur:
-                load = self._load(cur, parts, staged.table)
+                load = self._load(cur, parts, table)
                 if load:
-                    self._check_load(cur, load, staged.rows, None)
+                    self._check_load(cur, load, rows, None)
                 insert = f"INSERT INTO {self.q}.{name} ({columns}) SELECT {select} FROM {load}" if load else None
-                removed = self._replace(cur, f"DELETE FROM {self.q}.{name}", insert, staged.rows,
-                                        (staged.table, None, None, None, None, staged.rows, staged.digest))
+                removed = self._replace(cur, f"DELETE FROM {self.q}.{name}", insert, rows,
+                                        (table, None, None, None, None, rows, digest))
         except Exception as exc:
             raise self._fail(f"{self.q}.{name}", exc) from exc
-        finally:
-            for part in parts:
-                part.path.unlink(missing_ok=True)
-        return WriteResult(location=self.location(name), rows=staged.rows, removed=removed,
+        return WriteResult(location=self.location(name), rows=rows, removed=removed,
                            bytes=sum(p.size for p in parts))
 
     # --- reading back (asset checks) -----------------------------------------------------------
@@ -334,9 +391,6 @@ class SnowflakeDestination(Destination):
         )
 
     # --- building blocks ---------------------------------------------------------------------
-
-    def _parts(self, staged: StagedRows, work_dir: Path, table: str) -> list[PartFile]:
-        return staged.write_parts(work_dir, fmt="json", compression="gzip", workers=self.workers, table=table)
 
     @contextlib.contextmanager
     def _cursor(self, ensure: bool = True):
