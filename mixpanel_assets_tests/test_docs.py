@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from mixpanel_assets.config import PipelineConfig, ProjectConfig, parse_pipelines
 from mixpanel_assets.defs.gdpr import OP_NAME, GdprDeletionConfig
-from mixpanel_assets.destinations import configs as destination_configs
+from mixpanel_assets.destinations import registry as destination_registry
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -136,17 +136,11 @@ def yaml_blocks() -> list[tuple[str, object]]:
     return out
 
 
-def latest_date(raw: dict) -> dt.date:
-    days = [v for p in raw.get("pipelines", []) for k, v in p.items()
-            if k in ("from_date", "to_date", "created") and isinstance(v, dt.date)]
-    return max(days, default=FALLBACK_TODAY)
-
-
 def validate_example(where: str, raw: object) -> str:
     """Validate one YAML block of the docs with the code that reads it; return what it was."""
     assert isinstance(raw, dict), f"{where}: a YAML example that is not a mapping"
     if {"project", "pipelines"} <= raw.keys():
-        parse_pipelines(raw, source=where, today=latest_date(raw))
+        parse_pipelines(raw, source=where)
         return "pipelines file"
     if raw.keys() == {"ops"}:
         assert list(raw["ops"]) == [OP_NAME], f"{where}: the GDPR job's op is {OP_NAME}"
@@ -157,7 +151,7 @@ def validate_example(where: str, raw: object) -> str:
         pipeline = {"name": "docs_example", "data_source": "events", "from_date": FALLBACK_TODAY,
                     "destination": {"type": "local", "path": "export"}, **raw}
         parse_pipelines({"project": {"id": 1, "source": {"type": "demo"}}, "pipelines": [pipeline]},
-                        source=where, today=FALLBACK_TODAY)
+                        source=where)
         return "destination" if raw.keys() == {"destination"} else "pipeline fragment"
     raise AssertionError(f"{where}: a YAML example this test does not know how to validate: keys {sorted(raw)}")
 
@@ -210,6 +204,6 @@ def test_every_configuration_field_is_documented():
 
 def test_every_destination_field_is_documented():
     documented = documented_names(REPO / "docs" / "destinations.md")
-    for model in _models_in(destination_configs.DestinationConfig):
+    for model in _models_in(destination_registry.DestinationConfig):
         missing = sorted(field_names(model) - documented)
         assert not missing, f"docs/destinations.md does not mention these fields of {model.__name__}: {missing}"

@@ -59,7 +59,7 @@ def enforce_backfill_limit(context: dg.AssetExecutionContext, pipeline: Pipeline
     first = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=context.asset_key), limit=1,
                                             ascending=True).records
     first_export = dt.datetime.fromtimestamp(first[0].timestamp, UTC) if first else None
-    record = instance.get_run_record_by_id(context.run_id)
+    record = instance.get_run_record_by_id(context.run.run_id)
     run_time = record.create_timestamp if record is not None else dt.datetime.now(UTC)
     if run_time.tzinfo is None:
         run_time = run_time.replace(tzinfo=UTC)
