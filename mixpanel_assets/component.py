@@ -41,7 +41,7 @@ _REJECTING_ONLY = {"additionalProperties", "required", "const", "minimum", "maxi
                    "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems", "pattern"}
 
 
-def _describe_only(schema: dict[str, Any]) -> None:
+def _describe_only(schema: dict[str, Any]) -> dict[str, Any]:
     """Turn the pydantic schema into documentation that rejects only wrong types and values.
 
     Dates are typeless: YAML reads `2026-11-01` as a date, which a JSON schema "string" refuses.
@@ -59,15 +59,13 @@ def _describe_only(schema: dict[str, Any]) -> None:
             node.pop("discriminator", None)
         return node
 
-    cleaned = walk(schema)
-    schema.clear()
-    schema.update(cleaned)
+    return walk(schema)
 
 
 class MixpanelPipelinesAttributes(BaseModel):
     """The attributes of a MixpanelPipelines defs.yaml: pipelines.yaml's content plus `key_prefix`."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra=_describe_only)
+    model_config = ConfigDict(extra="allow")
 
     key_prefix: str | None = Field(
         None, description="Set when several MixpanelPipelines share a code location: every pipeline's asset keys, "
@@ -80,6 +78,10 @@ class MixpanelPipelinesAttributes(BaseModel):
     pipelines: SkipValidation[list[PipelineConfig]] = Field(
         None, description="The pipelines, as in Mixpanel's 'Create Pipeline' form: name, data_source, frequency, "
                           "from_date, to_date, sync, events, where, destination.")
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return _describe_only(super().model_json_schema(*args, **kwargs))
 
 
 class MixpanelPipelinesScaffoldParams(BaseModel):

@@ -15,7 +15,6 @@ from mixpanel_assets.config import PipelinesFile, load_pipelines_file
 from mixpanel_assets.defs.assets import EVENTS_TABLE, pipeline_assets, source_specs
 from mixpanel_assets.defs.checks import pipeline_checks
 from mixpanel_assets.defs.freshness import FRESHNESS_SENSOR, partition_freshness
-from mixpanel_assets.defs.gdpr import JOB_NAME as GDPR_JOB_NAME
 from mixpanel_assets.defs.gdpr import gdpr_job
 from mixpanel_assets.defs.instance import SOURCE_RESOURCE_KEY, qualified, with_key_prefix
 from mixpanel_assets.defs.resources import source_resource
@@ -59,7 +58,7 @@ def definitions_for(config: PipelinesFile, base_dir: Path, today: dt.date,
     return dg.Definitions(
         assets=[*source_specs(config.project), *assets],
         asset_checks=[*pipeline_checks(config), *freshness_checks],
-        jobs=[*jobs, gdpr_job(config, base_dir, source_key, qualified(key_prefix, GDPR_JOB_NAME))],
+        jobs=[*jobs, gdpr_job(config, base_dir, key_prefix)],
         schedules=schedules,
         sensors=[*sensors, *freshness_sensors],
         resources=resources,

@@ -35,8 +35,16 @@ def key_prefix_problem(key_prefix: str, config: PipelinesFile) -> str | None:
 
 
 def with_key_prefix(config: PipelinesFile, key_prefix: str | None) -> PipelinesFile:
-    """The validated configuration with every pipeline renamed `<key_prefix>__<name>`."""
+    """The validated configuration with every pipeline renamed `<key_prefix>__<name>`.
+
+    An unset `project.state.path` becomes `<default>/<key_prefix>`: the state holds the GDPR
+    deletion register and identity links of one Mixpanel project, which two projects must not share.
+    """
     if not key_prefix:
         return config
     pipelines = tuple(p.model_copy(update={"name": qualified(key_prefix, p.name)}) for p in config.pipelines)
-    return config.model_copy(update={"pipelines": pipelines})
+    project = config.project
+    if "state" not in project.model_fields_set:
+        state = project.state.model_copy(update={"path": f"{project.state.path}/{key_prefix}"})
+        project = project.model_copy(update={"state": state})
+    return config.model_copy(update={"pipelines": pipelines, "project": project})
