@@ -197,6 +197,8 @@ def test_two_instances_share_a_code_location_and_each_materializes(tmp_path, mon
         assert {f"{prefix}__mixpanel", f"{prefix}__events__io_manager", f"{prefix}__people__io_manager"} <= set(
             defs.resources)
     assert "mixpanel" not in defs.resources
+    assert dg.AssetKey(["acme__mixpanel", "project_111", "events"]) in keys
+    assert dg.AssetKey(["globex__mixpanel", "project_222", "profiles"]) in keys
     jobs = {j.name for j in defs.resolve_all_job_defs()}
     assert {"acme__events_job", "globex__events_job", "acme__gdpr_deletion_job", "globex__gdpr_deletion_job",
             "acme__events_sync_probe_job"} <= jobs
@@ -218,6 +220,22 @@ def test_two_instances_share_a_code_location_and_each_materializes(tmp_path, mon
         assert any(p.name.startswith("part-") for p in day.iterdir()), day
         event = instance.get_latest_materialization_event(dg.AssetKey([f"{prefix}__events", "mp_master_event"]))
         assert event.asset_materialization.partition == "2026-11-20"
+
+
+def test_two_scaffolded_demos_of_one_mixpanel_project_load_side_by_side(tmp_path, monkeypatch):
+    """Components stamp each instance's specs with its own metadata, so even the Mixpanel project's
+    source assets must be per instance: [<key_prefix>__mixpanel, project_<id>, events]."""
+    module = f"demos_{uuid.uuid4().hex[:8]}"
+    _write_project(tmp_path, module, {
+        name: demo_defs_yaml("mixpanel_assets.MixpanelPipelines", name, TODAY, key_prefix=name)
+        for name in ("north", "south")
+    })
+    monkeypatch.syspath_prepend(str(tmp_path))
+    defs = dg.load_from_defs_folder(path_within_project=tmp_path)
+    dg.Definitions.validate_loadable(defs)
+    keys = defs.resolve_asset_graph().get_all_asset_keys()
+    assert {dg.AssetKey([f"{n}__mixpanel", "project_1234567", "events"]) for n in ("north", "south")} <= keys
+    assert {dg.AssetKey([f"{n}__events_hourly", "mp_master_event"]) for n in ("north", "south")} <= keys
 
 
 def test_the_component_is_usable_from_python_with_the_same_names():

@@ -50,13 +50,15 @@ def project_pool(project: ProjectConfig) -> str:
     return f"mixpanel_project_{project.id}"
 
 
-def source_keys(project: ProjectConfig) -> dict[str, dg.AssetKey]:
-    base = ["mixpanel", f"project_{project.id}"]
+def source_keys(project: ProjectConfig, source_key: str = SOURCE_RESOURCE_KEY) -> dict[str, dg.AssetKey]:
+    """[mixpanel, project_<id>, events | profiles]; `source_key` is the prefixed name of a MixpanelPipelines
+    instance with a key_prefix, since components stamp their own metadata on each instance's specs."""
+    base = [source_key, f"project_{project.id}"]
     return {"events": dg.AssetKey([*base, "events"]), "profiles": dg.AssetKey([*base, "profiles"])}
 
 
-def source_specs(project: ProjectConfig) -> list[dg.AssetSpec]:
-    keys = source_keys(project)
+def source_specs(project: ProjectConfig, source_key: str = SOURCE_RESOURCE_KEY) -> list[dg.AssetSpec]:
+    keys = source_keys(project, source_key)
     meta = {"mixpanel/project_id": project.id, "mixpanel/residency": project.residency,
             "mixpanel/timezone": project.timezone}
     return [
@@ -108,7 +110,7 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         partitions_def=partitions_def,
         io_manager_key=io_manager_key(pipeline),
         required_resource_keys={source_key},
-        deps=[source_keys(project)["events"]],
+        deps=[source_keys(project, source_key)["events"]],
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=per_run),
         freshness_policy=events_freshness_policy(pipeline) if pipeline.recurring else None,
         pool=project_pool(project),
@@ -176,7 +178,7 @@ def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         key=[pipeline.name, PEOPLE_TABLE],
         io_manager_key=io_manager_key(pipeline),
         required_resource_keys={source_key},
-        deps=[source_keys(project)["profiles"]],
+        deps=[source_keys(project, source_key)["profiles"]],
         pool=project_pool(project),
         group_name=pipeline.name,
         kinds={"mixpanel", pipeline.destination.kind},

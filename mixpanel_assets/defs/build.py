@@ -56,7 +56,7 @@ def definitions_for(config: PipelinesFile, base_dir: Path, today: dt.date,
     freshness_checks, freshness_sensors = partition_freshness(config, events_assets,
                                                               qualified(key_prefix, FRESHNESS_SENSOR))
     return dg.Definitions(
-        assets=[*source_specs(config.project), *assets],
+        assets=[*source_specs(config.project, source_key), *assets],
         asset_checks=[*pipeline_checks(config), *freshness_checks],
         jobs=[*jobs, gdpr_job(config, base_dir, key_prefix)],
         schedules=schedules,

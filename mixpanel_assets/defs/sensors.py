@@ -305,7 +305,7 @@ class ProbeConfig(dg.Config):
 
 def probe_job(pipeline: PipelineConfig, config: PipelinesFile, source_key: str = SOURCE_RESOURCE_KEY) -> dg.JobDefinition:
     project = config.project
-    events_key = source_keys(project)["events"]
+    events_key = source_keys(project, source_key)["events"]
 
     @dg.op(name=probe_op_name(pipeline), pool=project_pool(project), required_resource_keys={source_key},
            description=f"Fingerprint days of Mixpanel project {project.id} as pipeline {pipeline.name!r} exports them.")
