@@ -175,11 +175,11 @@ def defs_file(path: Path) -> Path:
     return path
 
 
-def parse_attributes(raw: dict[str, Any], source: str, today: dt.date | None = None) -> tuple[PipelinesFile, str | None]:
+def parse_attributes(raw: dict[str, Any], source: str) -> tuple[PipelinesFile, str | None]:
     """defs.yaml attributes -> the validated configuration and key_prefix; errors name `source`."""
     raw = dict(raw)
     key_prefix = raw.pop("key_prefix", None)
-    config = parse_pipelines(raw, source=source, today=today)
+    config = parse_pipelines(raw, source=source)
     if key_prefix is not None:
         problem = key_prefix_problem(str(key_prefix), config) if isinstance(key_prefix, str) else (
             f"{key_prefix!r} is not a valid key_prefix: use a name such as 'acme'")
@@ -188,7 +188,7 @@ def parse_attributes(raw: dict[str, Any], source: str, today: dt.date | None = N
     return config, key_prefix
 
 
-def load_defs_yaml(path: str | Path, today: dt.date | None = None) -> tuple[PipelinesFile, str | None]:
+def load_defs_yaml(path: str | Path) -> tuple[PipelinesFile, str | None]:
     """Read a MixpanelPipelines defs.yaml outside Dagster (the demo CLI, tests)."""
     path = Path(path)
     try:
@@ -199,7 +199,7 @@ def load_defs_yaml(path: str | Path, today: dt.date | None = None) -> tuple[Pipe
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("attributes"), dict):
         raise ConfigError(f"{path}: expected 'type: mixpanel_assets.MixpanelPipelines' and an 'attributes' mapping")
-    return parse_attributes(document["attributes"], str(path), today)
+    return parse_attributes(document["attributes"], str(path))
 
 
 @dg.scaffold_with(MixpanelPipelinesScaffolder)

@@ -82,7 +82,7 @@ def test_the_shipped_defs_yaml_is_valid():
     """Moved from test_config.py (it read pipelines.yaml, now this component's defs.yaml)."""
     from mixpanel_assets.definitions import DEFS_YAML
 
-    config, key_prefix = load_defs_yaml(DEFS_YAML, today=TODAY)
+    config, key_prefix = load_defs_yaml(DEFS_YAML)
     assert {p.data_source for p in config.pipelines} == {"events", "people", "identity"}
     assert yaml.safe_load(DEFS_YAML.read_text())["attributes"]["project"]["source"]["type"] == "demo"
     assert key_prefix is None
@@ -131,7 +131,7 @@ def test_a_defs_yaml_mistake_names_the_defs_yaml_the_pipeline_and_the_field(tmp_
     document["attributes"]["pipelines"][0]["frequncy"] = "hourly"
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(ConfigError) as info:
-        load_defs_yaml(path, today=TODAY)
+        load_defs_yaml(path)
     assert str(info.value) == (f"{path}: pipeline 'events_hourly', field frequncy: unknown field (check the spelling "
                                "against the README's configuration reference)")
 
@@ -145,7 +145,7 @@ def test_a_bad_key_prefix_is_named(tmp_path, key_prefix, expected):
     path = tmp_path / "defs.yaml"
     path.write_text(_instance_yaml(key_prefix, 1, "data"))
     with pytest.raises(ConfigError, match=f"{path}: field key_prefix: .*{expected}"):
-        load_defs_yaml(path, today=TODAY)
+        load_defs_yaml(path)
 
 
 def test_the_schema_documents_every_field_and_leaves_misspellings_to_config_py():
@@ -172,7 +172,7 @@ def test_the_scaffolded_demo_is_a_valid_configuration():
     assert document["type"] == "mixpanel_assets.MixpanelPipelines"
     from mixpanel_assets.component import parse_attributes
 
-    config, key_prefix = parse_attributes(document["attributes"], "defs.yaml", today=TODAY)
+    config, key_prefix = parse_attributes(document["attributes"], "defs.yaml")
     assert key_prefix == "acme"
     assert config.project.source.type == "demo"
     assert {p.destination.type for p in config.pipelines} == {"local", "duckdb"}
