@@ -26,7 +26,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
-run: setup  ## export the newest partitions of every pipeline in pipelines.yaml
+run: setup  ## export the newest partitions of every pipeline in mixpanel_assets/dg_defs/pipelines/defs.yaml
 	$(BIN)/python -m mixpanel_assets.cli demo
 
 ui: setup  ## the Dagster UI and daemon, on 127.0.0.1 only

@@ -22,10 +22,18 @@ def _latest_keys(defs: dg.Definitions, asset_key: dg.AssetKey, count: int) -> li
 
 
 def run_demo(config_path, hours: int, days: int) -> int:
-    from mixpanel_assets.defs.build import build_definitions
+    """`config_path`: a pipelines.yaml; None runs this code location's MixpanelPipelines defs.yaml."""
+    if config_path is None:
+        from mixpanel_assets.component import load_defs_yaml
+        from mixpanel_assets.definitions import DEFS_YAML, defs
+        from mixpanel_assets.defs.instance import with_key_prefix
 
-    config = load_pipelines_file(config_path)
-    defs = build_definitions(config_path)
+        config = with_key_prefix(*load_defs_yaml(DEFS_YAML))
+    else:
+        from mixpanel_assets.defs.build import build_definitions
+
+        config = load_pipelines_file(config_path)
+        defs = build_definitions(config_path)
     instance = dg.DagsterInstance.get()
     ok = True
     order = sorted(config.pipelines, key=lambda p: {"events": 0, "people": 1, "identity": 2}[p.data_source])
@@ -54,15 +62,14 @@ def run_demo(config_path, hours: int, days: int) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mixpanel_assets.cli", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="materialize the newest partitions of every pipeline in pipelines.yaml")
-    demo.add_argument("--config", default=None, help="pipelines.yaml (default: the repository's)")
+    demo = sub.add_parser("demo", help="materialize the newest partitions of every pipeline of the code location")
+    demo.add_argument("--config", default=None,
+                      help="a pipelines.yaml (default: the code location's mixpanel_assets/dg_defs/pipelines/defs.yaml)")
     demo.add_argument("--hours", type=int, default=24, help="hourly partitions to export (default 24)")
     demo.add_argument("--days", type=int, default=2, help="daily partitions to export (default 2)")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        from mixpanel_assets.definitions import PIPELINES_FILE
-
-        return run_demo(args.config or PIPELINES_FILE, args.hours, args.days)
+        return run_demo(args.config, args.hours, args.days)
     return 2
 
 

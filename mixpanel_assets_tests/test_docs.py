@@ -14,6 +14,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from mixpanel_assets.component import parse_attributes
 from mixpanel_assets.config import PipelineConfig, ProjectConfig, parse_pipelines
 from mixpanel_assets.defs.gdpr import OP_NAME, GdprDeletionConfig
 from mixpanel_assets.destinations import registry as destination_registry
@@ -142,6 +143,10 @@ def validate_example(where: str, raw: object) -> str:
     if {"project", "pipelines"} <= raw.keys():
         parse_pipelines(raw, source=where)
         return "pipelines file"
+    if raw.keys() == {"type", "attributes"}:
+        assert raw["type"] == "mixpanel_assets.MixpanelPipelines", f"{where}: a defs.yaml of another component"
+        parse_attributes(raw["attributes"], source=where)
+        return "component defs.yaml"
     if raw.keys() == {"ops"}:
         assert list(raw["ops"]) == [OP_NAME], f"{where}: the GDPR job's op is {OP_NAME}"
         GdprDeletionConfig.model_validate(raw["ops"][OP_NAME]["config"])

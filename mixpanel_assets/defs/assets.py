@@ -19,6 +19,7 @@ from mixpanel_assets.config import PipelineConfig, PipelinesFile, ProjectConfig
 from mixpanel_assets.defs.backfill_limit import enforce_backfill_limit
 from mixpanel_assets.defs.freshness import events_freshness_policy
 from mixpanel_assets.defs.gdpr_register import ProfilesWithoutDeleted, suppressed_distinct_ids
+from mixpanel_assets.defs.instance import SOURCE_RESOURCE_KEY
 from mixpanel_assets.defs.partitions import events_partitions_def, windows_for_keys
 from mixpanel_assets.defs.resources import state_store
 from mixpanel_assets.destinations.io_managers import io_manager_key
@@ -49,13 +50,15 @@ def project_pool(project: ProjectConfig) -> str:
     return f"mixpanel_project_{project.id}"
 
 
-def source_keys(project: ProjectConfig) -> dict[str, dg.AssetKey]:
-    base = ["mixpanel", f"project_{project.id}"]
+def source_keys(project: ProjectConfig, source_key: str = SOURCE_RESOURCE_KEY) -> dict[str, dg.AssetKey]:
+    """[mixpanel, project_<id>, events | profiles]; `source_key` is the prefixed name of a MixpanelPipelines
+    instance with a key_prefix, since components stamp their own metadata on each instance's specs."""
+    base = [source_key, f"project_{project.id}"]
     return {"events": dg.AssetKey([*base, "events"]), "profiles": dg.AssetKey([*base, "profiles"])}
 
 
-def source_specs(project: ProjectConfig) -> list[dg.AssetSpec]:
-    keys = source_keys(project)
+def source_specs(project: ProjectConfig, source_key: str = SOURCE_RESOURCE_KEY) -> list[dg.AssetSpec]:
+    keys = source_keys(project, source_key)
     meta = {"mixpanel/project_id": project.id, "mixpanel/residency": project.residency,
             "mixpanel/timezone": project.timezone}
     return [
@@ -87,7 +90,8 @@ def source_failures_to_dagster():
         raise dg.Failure(description=str(exc), allow_retries=False, metadata=metadata) from exc
 
 
-def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Path) -> dg.AssetsDefinition:
+def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Path,
+                 source_key: str = SOURCE_RESOURCE_KEY) -> dg.AssetsDefinition:
     partitions_def = events_partitions_def(pipeline, project)
     per_run = pipeline.backfill_partitions_per_run or (24 if pipeline.frequency == "hourly" else 1)
     spec = EventsExportSpec(
@@ -105,7 +109,8 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         key=[pipeline.name, EVENTS_TABLE],
         partitions_def=partitions_def,
         io_manager_key=io_manager_key(pipeline),
-        deps=[source_keys(project)["events"]],
+        required_resource_keys={source_key},
+        deps=[source_keys(project, source_key)["events"]],
         backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=per_run),
         freshness_policy=events_freshness_policy(pipeline) if pipeline.recurring else None,
         pool=project_pool(project),
@@ -124,7 +129,8 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
             f"deduplicated by (event, distinct_id, time, $insert_id), into {pipeline.destination.describe()}."
         ),
     )
-    def mp_master_event(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
+    def mp_master_event(context: dg.AssetExecutionContext) -> dg.Output:
+        mixpanel: MixpanelSourceResource = getattr(context.resources, source_key)
         windows = windows_for_keys(partitions_def, list(context.partition_keys), pipeline.frequency)
         enforce_backfill_limit(context, pipeline, project, windows)
         # Users deleted by a GDPR deletion stay deleted until Mixpanel has deleted them too.
@@ -166,11 +172,13 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
     return mp_master_event
 
 
-def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Path) -> dg.AssetsDefinition:
+def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Path,
+                 source_key: str = SOURCE_RESOURCE_KEY) -> dg.AssetsDefinition:
     @dg.asset(
         key=[pipeline.name, PEOPLE_TABLE],
         io_manager_key=io_manager_key(pipeline),
-        deps=[source_keys(project)["profiles"]],
+        required_resource_keys={source_key},
+        deps=[source_keys(project, source_key)["profiles"]],
         pool=project_pool(project),
         group_name=pipeline.name,
         kinds={"mixpanel", pipeline.destination.kind},
@@ -180,7 +188,8 @@ def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         tags={"mixpanel/data_source": "people"},
         description=f"User profiles of Mixpanel project {project.id}, replaced whole on every run.",
     )
-    def mp_people_data(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
+    def mp_people_data(context: dg.AssetExecutionContext) -> dg.Output:
+        mixpanel: MixpanelSourceResource = getattr(context.resources, source_key)
         source = ProfilesWithoutDeleted(mixpanel.open(context.log), suppressed_distinct_ids(mixpanel.state_path))
         try:
             with source_failures_to_dagster():
@@ -194,13 +203,15 @@ def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
     return mp_people_data
 
 
-def identity_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Path) -> dg.AssetsDefinition:
+def identity_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Path,
+                   source_key: str = SOURCE_RESOURCE_KEY) -> dg.AssetsDefinition:
     project = config.project
     event_pipelines = [p.name for p in config.event_pipelines]
 
     @dg.asset(
         key=[pipeline.name, IDENTITY_TABLE],
         io_manager_key=io_manager_key(pipeline),
+        required_resource_keys={source_key},
         deps=[dg.AssetKey([name, EVENTS_TABLE]) for name in event_pipelines],
         group_name=pipeline.name,
         kinds={"mixpanel", pipeline.destination.kind},
@@ -214,7 +225,8 @@ def identity_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Pa
             "replaced whole on every run."
         ),
     )
-    def mp_identity_mappings_data(context: dg.AssetExecutionContext, mixpanel: MixpanelSourceResource) -> dg.Output:
+    def mp_identity_mappings_data(context: dg.AssetExecutionContext) -> dg.Output:
+        mixpanel: MixpanelSourceResource = getattr(context.resources, source_key)
         staged = export_identity(state_store(mixpanel), event_pipelines, project.identity_merge, None,
                                  project.identity.memory_limit_mb)
         context.log.info(f"{staged.rows} identity mappings from {staged.extra_metadata['links']} links")
@@ -223,20 +235,22 @@ def identity_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Pa
     return mp_identity_mappings_data
 
 
-def pipeline_assets(config: PipelinesFile, base_dir: Path) -> list[dg.AssetsDefinition]:
+def pipeline_assets(config: PipelinesFile, base_dir: Path,
+                    source_key: str = SOURCE_RESOURCE_KEY) -> list[dg.AssetsDefinition]:
     assets = []
     with warnings.catch_warnings():
         # backfill_policy is a beta parameter; it is how a backfill of hourly partitions costs one
         # Export API query per day instead of one per hour, so we use it knowingly.
         warnings.filterwarnings("ignore", category=dg.BetaWarning)
         for pipeline in config.pipelines:
-            assets.append(_pipeline_asset(pipeline, config, base_dir))
+            assets.append(_pipeline_asset(pipeline, config, base_dir, source_key))
     return assets
 
 
-def _pipeline_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Path) -> dg.AssetsDefinition:
+def _pipeline_asset(pipeline: PipelineConfig, config: PipelinesFile, base_dir: Path,
+                    source_key: str) -> dg.AssetsDefinition:
     if pipeline.data_source == "events":
-        return events_asset(pipeline, config.project, base_dir)
+        return events_asset(pipeline, config.project, base_dir, source_key)
     if pipeline.data_source == "people":
-        return people_asset(pipeline, config.project, base_dir)
-    return identity_asset(pipeline, config, base_dir)
+        return people_asset(pipeline, config.project, base_dir, source_key)
+    return identity_asset(pipeline, config, base_dir, source_key)

@@ -14,8 +14,9 @@ import dagster as dg
 from mixpanel_assets.config import PipelinesFile, load_pipelines_file
 from mixpanel_assets.defs.assets import EVENTS_TABLE, pipeline_assets, source_specs
 from mixpanel_assets.defs.checks import pipeline_checks
-from mixpanel_assets.defs.freshness import partition_freshness
+from mixpanel_assets.defs.freshness import FRESHNESS_SENSOR, partition_freshness
 from mixpanel_assets.defs.gdpr import gdpr_job
+from mixpanel_assets.defs.instance import SOURCE_RESOURCE_KEY, qualified, with_key_prefix
 from mixpanel_assets.defs.resources import source_resource
 from mixpanel_assets.defs.schedules import pipeline_job, pipeline_schedule
 from mixpanel_assets.defs.sensors import probe_job, sync_sensor
@@ -31,7 +32,11 @@ def build_definitions(config_path: str | Path, today: dt.date | None = None) -> 
     return definitions_for(config, config_path.parent, today or dt.date.today())
 
 
-def definitions_for(config: PipelinesFile, base_dir: Path, today: dt.date) -> dg.Definitions:
+def definitions_for(config: PipelinesFile, base_dir: Path, today: dt.date,
+                    key_prefix: str | None = None) -> dg.Definitions:
+    """`key_prefix` qualifies every name, so several configurations share a code location (instance.py)."""
+    config = with_key_prefix(config, key_prefix)
+    source_key = qualified(key_prefix, SOURCE_RESOURCE_KEY)
     jobs, schedules, sensors = [], [], []
     for pipeline in config.pipelines:
         job = pipeline_job(pipeline, config)
@@ -40,19 +45,20 @@ def definitions_for(config: PipelinesFile, base_dir: Path, today: dt.date) -> dg
         if schedule is not None:
             schedules.append(schedule)
         if pipeline.syncs:
-            probe = probe_job(pipeline, config)
+            probe = probe_job(pipeline, config, source_key)
             jobs.append(probe)
             sensors.append(sync_sensor(pipeline, config, job, probe))
-    resources = {"mixpanel": source_resource(config.project, base_dir)}
+    resources = {source_key: source_resource(config.project, base_dir)}
     for pipeline in config.pipelines:
         resources[io_manager_key(pipeline)] = build_io_manager(pipeline, config.project, base_dir)
-    assets = pipeline_assets(config, base_dir)
+    assets = pipeline_assets(config, base_dir, source_key)
     events_assets = {a.key.path[0]: a for a in assets if a.key.path[-1] == EVENTS_TABLE}
-    freshness_checks, freshness_sensors = partition_freshness(config, events_assets)
+    freshness_checks, freshness_sensors = partition_freshness(config, events_assets,
+                                                              qualified(key_prefix, FRESHNESS_SENSOR))
     return dg.Definitions(
-        assets=[*source_specs(config.project), *assets],
+        assets=[*source_specs(config.project, source_key), *assets],
         asset_checks=[*pipeline_checks(config), *freshness_checks],
-        jobs=[*jobs, gdpr_job(config, base_dir)],
+        jobs=[*jobs, gdpr_job(config, base_dir, key_prefix)],
         schedules=schedules,
         sensors=[*sensors, *freshness_sensors],
         resources=resources,

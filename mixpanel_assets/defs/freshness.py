@@ -41,8 +41,8 @@ def events_freshness_policy(pipeline: PipelineConfig) -> dg.FreshnessPolicy:
     return dg.FreshnessPolicy.time_window(fail_window=SLA + partition, warn_window=partition + dt.timedelta(minutes=90))
 
 
-def partition_freshness(config: PipelinesFile, assets_by_pipeline: dict[str, dg.AssetsDefinition]
-                        ) -> tuple[list[dg.AssetChecksDefinition], list[dg.SensorDefinition]]:
+def partition_freshness(config: PipelinesFile, assets_by_pipeline: dict[str, dg.AssetsDefinition],
+                        sensor_name: str = FRESHNESS_SENSOR) -> tuple[list[dg.AssetChecksDefinition], list[dg.SensorDefinition]]:
     """The newest-partition checks of the recurring events pipelines, and the sensor that runs them."""
     checks: list[dg.AssetChecksDefinition] = []
     tz = config.project.timezone
@@ -58,6 +58,6 @@ def partition_freshness(config: PipelinesFile, assets_by_pipeline: dict[str, dg.
                     assets=assets, deadline_cron=cron, timezone=tz, severity=severity))
         if not checks:
             return [], []
-        sensor = dg.build_sensor_for_freshness_checks(freshness_checks=checks, name=FRESHNESS_SENSOR,
+        sensor = dg.build_sensor_for_freshness_checks(freshness_checks=checks, name=sensor_name,
                                                       minimum_interval_seconds=300)
     return checks, [sensor]

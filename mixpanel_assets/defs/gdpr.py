@@ -37,6 +37,7 @@ from isal import igzip
 from mixpanel_assets.config import PipelineConfig, PipelinesFile, resolve_path
 from mixpanel_assets.defs.checks import GDPR_REMOVED_KEY
 from mixpanel_assets.defs.gdpr_register import add_to_register
+from mixpanel_assets.defs.instance import SOURCE_RESOURCE_KEY, qualified
 from mixpanel_assets.defs.partitions import events_partitions_def, windows_for_keys
 from mixpanel_assets.defs.resources import state_store
 from mixpanel_assets.destinations.base import Destination, Removal
@@ -192,12 +193,13 @@ def write_audit(state_root: str | Path, record: dict) -> Path:
     return path
 
 
-def gdpr_job(pipelines_file: PipelinesFile, base_dir: Path) -> dg.JobDefinition:
+def gdpr_job(pipelines_file: PipelinesFile, base_dir: Path, key_prefix: str | None = None) -> dg.JobDefinition:
+    source_key, op_name = qualified(key_prefix, SOURCE_RESOURCE_KEY), qualified(key_prefix, OP_NAME)
     io_keys = {p.name: io_manager_key(p) for p in pipelines_file.pipelines}
     event_pipelines = [p.name for p in pipelines_file.event_pipelines]
     project = pipelines_file.project
 
-    @dg.op(name=OP_NAME, required_resource_keys={"mixpanel", *io_keys.values()},
+    @dg.op(name=op_name, required_resource_keys={source_key, *io_keys.values()},
            description="Remove the given users (and their identity clusters) from every destination of the project.")
     def delete_users(context: dg.OpExecutionContext, config: GdprDeletionConfig):
         requested = list(config.distinct_ids)
@@ -206,7 +208,7 @@ def gdpr_job(pipelines_file: PipelinesFile, base_dir: Path) -> dg.JobDefinition:
         requested = sorted({i for i in requested if i})
         if not requested:
             raise dg.Failure("GDPR deletion: no distinct_ids given (set distinct_ids or ids_file)", allow_retries=False)
-        mixpanel = context.resources.mixpanel
+        mixpanel = getattr(context.resources, source_key)
         state = state_store(mixpanel)
         work_dir = scratch_dir("gdpr", mixpanel.staging_dir)
         destinations = {p.name: open_destination(context, p) for p in pipelines_file.pipelines}
@@ -258,10 +260,10 @@ def gdpr_job(pipelines_file: PipelinesFile, base_dir: Path) -> dg.JobDefinition:
             "audit_record": dg.MetadataValue.path(str(audit)),
         })
 
-    @dg.job(name=JOB_NAME, tags={"mixpanel/project": str(project.id), "mixpanel/gdpr": "true"},
+    @dg.job(name=qualified(key_prefix, JOB_NAME), tags={"mixpanel/project": str(project.id), "mixpanel/gdpr": "true"},
             description=(f"GDPR/CCPA deletion for Mixpanel project {project.id}: remove users and their identity "
                          "clusters from every pipeline's destination, with an audit record. Launch it with run "
-                         "config: ops: {gdpr_delete_users: {config: {distinct_ids: [...]}}}."))
+                         f"config: ops: {{{op_name}: {{config: {{distinct_ids: [...]}}}}}}."))
     def _job():
         delete_users()
 

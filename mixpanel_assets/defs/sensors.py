@@ -34,6 +34,7 @@ from mixpanel_assets.defs.assets import (
     source_keys,
 )
 from mixpanel_assets.defs.gdpr_register import suppressed_distinct_ids
+from mixpanel_assets.defs.instance import SOURCE_RESOURCE_KEY
 from mixpanel_assets.defs.partitions import events_partitions_def
 from mixpanel_assets.defs.schedules import job_name
 from mixpanel_assets.defs.sync import (
@@ -302,13 +303,14 @@ class ProbeConfig(dg.Config):
     last_day: str
 
 
-def probe_job(pipeline: PipelineConfig, config: PipelinesFile) -> dg.JobDefinition:
+def probe_job(pipeline: PipelineConfig, config: PipelinesFile, source_key: str = SOURCE_RESOURCE_KEY) -> dg.JobDefinition:
     project = config.project
-    events_key = source_keys(project)["events"]
+    events_key = source_keys(project, source_key)["events"]
 
-    @dg.op(name=probe_op_name(pipeline), pool=project_pool(project),
+    @dg.op(name=probe_op_name(pipeline), pool=project_pool(project), required_resource_keys={source_key},
            description=f"Fingerprint days of Mixpanel project {project.id} as pipeline {pipeline.name!r} exports them.")
-    def probe(context: dg.OpExecutionContext, config: ProbeConfig, mixpanel: MixpanelSourceResource) -> None:
+    def probe(context: dg.OpExecutionContext, config: ProbeConfig) -> None:
+        mixpanel: MixpanelSourceResource = getattr(context.resources, source_key)
         first, last = dt.date.fromisoformat(config.first_day), dt.date.fromisoformat(config.last_day)
         if last < first:
             raise dg.Failure(f"sync probe of pipeline {pipeline.name!r}: last_day {last} is before first_day {first}",
