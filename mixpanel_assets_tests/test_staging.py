@@ -5,7 +5,9 @@ import orjson
 import pytest
 
 from mixpanel_assets.staging.parts import iter_part_lines
-from mixpanel_assets.staging.stage import BadInputError, ExportStreamError, Fingerprint, split_blocks, stage_events
+from mixpanel_assets.staging.blocks import split_blocks
+from mixpanel_assets.staging.dedup import Fingerprint
+from mixpanel_assets.staging.stage import BadInputError, ExportStreamError, stage_events
 from mixpanel_assets.windows import Window
 from mixpanel_assets_tests.helpers import dedup_expected, epoch, event_line
 

@@ -58,9 +58,9 @@ class MixpanelIOManager(dg.ConfigurableIOManager):
     def _write_events(self, context, destination: Destination, staged: StagedEvents, work_dir: Path) -> list[WriteResult]:
         results = []
         for window in staged.windows:
-            info = window.info
+            info = window.partition
             if not isinstance(info, PartitionWindow):
-                raise TypeError("staged window without its partition window")
+                raise TypeError(f"staged window {window.partition_key!r} was not staged from a partition window")
             result = destination.write_event_window(window, info, work_dir)
             context.log.info(
                 f"{self.pipeline}: partition {info.partition_key}: {result.rows} rows -> {result.location}"

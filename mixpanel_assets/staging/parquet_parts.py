@@ -27,7 +27,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mixpanel_assets.staging.block_worker import filtered_lines
+from mixpanel_assets.staging.rows_files import filtered_lines
 
 ROW_GROUP_BYTES = 64 << 20  # uncompressed JSON per row group: large enough for scans, small enough for memory
 ZSTD_LEVEL = 3
@@ -152,7 +152,7 @@ def write_parquet_part(segments: list[tuple[str, object]], out_dir: str, stem: s
 
     try:
         for segment_path, drop_rows in segments:
-            data, count = filtered_lines(Path(segment_path), drop_rows)
+            data, count = filtered_lines(segment_path, drop_rows)
             if not count:
                 continue
             rows += count

@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 
-_PRELOAD = ["mixpanel_assets.transform.records", "mixpanel_assets.staging.parts", "mixpanel_assets.staging.block_worker"]
+_PRELOAD = ["mixpanel_assets.transform.events", "mixpanel_assets.staging.parts", "mixpanel_assets.staging.block_worker"]
 _pools: dict[int, ProcessPoolExecutor] = {}
 
 
