@@ -68,24 +68,28 @@ def _ref_id(value):
     return orjson.dumps(value).decode()
 
 
+class Refused(Exception):
+    """A line the reference does not take as an event; the message is the reason."""
+
+
 def _ref_event(line: bytes):
-    """(name, time, props, properties JSON) of a line, or ValueError with the reason it is refused."""
+    """(name, time, props, properties JSON) of a line, or Refused with the reason it is refused."""
     try:
         event = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc})") from None
+        raise Refused(f"not valid JSON ({exc})") from None
     if not isinstance(event, dict):
-        raise ValueError("not a JSON object")
+        raise Refused("not a JSON object")
     name, props = event.get("event"), event.get("properties")
     if not isinstance(name, str) or not name:
-        raise ValueError("missing or non-string 'event'")
+        raise Refused("missing or non-string 'event'")
     if not isinstance(props, dict):
-        raise ValueError("missing 'properties' object")
+        raise Refused("missing 'properties' object")
     time = props.get("time")
     if time is None:
-        raise ValueError("missing properties.time")
+        raise Refused("missing properties.time")
     if type(time) not in (int, float):
-        raise ValueError(f"properties.time is not a number: {str(time)[:40]!r}")
+        raise Refused(f"properties.time is not a number: {str(time)[:40]!r}")
     prefix = b'{"event":' + orjson.dumps(name) + b',"properties":'
     body = line.rstrip()
     if len(event) == 2 and line.startswith(prefix) and body.endswith(b"}"):
@@ -123,7 +127,7 @@ def reference_block(block: bytes, spec: BlockSpec):
             continue
         try:
             name, time, props, properties = _ref_event(line)
-        except ValueError as exc:
+        except Refused as exc:
             if line.strip() == b"export terminated early":
                 result.terminated_early = True
                 continue

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import pickle
 import struct
 import zoneinfo
 from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
-import xxhash
-
+from mixpanel_assets.staging.links import write_block_links
 from mixpanel_assets.staging.rows_files import filtered_lines
 from mixpanel_assets.transform.events import event_row, identity_links, key_digest, processing_time, read_event
 from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, TERMINATED_EARLY, BadLine, BlockResult
@@ -144,7 +141,7 @@ def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> 
                 path.write_bytes(data)
     for w, window_links in enumerate(links):
         if window_links:
-            _write_block_links(spec.staging_dir, w, block_id, window_links)
+            write_block_links(spec.staging_dir, w, block_id, window_links)
     return result
 
 
@@ -227,67 +224,6 @@ def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytear
     result.procs_per_window = [bytes(p) for p in procs]
     result.no_dedup_per_window = [bytes(r) for r in no_dedup]
     return result, buffers, links
-
-
-LINK_PARTS = 8  # a window's links are merged in this many hash partitions: memory is 1/8 of them
-_LINK_HEADER = struct.Struct(f"<{LINK_PARTS + 1}Q")  # where each partition's pickle starts in a block's file
-
-
-def _link_part(link: tuple[str, str, str]) -> int:
-    # A hash that is the same in every process (str hashes are salted per process).
-    return xxhash.xxh3_64_intdigest("\0".join(link).encode("utf-8", "surrogatepass")) % LINK_PARTS
-
-
-def links_dir(staging_dir: str | Path, window_index: int) -> Path:
-    """A window's per-block link files; merged files go beside this folder (see merge_links)."""
-    return Path(staging_dir) / "links" / f"w{window_index:05d}" / "blocks"
-
-
-def _write_block_links(staging_dir: str, window_index: int, block_id: int, links: dict) -> None:
-    """One file per block holding LINK_PARTS pickles (one per hash partition) behind an offset
-    header: each merge task reads only its partition, and a block creates one file, not eight
-    (file creation is a large part of the kernel time of an export)."""
-    parts: list[dict] = [{} for _ in range(LINK_PARTS)]
-    for link, seen_at in links.items():
-        parts[_link_part(link)][link] = seen_at
-    blobs = [pickle.dumps(part_links, pickle.HIGHEST_PROTOCOL) if part_links else b"" for part_links in parts]
-    offsets = [_LINK_HEADER.size]
-    for blob in blobs:
-        offsets.append(offsets[-1] + len(blob))
-    directory = links_dir(staging_dir, window_index)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"b{block_id:07d}.pickles").write_bytes(b"".join([_LINK_HEADER.pack(*offsets), *blobs]))
-
-
-def merge_links(staging_dir: str, window_index: int, part: int) -> tuple[str, int]:
-    """One hash partition of a window's identity links, each with the earliest time it was seen,
-    written sorted as JSON lines `[kind, a, b, time]`; returns (file, number of links).
-
-    Runs in the workers while the coordinator deduplicates, one partition at a time, so neither
-    the coordinator nor a worker ever holds a whole day's links: their number grows with the
-    day's users, and memory must not.
-    """
-    merged: dict[tuple[str, str, str], float] = {}
-    directory = links_dir(staging_dir, window_index)
-    if directory.is_dir():
-        for path in sorted(directory.iterdir()):
-            with open(path, "rb") as f:
-                offsets = _LINK_HEADER.unpack(f.read(_LINK_HEADER.size))
-                size = offsets[part + 1] - offsets[part]
-                if not size:
-                    continue
-                f.seek(offsets[part])
-                block_links = pickle.loads(f.read(size))
-            for link, seen_at in block_links.items():
-                seen = merged.get(link)
-                if seen is None or seen_at < seen:
-                    merged[link] = seen_at
-    out = directory.parent / f"merged-{part}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    dumps = orjson.dumps
-    with open(out, "wb") as f:
-        f.writelines(dumps([kind, a, b, seen_at]) + b"\n" for (kind, a, b), seen_at in sorted(merged.items()))
-    return str(out), len(merged)
 
 
 def write_part(segments: list[tuple[str, object]], out_dir: str, stem: str, index: int, compression: str,

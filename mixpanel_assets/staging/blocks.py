@@ -1,20 +1,25 @@
-"""Cutting a run's input into blocks of whole lines, the unit of parse work (block_worker.py).
+"""Cutting a run's input into blocks of whole lines, the unit of parse work, and running them.
 
 Streams are cut into ~4 MB blocks at line ends; a whole local file becomes byte ranges that the
 workers read themselves. Cut points depend only on the bytes, so the same data always gives the
-same blocks.
+same blocks. `_run_blocks` parses them in the worker pool (block_worker.py), in input order, and
+`_Progress` reports how far the run is.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 
-from mixpanel_assets.staging.block_worker import FileRange
+from mixpanel_assets.staging.block_worker import BlockSpec, FileRange, process_block
+from mixpanel_assets.staging.pool import process_pool
 from mixpanel_assets.transform.records import LocalFile, Origin
 
 BLOCK_BYTES = 4 << 20
+PROGRESS_EVERY_SECONDS = 10.0
 
 
 def split_blocks(chunks: Iterable, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, str, int | None, bytes | FileRange]]:
@@ -101,3 +106,59 @@ class _Inputs:
         for block_id, origin, first_line, source in split_blocks(self._sizes(), self.block_bytes):
             self.source_bytes += source.end - source.start if isinstance(source, FileRange) else len(source)
             yield _Block(block_id, origin, first_line, source)
+
+
+def _run_blocks(inputs: Iterable[_Block], spec: BlockSpec, workers: int):
+    """Yield (block, BlockResult) in input order, parsing in a pool once there is >1 block."""
+    blocks = iter(inputs)
+    first = next(blocks, None)
+    if first is None:
+        return
+    second = next(blocks, None)
+    if second is None or workers <= 1:
+        for block in _chain(first, second, blocks):
+            yield block, process_block(block.source, block.block_id, spec)
+        return
+    pool = process_pool(workers)
+    in_flight: list[tuple[_Block, Future]] = []
+    limit = workers * 2
+    for block in _chain(first, second, blocks):
+        in_flight.append((block, pool.submit(process_block, block.source, block.block_id, spec)))
+        if len(in_flight) >= limit:
+            done, future = in_flight.pop(0)
+            yield done, future.result()
+    for done, future in in_flight:
+        yield done, future.result()
+
+
+def _chain(first, second, rest):
+    yield first
+    if second is not None:
+        yield second
+    yield from rest
+
+
+class _Progress:
+    """Throttled progress lines for the run log: lines, MB, rate and (for local files) an ETA."""
+
+    def __init__(self, report: Callable[[str], None] | None, what: str, inputs: _Inputs):
+        self.report = report
+        self.what = what
+        self.inputs = inputs
+        self.started = self.last = time.monotonic()
+
+    def update(self, staged) -> None:
+        if self.report is None:
+            return
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_SECONDS:
+            return
+        self.last = now
+        elapsed = now - self.started
+        done = staged.source_bytes
+        line = (f"{self.what}: {staged.lines:,} lines, {done / 1e6:,.0f} MB parsed in {elapsed:,.0f} s "
+                f"({staged.lines / elapsed:,.0f} lines/s)")
+        total = self.inputs.total_bytes
+        if total and done:
+            line += f"; {100 * done / total:.0f}% of {total / 1e6:,.0f} MB, about {elapsed * (total - done) / done:,.0f} s to go"
+        self.report(line)

@@ -18,37 +18,25 @@ instead of spending another Export API query.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import shutil
-import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import orjson
 
-from mixpanel_assets.staging.block_worker import (
-    LINK_PARTS,
-    BlockSpec,
-    block_path,
-    links_dir,
-    merge_links,
-    process_block,
-    write_part,
-)
-from mixpanel_assets.staging.blocks import BLOCK_BYTES, _Block, _Inputs
+from mixpanel_assets.staging.block_worker import BlockSpec, block_path, write_part
+from mixpanel_assets.staging.blocks import BLOCK_BYTES, _Block, _Inputs, _Progress, _run_blocks
 from mixpanel_assets.staging.dedup import Fingerprint, _deduplicate, _KeyBuckets
+from mixpanel_assets.staging.links import LINK_PARTS, LinkSet, links_dir, merge_links
 from mixpanel_assets.staging.parts import EXTENSIONS, PartFile
 from mixpanel_assets.staging.pool import InlineExecutor, process_pool
 from mixpanel_assets.staging.rows_files import filtered_lines, line_starts
 from mixpanel_assets.staging.scratch import scratch_dir
 from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, BlockResult
 from mixpanel_assets.windows import PartitionWindow, Window
-PROGRESS_EVERY_SECONDS = 10.0
-
 
 
 class ExportStreamError(RuntimeError):
@@ -140,47 +128,6 @@ class StagedRows:
         for seg in self.segments:
             data, _ = filtered_lines(seg.path, seg.drop_rows)
             yield from data.splitlines()
-
-
-class LinkSet:
-    """A window's identity links ((kind, a, b) -> earliest time), kept on disk in sorted partitions.
-
-    A day's links grow with its users; the export's memory must not, so they are never one dict:
-    `sorted_items()` merges the partition files as it reads them (StateStore.write_links streams
-    it into the state file), `len()` is known without reading.
-    """
-
-    def __init__(self, files: list[str] | None = None, count: int = 0):
-        self.files = files or []
-        self.count = count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def sorted_items(self) -> Iterator[tuple[tuple[str, str, str], float]]:
-        return heapq.merge(*(self._read(path) for path in self.files))
-
-    def items(self) -> Iterator[tuple[tuple[str, str, str], float]]:
-        return self.sorted_items()
-
-    def __iter__(self) -> Iterator[tuple[str, str, str]]:
-        return (link for link, _ in self.sorted_items())
-
-    def to_dict(self) -> dict[tuple[str, str, str], float]:
-        return dict(self.sorted_items())
-
-    def __eq__(self, other) -> bool:
-        if isinstance(other, LinkSet):
-            other = other.to_dict()
-        return isinstance(other, dict) and self.to_dict() == other
-
-    @staticmethod
-    def _read(path: str) -> Iterator[tuple[tuple[str, str, str], float]]:
-        loads = orjson.loads
-        with open(path, "rb") as f:
-            for line in f:
-                kind, a, b, seen_at = loads(line)
-                yield (kind, a, b), seen_at
 
 
 def _rows_array(rows) -> array | None:
@@ -393,62 +340,6 @@ def stage_events(
 def _segments_with_blocks(window: StagedWindow):
     for seg in window.segments:
         yield int(seg.path.stem[1:]), seg
-
-
-def _run_blocks(inputs: Iterable[_Block], spec: BlockSpec, workers: int):
-    """Yield (block, BlockResult) in input order, parsing in a pool once there is >1 block."""
-    blocks = iter(inputs)
-    first = next(blocks, None)
-    if first is None:
-        return
-    second = next(blocks, None)
-    if second is None or workers <= 1:
-        for block in _chain(first, second, blocks):
-            yield block, process_block(block.source, block.block_id, spec)
-        return
-    pool = process_pool(workers)
-    in_flight: list[tuple[_Block, Future]] = []
-    limit = workers * 2
-    for block in _chain(first, second, blocks):
-        in_flight.append((block, pool.submit(process_block, block.source, block.block_id, spec)))
-        if len(in_flight) >= limit:
-            done, future = in_flight.pop(0)
-            yield done, future.result()
-    for done, future in in_flight:
-        yield done, future.result()
-
-
-def _chain(first, second, rest):
-    yield first
-    if second is not None:
-        yield second
-    yield from rest
-
-
-class _Progress:
-    """Throttled progress lines for the run log: lines, MB, rate and (for local files) an ETA."""
-
-    def __init__(self, report: Callable[[str], None] | None, what: str, inputs: _Inputs):
-        self.report = report
-        self.what = what
-        self.inputs = inputs
-        self.started = self.last = time.monotonic()
-
-    def update(self, staged: StagedEvents) -> None:
-        if self.report is None:
-            return
-        now = time.monotonic()
-        if now - self.last < PROGRESS_EVERY_SECONDS:
-            return
-        self.last = now
-        elapsed = now - self.started
-        done = staged.source_bytes
-        line = (f"{self.what}: {staged.lines:,} lines, {done / 1e6:,.0f} MB parsed in {elapsed:,.0f} s "
-                f"({staged.lines / elapsed:,.0f} lines/s)")
-        total = self.inputs.total_bytes
-        if total and done:
-            line += f"; {100 * done / total:.0f}% of {total / 1e6:,.0f} MB, about {elapsed * (total - done) / done:,.0f} s to go"
-        self.report(line)
 
 
 def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: BlockResult, spec: BlockSpec) -> None:

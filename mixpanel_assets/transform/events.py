@@ -9,16 +9,15 @@ line of every export. Two readers give one result:
   into Python objects). About 2.5x faster than a full `orjson.loads` of the line (3 vs 6.3 us
   a line on generated days, benchmarks/README.md).
 * The general reader (orjson) takes every other line: another key order or spacing, ids that are
-  numbers or objects, times orjson reads differently from msgspec (integers past 64 bits), invalid
-  UTF-8 (which msgspec does not look for in the values it skips). It is also what refuses a line
-  (`BadLine`) and says why.
+  numbers or objects, times orjson reads differently from msgspec (integers past 64 bits), bytes
+  the typed reader cannot vouch for (below). It is also what refuses a line (`BadLine`) and says why.
 
 The typed reader only takes a line when it can give exactly what the general reader would, so the
 rows are the same bytes whichever took the line (test_line_parser.py checks it against an
-independent orjson reading, on edge cases, random values and mutated real lines). One difference
-is known and accepted: a number beyond a double (`1e400`) in a property we do not read is kept as
-written, where orjson refuses the whole line; finding one would cost a scan of every line, more
-than the typed reader saves.
+independent orjson reading, on edge cases, random values and mutated real lines). msgspec checks
+the syntax of the values it skips but not all of what orjson refuses in them: invalid UTF-8 (so a
+non-ASCII line is decoded once to check it) and numbers beyond a double (`1e400`; `_maybe_infinite`
+sends the few lines that might hold one to the general reader).
 
 `properties` is the event's whole properties object. When the line has the compact shape, its bytes
 are sliced from the line instead of re-serialised: it is the largest part of every row, and copying
@@ -188,7 +187,7 @@ def _read_general(line: bytes) -> tuple[str, int | float, _Fields, bytes]:
     return name, time, fields, properties
 
 
-def event_row(name: str, time: int | float, fields: _Fields, properties: bytes) -> bytes:
+def event_row(name: str, time: float, fields: _Fields, properties: bytes) -> bytes:
     """The mp_master_event row as compact JSON (no newline), in Mixpanel's column order;
     `time` is the UTC epoch (legacy projects convert the line's time first)."""
     return _dumps({"device_id": fields.device_id, "distinct_id": fields.distinct_id, "event_name": name,
@@ -196,7 +195,7 @@ def event_row(name: str, time: int | float, fields: _Fields, properties: bytes) 
                    "user_id": fields.user_id})
 
 
-def key_digest(name: str, time: int | float, fields: _Fields) -> bytes:
+def key_digest(name: str, time: float, fields: _Fields) -> bytes:
     """The 16-byte xxh3-128 digest of Mixpanel's dedup key (event name, distinct_id, time, $insert_id).
 
     Events without $insert_id get a unique id at ingestion, so Mixpanel never deduplicates them
