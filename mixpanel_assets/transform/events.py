@@ -6,8 +6,9 @@ line of every export. Two readers give one result:
 * The typed reader (msgspec) takes Mixpanel's usual compact line `{"event":<name>,"properties":{...}}`:
   the line is decoded as `{"event": str, "properties": Raw}`, and the properties bytes as a
   struct of only the fields a row needs (`_Fields`; every other property is skipped, not built
-  into Python objects). About 2.5x faster than a full `orjson.loads` of the line (3 vs 6.3 us
-  a line on generated days, benchmarks/README.md).
+  into Python objects). On generated days that decode takes 2.7-3.0 us a line against 6.3 us for
+  a full `orjson.loads` on a quiet machine, 5.0 against 7.3 us on a loaded one; checking UTF-8
+  (below) costs ~1 us of that back on non-ASCII lines.
 * The general reader (orjson) takes every other line: another key order or spacing, ids that are
   numbers or objects, times orjson reads differently from msgspec (integers past 64 bits), bytes
   the typed reader cannot vouch for (below). It is also what refuses a line (`BadLine`) and says why.
