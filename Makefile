@@ -14,9 +14,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The editable install also compiles mixpanel_assets/_fastrows.c in place (gcc + Python headers);
-# a changed C file or vendored header reinstalls, which rebuilds it.
-$(VENV)/.installed: pyproject.toml mixpanel_assets/_fastrows.c mixpanel_assets/vendor/xxhash/xxhash.h | $(BIN)/python
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e ".[test,dev]"
 	touch $@
 

@@ -1,8 +1,11 @@
-"""Export line -> mp_master_event row: the shape of the row, and the reasons a line is refused."""
+"""Export line -> mp_master_event row: the shape of the row, and the reasons a line is refused.
+
+(The byte-level agreement of the typed and general readers is test_line_parser.py's subject.)"""
 
 import orjson
 import pytest
 
+from mixpanel_assets.transform.events import event_row, identity_links, key_digest, read_event
 from mixpanel_assets.transform.records import (
     LINK_ALIAS,
     LINK_DEVICE_USER,
@@ -10,15 +13,27 @@ from mixpanel_assets.transform.records import (
     LINK_MERGE,
     LINK_REKEY,
     BadLine,
-    dedup_key_hash,
-    identity_links,
-    parse_event,
     profile_row,
 )
 
 
 def row_of(line: bytes) -> dict:
-    return orjson.loads(parse_event(line)[1])
+    return orjson.loads(event_row(*read_event(line)))
+
+
+def event(name: str, props: dict) -> bytes:
+    return orjson.dumps({"event": name, "properties": {"time": 10, **props}})
+
+
+def key_of(name: str, props: dict, time) -> tuple[bytes, bool]:
+    """The dedup-key digest of an event, and whether Mixpanel deduplicates it."""
+    name, _, fields, _ = read_event(event(name, props))
+    return key_digest(name, time, fields), fields.insert_id is not None
+
+
+def links_of(name: str, props: dict) -> list:
+    name, _, fields, _ = read_event(event(name, props))
+    return identity_links(name, fields)
 
 
 def test_row_has_mixpanels_seven_columns_in_order_with_the_whole_properties_object():
@@ -61,28 +76,29 @@ def test_key_order_other_than_mixpanels_still_gives_the_full_properties():
 )
 def test_malformed_lines_are_refused_with_a_reason(line, reason):
     with pytest.raises(BadLine, match=reason):
-        parse_event(line)
+        read_event(line)
 
 
 def test_dedup_key_is_event_distinct_id_time_and_insert_id_only():
-    a, _ = dedup_key_hash("E", {"distinct_id": "u", "$insert_id": "i", "x": 1}, 10)
-    b, _ = dedup_key_hash("E", {"distinct_id": "u", "$insert_id": "i", "x": 2, "mp_processing_time_ms": 5}, 10)
-    c, _ = dedup_key_hash("E", {"distinct_id": "u", "$insert_id": "i"}, 11)
+    a, _ = key_of("E", {"distinct_id": "u", "$insert_id": "i", "x": 1}, 10)
+    b, _ = key_of("E", {"distinct_id": "u", "$insert_id": "i", "x": 2, "mp_processing_time_ms": 5}, 10)
+    c, _ = key_of("E", {"distinct_id": "u", "$insert_id": "i"}, 11)
     assert a == b != c
+    assert len(a) == 16
 
 
 def test_events_without_insert_id_are_not_dedupable():
-    assert dedup_key_hash("E", {"distinct_id": "u"}, 10)[1] is False
+    assert key_of("E", {"distinct_id": "u"}, 10)[1] is False
 
 
 def test_identity_links_of_both_merge_systems():
-    assert identity_links("E", {"$device_id": "d", "$user_id": "u"}) == [(LINK_DEVICE_USER, "$device:d", "u")]
-    assert identity_links("E", {"distinct_id": "u", "$distinct_id_before_identity": "$device:d"}) == [
+    assert links_of("E", {"$device_id": "d", "$user_id": "u"}) == [(LINK_DEVICE_USER, "$device:d", "u")]
+    assert links_of("E", {"distinct_id": "u", "$distinct_id_before_identity": "$device:d"}) == [
         (LINK_REKEY, "$device:d", "u")]
-    assert identity_links("$identify", {"$anon_id": "a", "$identified_id": "u"}) == [(LINK_IDENTIFY, "a", "u")]
-    assert identity_links("$create_alias", {"alias": "al", "distinct_id": "u"}) == [(LINK_ALIAS, "al", "u")]
-    assert identity_links("$merge", {"$distinct_ids": ["a", "b", "c"]}) == [(LINK_MERGE, "a", "b"), (LINK_MERGE, "a", "c")]
-    assert identity_links("E", {"$device_id": "d"}) == []
+    assert links_of("$identify", {"$anon_id": "a", "$identified_id": "u"}) == [(LINK_IDENTIFY, "a", "u")]
+    assert links_of("$create_alias", {"alias": "al", "distinct_id": "u"}) == [(LINK_ALIAS, "al", "u")]
+    assert links_of("$merge", {"$distinct_ids": ["a", "b", "c"]}) == [(LINK_MERGE, "a", "b"), (LINK_MERGE, "a", "c")]
+    assert links_of("E", {"$device_id": "d"}) == []
 
 
 def test_profile_row_keeps_distinct_id_and_properties():

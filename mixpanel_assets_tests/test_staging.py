@@ -4,8 +4,10 @@
 import orjson
 import pytest
 
+from mixpanel_assets.staging.blocks import split_blocks
+from mixpanel_assets.staging.dedup import Fingerprint
 from mixpanel_assets.staging.parts import iter_part_lines
-from mixpanel_assets.staging.stage import BadInputError, ExportStreamError, Fingerprint, split_blocks, stage_events
+from mixpanel_assets.staging.stage import BadInputError, ExportStreamError, stage_events
 from mixpanel_assets.windows import Window
 from mixpanel_assets_tests.helpers import dedup_expected, epoch, event_line
 
@@ -137,15 +139,14 @@ def test_fingerprints_add_up_so_hours_make_a_day(generated_day, tmp_path):
 
 
 def test_a_windows_identity_links_are_each_link_once_with_its_earliest_time_in_sorted_order(generated_day, tmp_path):
-    from mixpanel_assets.transform.records import identity_links
+    from mixpanel_assets.transform.events import identity_links, read_event
 
     expected: dict = {}
     for line in generated_day.read_bytes().splitlines():
-        event = orjson.loads(line)
-        props = event["properties"]
-        for link in identity_links(event["event"], props):
-            if link not in expected or props["time"] < expected[link]:
-                expected[link] = props["time"]
+        name, time, fields, _ = read_event(line)
+        for link in identity_links(name, fields):
+            if link not in expected or time < expected[link]:
+                expected[link] = time
     staged = stage_events(chunks_of(generated_day), WHOLE_DAY, ["d"], staging_root=tmp_path, workers=2,
                           block_bytes=1 << 20)
     try:

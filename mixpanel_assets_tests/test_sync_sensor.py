@@ -22,7 +22,7 @@ import pytest
 from mixpanel_assets.config import SyncWindow, load_pipelines_file
 from mixpanel_assets.defs.sensors import evaluate_sync, sync_target
 from mixpanel_assets.defs.sync import SYNC_REASON_TAG, SYNC_TAG, Change, candidate_days, day_windows
-from mixpanel_assets.staging.stage import Fingerprint
+from mixpanel_assets.staging.dedup import Fingerprint
 from mixpanel_assets_tests.helpers import (
     dedup_expected,
     definitions,

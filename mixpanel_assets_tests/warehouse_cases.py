@@ -102,9 +102,8 @@ def window_of(day: str) -> PartitionWindow:
 
 def staged_window(tmp_path, window: PartitionWindow, lines: list[bytes]):
     """Stage export lines for one window, as the events asset would (the destination-level tests)."""
-    staged = stage_events([b"\n".join(lines) + b"\n"], [window.window], [window.partition_key],
+    staged = stage_events([b"\n".join(lines) + b"\n"], [window], [window.partition_key],
                           staging_root=tmp_path, workers=1)
-    staged.windows[0].info = window
     return staged.windows[0]
 
 

@@ -142,7 +142,7 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         finally:
             source.close()
         for window in staged.windows:
-            w = window.info
+            w = window.partition
             context.add_asset_metadata(
                 {
                     "dagster/partition_row_count": window.rows,

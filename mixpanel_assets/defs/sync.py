@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from mixpanel_assets.config import PipelineConfig, ProjectConfig, SyncWindow
 from mixpanel_assets.defs.partitions import UTC, PartitionWindow
 from mixpanel_assets.mixpanel.sources import EventSource, Span
+from mixpanel_assets.staging.dedup import Fingerprint
 from mixpanel_assets.staging.exports import EventsExportSpec, stage_source
-from mixpanel_assets.staging.stage import Fingerprint
 
 # Metadata keys, shared by the export (materializations), the probe (observations) and the sensor.
 FINGERPRINT_KEY = "mixpanel/fingerprint"

@@ -93,9 +93,8 @@ class DestinationIOManager(dg.ConfigurableIOManager):
 
 
 def window_of(staged) -> PartitionWindow:
-    """The partition window a staged window belongs to (`partition`, or `info` where staging still
-    calls it that)."""
-    window = getattr(staged, "partition", None) or getattr(staged, "info", None)
+    """The partition window a staged window belongs to, given to it when it was staged."""
+    window = staged.partition
     if not isinstance(window, PartitionWindow):
         raise TypeError("staged window without its partition window")
     return window

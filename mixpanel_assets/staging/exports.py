@@ -96,8 +96,8 @@ def export_events(source: EventSource, windows: list[PartitionWindow], spec: Eve
         f"..{windows[-1].partition_key}" if len(windows) > 1 else ""
     )
     started = time.monotonic()
-    staged = stage_source(source, spans, [w.window for w in windows], [w.partition_key for w in windows], spec,
-                          describe, log, progress=log.info)
+    staged = stage_source(source, spans, windows, [w.partition_key for w in windows], spec,
+                          describe, log, progress=log.info)  # staged as these partitions (StagedWindow.partition)
     elapsed = max(time.monotonic() - started, 1e-6)
     log.info(
         f"{describe}: {staged.lines} lines, {staged.rows} rows after removing {staged.duplicates} duplicates, "
@@ -106,9 +106,7 @@ def export_events(source: EventSource, windows: list[PartitionWindow], spec: Eve
     )
     if staged.bad_examples:
         log.warning("malformed lines skipped:\n" + "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples))
-    by_key = {w.partition_key: w for w in windows}
     for staged_window in staged.windows:
-        staged_window.info = by_key[staged_window.partition_key]
         if state is not None:
             state.write_links(spec.pipeline, staged_window.partition_key, staged_window.links)
     return staged

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from mixpanel_assets.schema import parquet_json_type as _json_type
 from mixpanel_assets.schema import parquet_schema as schema_for
-from mixpanel_assets.staging.block_worker import filtered_lines
+from mixpanel_assets.staging.rows_files import filtered_lines
 
 ROW_GROUP_BYTES = 64 << 20  # uncompressed JSON per row group: large enough for scans, small enough for memory
 ZSTD_LEVEL = 3
@@ -134,7 +134,7 @@ def write_parquet_part(segments: list[tuple[str, object]], out_dir: str, stem: s
 
     try:
         for segment_path, drop_rows in segments:
-            data, count = filtered_lines(Path(segment_path), drop_rows)
+            data, count = filtered_lines(segment_path, drop_rows)
             if not count:
                 continue
             rows += count

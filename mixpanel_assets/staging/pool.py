@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 
-_PRELOAD = ["mixpanel_assets.transform.records", "mixpanel_assets.staging.parts", "mixpanel_assets.staging.block_worker"]
+_PRELOAD = ["mixpanel_assets.transform.events", "mixpanel_assets.staging.parts", "mixpanel_assets.staging.block_worker"]
 _pools: dict[int, ProcessPoolExecutor] = {}
 
 
@@ -58,10 +58,12 @@ def _init_worker(coordinator_pid: int) -> None:
 
     glibc raises its mmap threshold after the first large free, so 4 MB block buffers would then
     come from the heap and the worker's RSS would stay at its high-water mark; a fixed threshold
-    keeps it at what the worker holds. Arrow (Parquet parts) is pointed at the same malloc rather
-    than its own mimalloc, which keeps freed row groups mapped: ~130 MB less for the process tree
-    of a 1M-event Parquet export, no slower. A worker whose run process was killed (OOM, SIGKILL,
-    a lost node) would otherwise wait forever on its task queue.
+    keeps it at what the worker holds: 263 vs 278 MB peak RSS for the process tree of a 1M-event
+    gzip JSON export (benchmarks/export_ours.py, one run each, 2026-12). Arrow (Parquet parts) is
+    pointed at the same malloc rather than its own mimalloc, which keeps freed row groups mapped:
+    586 vs 684 MB peak RSS for a 1M-event Parquet export, no slower (94 vs 90 s on a loaded
+    machine). A worker whose run process was killed (OOM, SIGKILL, a lost node) would otherwise
+    wait forever on its task queue.
     """
     try:
         import ctypes

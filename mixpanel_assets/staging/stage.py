@@ -2,15 +2,14 @@
 
 The three steps, each with memory that does not grow with the size of the day:
 
-1. Parse. The source's byte stream is cut into ~4 MB blocks at line ends; worker processes parse
-   them (block_worker.py), write each block's rows per window to the staging folder, and return
-   one 40-byte dedup-key record per row.
-2. Deduplicate. Key records are spread over 256 bucket files by hash, so one bucket at a time
-   fits in memory; within a bucket, duplicates of Mixpanel's key (event, distinct_id, time,
-   $insert_id) are found by sorting. The copy with the latest mp_processing_time_ms is kept
-   (Mixpanel shows the latest ingested copy); ties keep the first in stream order.
-3. Write parts. Per window, the staged blocks minus their duplicates are compressed into part
-   files in parallel (`StagedWindow.write_parts`), ready for any destination.
+1. Parse. The source's byte stream is cut into ~4 MB blocks at line ends (blocks.py); worker
+   processes parse them (block_worker.py), write each block's rows per window to the staging
+   folder, once, and return one 40-byte dedup-key record per row.
+2. Deduplicate (dedup.py). Key records are spread over 256 bucket files by hash, so one bucket at
+   a time fits in memory; within a bucket, duplicates of Mixpanel's key (event, distinct_id, time,
+   $insert_id) are found by sorting, and the copy Mixpanel shows is kept.
+3. Write parts. Per window, the staged rows minus their duplicates are compressed into part
+   files in parallel (`StagedWindow.write_parts`), ready for any destination; nothing is parsed again.
 
 Staging on disk also means a destination that fails and is retried reads the staged rows again
 instead of spending another Export API query.
@@ -19,87 +18,32 @@ instead of spending another Export API query.
 from __future__ import annotations
 
 import hashlib
-import heapq
-import os
-import pickle
 import shutil
-import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import orjson
 
-from mixpanel_assets.mixpanel.errors import BadInputError
-from mixpanel_assets.mixpanel.inputs import LocalFile, Origin
-from mixpanel_assets.staging.block_worker import (
-    FLAG_NO_DEDUP,
-    LINK_PARTS,
-    SPEC_FILE,
-    BlockSpec,
-    FileRange,
-    block_path,
-    fast_rows_enabled,
-    filtered_lines,
-    line_starts,
-    links_dir,
-    merge_links,
-    process_block,
-    rows_path,
-    write_part,
-)
+from mixpanel_assets.mixpanel.errors import BadInputError  # noqa: F401 - raised here, re-exported
+from mixpanel_assets.staging.block_worker import BlockSpec, block_path, write_part
+from mixpanel_assets.staging.blocks import BLOCK_BYTES, _Block, _Inputs, _Progress, _run_blocks
+from mixpanel_assets.staging.dedup import Fingerprint, _deduplicate, _KeyBuckets
+from mixpanel_assets.staging.links import LINK_PARTS, LinkSet, links_dir, merge_links
 from mixpanel_assets.staging.parts import EXTENSIONS, PartFile
 from mixpanel_assets.staging.pool import InlineExecutor, process_pool
+from mixpanel_assets.staging.rows_files import filtered_lines, line_starts
 from mixpanel_assets.staging.scratch import scratch_dir
 from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, BlockResult
-from mixpanel_assets.windows import Window
-
-BLOCK_BYTES = 4 << 20
-N_BUCKETS = 256  # dedup-key buckets: a 4M-event day is ~16k records (640 KB) per bucket to sort
-_BUCKET_SHIFT = np.uint64(64 - 8)  # log2(N_BUCKETS) top bits of the hash pick the bucket
-KEY_BUFFER_BYTES = 8 << 20  # dedup-key records buffered before they are appended to bucket files
-PROGRESS_EVERY_SECONDS = 10.0
-_BUCKET_DTYPE = np.dtype(
-    [("hi", "<u8"), ("lo", "<u8"), ("proc", "<u8"), ("win", "<u4"), ("blk", "<u4"), ("row", "<u4"), ("flags", "<u4")]
-)
-# The worker's 16-byte digests are big-endian 128-bit integers: hi = first 8 bytes, lo = last 8.
-_DIGEST_DTYPE = np.dtype([("hi", ">u8"), ("lo", ">u8")])
-
+from mixpanel_assets.windows import PartitionWindow, Window
 
 
 class ExportStreamError(RuntimeError):
     """The source stream was cut or ended with Mixpanel's 'export terminated early' line."""
 
 
-@dataclass(frozen=True)
-class Fingerprint:
-    """Order-independent summary of a window's deduplicated events, comparable across exports.
-
-    Additive, so hourly windows combine into the fingerprint of their day: the data-sync sensor
-    compares a day's fingerprint from a fresh export probe with the one recorded at export time.
-    """
-
-    rows: int = 0
-    key_sum: int = 0  # sum of the 64-bit dedup-key hashes of kept rows, mod 2**64
-    max_processing_time_ms: int = 0
-
-    def __add__(self, other: Fingerprint) -> Fingerprint:
-        return Fingerprint(
-            self.rows + other.rows,
-            (self.key_sum + other.key_sum) & ((1 << 64) - 1),
-            max(self.max_processing_time_ms, other.max_processing_time_ms),
-        )
-
-    def token(self) -> str:
-        return f"{self.rows}-{self.key_sum:016x}-{self.max_processing_time_ms}"
-
-    @classmethod
-    def from_token(cls, token: str) -> Fingerprint:
-        rows, key_sum, proc = token.split("-")
-        return cls(int(rows), int(key_sum, 16), int(proc))
 
 
 @dataclass
@@ -151,7 +95,7 @@ class StagedRows:
             if first == last:
                 _plan(plans, first).append((str(seg.path), _rows_array(seg.drop_rows)))
                 continue
-            starts = line_starts(filtered_lines(seg.path, None, keep_buffers=False)[0]) + begin
+            starts = line_starts(filtered_lines(seg.path, None)[0]) + begin
             owner = starts // max_bytes
             dropped = seg.drop_rows if seg.drop_rows is not None else np.empty(0, dtype=np.int64)
             for k in range(int(owner[0]), int(owner[-1]) + 1):
@@ -185,47 +129,6 @@ class StagedRows:
             yield from data.splitlines()
 
 
-class LinkSet:
-    """A window's identity links ((kind, a, b) -> earliest time), kept on disk in sorted partitions.
-
-    A day's links grow with its users; the export's memory must not, so they are never one dict:
-    `sorted_items()` merges the partition files as it reads them (StateStore.write_links streams
-    it into the state file), `len()` is known without reading.
-    """
-
-    def __init__(self, files: list[str] | None = None, count: int = 0):
-        self.files = files or []
-        self.count = count
-
-    def __len__(self) -> int:
-        return self.count
-
-    def sorted_items(self) -> Iterator[tuple[tuple[str, str, str], float]]:
-        return heapq.merge(*(self._read(path) for path in self.files))
-
-    def items(self) -> Iterator[tuple[tuple[str, str, str], float]]:
-        return self.sorted_items()
-
-    def __iter__(self) -> Iterator[tuple[str, str, str]]:
-        return (link for link, _ in self.sorted_items())
-
-    def to_dict(self) -> dict[tuple[str, str, str], float]:
-        return dict(self.sorted_items())
-
-    def __eq__(self, other) -> bool:
-        if isinstance(other, LinkSet):
-            other = other.to_dict()
-        return isinstance(other, dict) and self.to_dict() == other
-
-    @staticmethod
-    def _read(path: str) -> Iterator[tuple[tuple[str, str, str], float]]:
-        loads = orjson.loads
-        with open(path, "rb") as f:
-            for line in f:
-                kind, a, b, seen_at = loads(line)
-                yield (kind, a, b), seen_at
-
-
 def _rows_array(rows) -> array | None:
     """Row numbers as a stdlib array: it pickles to the part workers without importing numpy there."""
     return None if rows is None else array("I", [int(r) for r in rows])
@@ -245,7 +148,7 @@ class StagedWindow(StagedRows):
     partition_key: str | None = None
     fingerprint: Fingerprint = Fingerprint()
     links: LinkSet | dict[tuple[str, str, str], float] = field(default_factory=lambda: LinkSet())
-    info: object = None  # the Dagster-side PartitionWindow, set by the asset
+    partition: PartitionWindow | None = None  # the partition it stands for, when staged from one (exports.py)
 
     def content_token(self) -> str:
         return f"{self.window.start}-{self.window.end}-{self.fingerprint.token()}"
@@ -315,7 +218,6 @@ class StagedEvents:
     bad_examples: list[tuple[str, str]] = field(default_factory=list)
     outside_window: int = 0
     suppressed: int = 0  # rows of users deleted by a GDPR deletion, dropped (gdpr.py)
-    fast_lines: int = 0  # lines the compiled path parsed (block_worker.py); the others took Python's
     source_bytes: int = 0
     queries: int = 0
     workers: int = 1
@@ -342,173 +244,9 @@ class StagedEvents:
             shutil.rmtree(self.staging_dir, ignore_errors=True)
 
 
-def split_blocks(chunks: Iterable, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, str, int | None, bytes | FileRange]]:
-    """Regroup arbitrary byte chunks into (block_id, origin, first_line_no, block) cut at line ends.
-
-    Cut points depend only on the byte stream, so the same data always gives the same blocks.
-    An `Origin` item in `chunks` starts a new input: line numbers restart at 1 and no block spans
-    two inputs. A `LocalFile` item becomes FileRange blocks at fixed byte offsets of the file, with
-    first_line_no None: their line numbers are known once the blocks before them are parsed.
-    """
-    pending: list[bytes] = []
-    pending_size = 0
-    block_id = 0
-    line_no = 1
-    origin = ""
-    for chunk in chunks:
-        if isinstance(chunk, (Origin, LocalFile)):
-            if pending:
-                data = b"".join(pending)
-                if not data.endswith(b"\n"):
-                    data += b"\n"
-                yield block_id, origin, line_no, data
-                block_id += 1
-                pending, pending_size = [], 0
-            if isinstance(chunk, Origin):
-                origin, line_no = str(chunk), 1
-                continue
-            size = os.path.getsize(chunk.path)
-            for start in range(0, size, block_bytes):
-                yield block_id, chunk.name, None, FileRange(chunk.path, start, min(start + block_bytes, size))
-                block_id += 1
-            origin, line_no = "", 1
-            continue
-        if not chunk:
-            continue
-        pending.append(chunk)
-        pending_size += len(chunk)
-        while pending_size >= block_bytes:
-            data = b"".join(pending)
-            cut = data.find(b"\n", block_bytes - 1) + 1
-            if cut == 0:
-                pending, pending_size = [data], len(data)
-                break
-            block, rest = data[:cut], data[cut:]
-            yield block_id, origin, line_no, block
-            block_id += 1
-            line_no += block.count(b"\n")
-            pending, pending_size = ([rest], len(rest)) if rest else ([], 0)
-    if pending:
-        data = b"".join(pending)
-        if data:
-            yield block_id, origin, line_no, data
-
-
-class _KeyBuckets:
-    """Dedup-key records spread over bucket files by hash, buffered to keep writes large.
-
-    Each window's row count, sum of key hashes and latest processing time are totalled here as
-    blocks arrive, so deduplication only has to subtract the duplicates it finds (a dropped copy
-    never has a later processing time than the copy kept, so the maximum is that of all rows).
-    """
-
-    def __init__(self, directory: Path, n_windows: int):
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.pending: list[np.ndarray] = []
-        self.buffered = 0
-        self.rows = [0] * n_windows
-        self.key_sums = [0] * n_windows  # mod 2**64
-        self.max_proc = [0] * n_windows
-
-    def add(self, window: int, block: int, hashes: bytes, procs: bytes, no_dedup: bytes) -> None:
-        digests = np.frombuffer(hashes, dtype=_DIGEST_DTYPE)
-        records = np.empty(len(digests), dtype=_BUCKET_DTYPE)
-        records["hi"], records["lo"] = digests["hi"], digests["lo"]
-        records["proc"] = np.frombuffer(procs, dtype=np.uint64)
-        records["row"] = np.arange(len(digests), dtype=np.uint32)
-        records["flags"] = 0
-        if no_dedup:
-            records["flags"][np.frombuffer(no_dedup, dtype=np.uint32)] = FLAG_NO_DEDUP
-        records["win"], records["blk"] = window, block
-        if len(records):
-            self.rows[window] += len(records)
-            self.key_sums[window] = (self.key_sums[window] + int(records["lo"].sum())) & _U64_MASK
-            self.max_proc[window] = max(self.max_proc[window], int(records["proc"].max()))
-        self.pending.append(records)
-        self.buffered += records.nbytes
-        if self.buffered > KEY_BUFFER_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        """Append the buffered records to their buckets: one sort and one write per bucket."""
-        if not self.pending:
-            return
-        records = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        self.pending.clear()
-        self.buffered = 0
-        bucket_of = (records["hi"] >> _BUCKET_SHIFT).astype(np.uint8 if N_BUCKETS <= 256 else np.uint32)
-        order = np.argsort(bucket_of, kind="stable")
-        records = np.take(records.view(_RECORD_BYTES), order)  # as opaque 40-byte items: 6x a structured gather
-        bounds = np.searchsorted(bucket_of[order], np.arange(N_BUCKETS + 1))
-        for b in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
-            with open(self.directory / f"bucket{b:03d}.bin", "ab") as f:
-                f.write(records[bounds[b]:bounds[b + 1]].data)
-
-    def buckets(self) -> Iterator[np.ndarray]:
-        self.flush()
-        for b in range(N_BUCKETS):
-            path = self.directory / f"bucket{b:03d}.bin"
-            if path.exists():
-                yield np.fromfile(path, dtype=_BUCKET_DTYPE)
-
-
-_U64_MASK = (1 << 64) - 1
-_RECORD_BYTES = np.dtype(f"V{_BUCKET_DTYPE.itemsize}")
-_DROP_DTYPE = np.dtype([("win", "<u4"), ("blk", "<u4"), ("row", "<u4")])
-
-
-def _deduplicate(buckets: _KeyBuckets, n_windows: int):
-    """Find duplicates bucket by bucket; return drops per (window, block) and window fingerprints.
-
-    A duplicate needs an equal 64-bit `hi`, which a bucket's records rarely share otherwise, so
-    each bucket is sorted by `hi` alone and only the few records in runs of equal `hi` are
-    sorted by the whole rule: key, then latest processing time, then position in the stream.
-    """
-    dropped_parts: list[np.ndarray] = []
-    for records in buckets.buckets():
-        cand = records[(records["flags"] & FLAG_NO_DEDUP) == 0]
-        if len(cand) < 2:
-            continue
-        hi = cand["hi"]
-        order = np.argsort(hi)
-        repeats = hi[order[1:]] == hi[order[:-1]]
-        if not repeats.any():
-            continue
-        in_run = np.zeros(len(cand), dtype=bool)
-        in_run[1:] |= repeats
-        in_run[:-1] |= repeats
-        group = cand[order[in_run]]
-        # Each key's copies contiguous, the one kept first: latest processing time, then earliest in the stream.
-        group = group[np.lexsort((group["row"], group["blk"], ~group["proc"], group["lo"], group["hi"]))]
-        same_as_previous = np.zeros(len(group), dtype=bool)
-        same_as_previous[1:] = (group["hi"][1:] == group["hi"][:-1]) & (group["lo"][1:] == group["lo"][:-1])
-        if same_as_previous.any():
-            dropped_parts.append(group[same_as_previous])
-    rows, key_sums = list(buckets.rows), list(buckets.key_sums)
-    dup_counts = np.zeros(n_windows, dtype=np.int64)
-    drops: dict[tuple[int, int], np.ndarray] = {}
-    if dropped_parts:
-        dropped = np.concatenate(dropped_parts)
-        for win, count in zip(*np.unique(dropped["win"], return_counts=True)):
-            dup_counts[win] = count
-        for win, lo in zip(dropped["win"].tolist(), dropped["lo"].tolist()):
-            rows[win] -= 1
-            key_sums[win] = (key_sums[win] - lo) & _U64_MASK
-        flat = np.empty(len(dropped), dtype=_DROP_DTYPE)
-        flat["win"], flat["blk"], flat["row"] = dropped["win"], dropped["blk"], dropped["row"]
-        flat.sort(order=["win", "blk", "row"])
-        wins, blks = flat["win"], flat["blk"]
-        starts = np.flatnonzero(np.r_[True, (wins[1:] != wins[:-1]) | (blks[1:] != blks[:-1])]).tolist()
-        for start, end in zip(starts, starts[1:] + [len(flat)]):
-            drops[(int(wins[start]), int(blks[start]))] = flat["row"][start:end].copy()
-    fingerprints = [Fingerprint(rows[w], key_sums[w], buckets.max_proc[w]) for w in range(n_windows)]
-    return drops, fingerprints, dup_counts
-
-
 def stage_events(
     chunks: Iterable[bytes],
-    windows: list[Window],
+    windows: list[Window | PartitionWindow],
     partition_keys: list[str | None],
     *,
     staging_root: str | Path | None = None,
@@ -526,20 +264,24 @@ def stage_events(
     """Stream `chunks` (raw export JSON lines) into deduplicated rows for each window.
 
     `chunks` holds bytes, `Origin` markers (a new input starts: line numbers restart) and
-    `LocalFile` items (a whole local file the workers read themselves). `progress`, if given, is
+    `LocalFile` items (a whole local file the workers read themselves). A window given as a
+    PartitionWindow is staged as that partition (`StagedWindow.partition`), for the destinations. `progress`, if given, is
     called about every PROGRESS_EVERY_SECONDS with a line on lines and bytes done, the rate and,
     when the input's size is known (local files), an ETA.
 
     Raises ExportStreamError if the stream reports it was cut, BadInputError if malformed lines
     exceed the policy; in both cases nothing is left on disk.
     """
+    partitions = [w if isinstance(w, PartitionWindow) else None for w in windows]
+    windows = [w.window if isinstance(w, PartitionWindow) else w for w in windows]
     ordered = sorted(range(len(windows)), key=lambda i: windows[i].start)
     windows = [windows[i] for i in ordered]
+    partitions = [partitions[i] for i in ordered]
     partition_keys = [partition_keys[i] for i in ordered]
     staging_dir = scratch_dir("stage", staging_root)
     staged = StagedEvents(
         staging_dir,
-        [StagedWindow(window=w, partition_key=k) for w, k in zip(windows, partition_keys)],
+        [StagedWindow(window=w, partition_key=k, partition=p) for w, k, p in zip(windows, partition_keys, partitions)],
         workers=workers,
     )
     spec = BlockSpec(
@@ -550,15 +292,10 @@ def stage_events(
         legacy_timezone=legacy_timezone,
         write_rows=write_rows,
         suppressed_distinct_ids=frozenset(suppressed_distinct_ids) if suppressed_distinct_ids else None,
-        fast_rows=fast_rows_enabled(),
-        rows_by_reference=write_rows,
     )
-    (staging_dir / SPEC_FILE).write_bytes(pickle.dumps(spec, pickle.HIGHEST_PROTOCOL))
-    if progress is not None:
-        progress(f"{describe_source}: parsing lines with {rows_path()}")
     buckets = _KeyBuckets(staging_dir / "keys", len(windows))
     terminated = False
-    inputs = _Inputs(chunks, block_bytes, staged)
+    inputs = _Inputs(chunks, block_bytes)
     meter = _Progress(progress, describe_source, inputs)
     blocks = 0
     try:
@@ -566,6 +303,7 @@ def stage_events(
             blocks += 1
             terminated |= result.terminated_early
             _absorb(staged, buckets, block, result, spec)
+            staged.source_bytes = inputs.source_bytes
             meter.update(staged)
         if terminated:
             raise ExportStreamError(
@@ -603,96 +341,6 @@ def _segments_with_blocks(window: StagedWindow):
         yield int(seg.path.stem[1:]), seg
 
 
-@dataclass
-class _Block:
-    """One unit of parse work and where its lines are in their input (for bad-line reports)."""
-
-    block_id: int
-    origin: str
-    first_line: int | None  # None for a FileRange: known once the previous blocks are counted
-    source: bytes | FileRange
-
-
-class _Inputs:
-    """The run's input as blocks (see split_blocks), counting source bytes as they pass."""
-
-    def __init__(self, chunks: Iterable, block_bytes: int, staged: StagedEvents):
-        self.chunks = chunks
-        self.block_bytes = block_bytes
-        self.staged = staged
-        self.total_bytes: int | None = 0  # the inputs' size, or None once a stream (size unknown) is seen
-
-    def _sizes(self):
-        for item in self.chunks:
-            if isinstance(item, LocalFile):
-                if self.total_bytes is not None:
-                    self.total_bytes += os.path.getsize(item.path)
-            elif not isinstance(item, Origin):
-                self.total_bytes = None
-            yield item
-
-    def __iter__(self) -> Iterator[_Block]:
-        for block_id, origin, first_line, source in split_blocks(self._sizes(), self.block_bytes):
-            self.staged.source_bytes += source.end - source.start if isinstance(source, FileRange) else len(source)
-            yield _Block(block_id, origin, first_line, source)
-
-
-def _run_blocks(inputs: Iterable[_Block], spec: BlockSpec, workers: int):
-    """Yield (block, BlockResult) in input order, parsing in a pool once there is >1 block."""
-    blocks = iter(inputs)
-    first = next(blocks, None)
-    if first is None:
-        return
-    second = next(blocks, None)
-    if second is None or workers <= 1:
-        for block in _chain(first, second, blocks):
-            yield block, process_block(block.source, block.block_id, spec)
-        return
-    pool = process_pool(workers)
-    in_flight: list[tuple[_Block, Future]] = []
-    limit = workers * 2
-    for block in _chain(first, second, blocks):
-        in_flight.append((block, pool.submit(process_block, block.source, block.block_id, spec)))
-        if len(in_flight) >= limit:
-            done, future = in_flight.pop(0)
-            yield done, future.result()
-    for done, future in in_flight:
-        yield done, future.result()
-
-
-def _chain(first, second, rest):
-    yield first
-    if second is not None:
-        yield second
-    yield from rest
-
-
-class _Progress:
-    """Throttled progress lines for the run log: lines, MB, rate and (for local files) an ETA."""
-
-    def __init__(self, report: Callable[[str], None] | None, what: str, inputs: _Inputs):
-        self.report = report
-        self.what = what
-        self.inputs = inputs
-        self.started = self.last = time.monotonic()
-
-    def update(self, staged: StagedEvents) -> None:
-        if self.report is None:
-            return
-        now = time.monotonic()
-        if now - self.last < PROGRESS_EVERY_SECONDS:
-            return
-        self.last = now
-        elapsed = now - self.started
-        done = staged.source_bytes
-        line = (f"{self.what}: {staged.lines:,} lines, {done / 1e6:,.0f} MB parsed in {elapsed:,.0f} s "
-                f"({staged.lines / elapsed:,.0f} lines/s)")
-        total = self.inputs.total_bytes
-        if total and done:
-            line += f"; {100 * done / total:.0f}% of {total / 1e6:,.0f} MB, about {elapsed * (total - done) / done:,.0f} s to go"
-        self.report(line)
-
-
 def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: BlockResult, spec: BlockSpec) -> None:
     first_line = block.first_line
     if first_line is None:
@@ -702,7 +350,6 @@ def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: B
     staged.bad_lines += result.bad_lines
     staged.outside_window += result.outside_window
     staged.suppressed += result.suppressed
-    staged.fast_lines += result.fast_lines
     room = MAX_REPORTED_BAD_LINES - len(staged.bad_examples)
     if room > 0:
         for index, why in result.bad_examples[:room]:
@@ -716,8 +363,7 @@ def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: B
             continue
         window.rows_read += rows
         window.segments.append(
-            Segment(block_path(spec.staging_dir, w, block_id, result.rows_by_reference), rows,
-                    result.bytes_per_window[w])
+            Segment(block_path(spec.staging_dir, w, block_id), rows, result.bytes_per_window[w])
         )
         buckets.add(w, block_id, result.hashes_per_window[w], result.procs_per_window[w],
                     result.no_dedup_per_window[w])

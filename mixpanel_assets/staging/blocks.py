@@ -1,0 +1,164 @@
+"""Cutting a run's input into blocks of whole lines, the unit of parse work, and running them.
+
+Streams are cut into ~4 MB blocks at line ends; a whole local file becomes byte ranges that the
+workers read themselves. Cut points depend only on the bytes, so the same data always gives the
+same blocks. `_run_blocks` parses them in the worker pool (block_worker.py), in input order, and
+`_Progress` reports how far the run is.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from mixpanel_assets.staging.block_worker import BlockSpec, FileRange, process_block
+from mixpanel_assets.staging.pool import process_pool
+from mixpanel_assets.transform.records import LocalFile, Origin
+
+BLOCK_BYTES = 4 << 20
+PROGRESS_EVERY_SECONDS = 10.0
+
+
+def split_blocks(chunks: Iterable, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, str, int | None, bytes | FileRange]]:
+    """Regroup arbitrary byte chunks into (block_id, origin, first_line_no, block) cut at line ends.
+
+    Cut points depend only on the byte stream, so the same data always gives the same blocks.
+    An `Origin` item in `chunks` starts a new input: line numbers restart at 1 and no block spans
+    two inputs. A `LocalFile` item becomes FileRange blocks at fixed byte offsets of the file, with
+    first_line_no None: their line numbers are known once the blocks before them are parsed.
+    """
+    pending: list[bytes] = []
+    pending_size = 0
+    block_id = 0
+    line_no = 1
+    origin = ""
+    for chunk in chunks:
+        if isinstance(chunk, (Origin, LocalFile)):
+            if pending:
+                data = b"".join(pending)
+                if not data.endswith(b"\n"):
+                    data += b"\n"
+                yield block_id, origin, line_no, data
+                block_id += 1
+                pending, pending_size = [], 0
+            if isinstance(chunk, Origin):
+                origin, line_no = str(chunk), 1
+                continue
+            size = os.path.getsize(chunk.path)
+            for start in range(0, size, block_bytes):
+                yield block_id, chunk.name, None, FileRange(chunk.path, start, min(start + block_bytes, size))
+                block_id += 1
+            origin, line_no = "", 1
+            continue
+        if not chunk:
+            continue
+        pending.append(chunk)
+        pending_size += len(chunk)
+        while pending_size >= block_bytes:
+            data = b"".join(pending)
+            cut = data.find(b"\n", block_bytes - 1) + 1
+            if cut == 0:
+                pending, pending_size = [data], len(data)
+                break
+            block, rest = data[:cut], data[cut:]
+            yield block_id, origin, line_no, block
+            block_id += 1
+            line_no += block.count(b"\n")
+            pending, pending_size = ([rest], len(rest)) if rest else ([], 0)
+    if pending:
+        data = b"".join(pending)
+        if data:
+            yield block_id, origin, line_no, data
+
+
+@dataclass
+class _Block:
+    """One unit of parse work and where its lines are in their input (for bad-line reports)."""
+
+    block_id: int
+    origin: str
+    first_line: int | None  # None for a FileRange: known once the previous blocks are counted
+    source: bytes | FileRange
+
+
+class _Inputs:
+    """The run's input as blocks (see split_blocks), counting source bytes as they pass."""
+
+    def __init__(self, chunks: Iterable, block_bytes: int):
+        self.chunks = chunks
+        self.block_bytes = block_bytes
+        self.source_bytes = 0  # bytes of the blocks handed out so far
+        self.total_bytes: int | None = 0  # the inputs' size, or None once a stream (size unknown) is seen
+
+    def _sizes(self):
+        for item in self.chunks:
+            if isinstance(item, LocalFile):
+                if self.total_bytes is not None:
+                    self.total_bytes += os.path.getsize(item.path)
+            elif not isinstance(item, Origin):
+                self.total_bytes = None
+            yield item
+
+    def __iter__(self) -> Iterator[_Block]:
+        for block_id, origin, first_line, source in split_blocks(self._sizes(), self.block_bytes):
+            self.source_bytes += source.end - source.start if isinstance(source, FileRange) else len(source)
+            yield _Block(block_id, origin, first_line, source)
+
+
+def _run_blocks(inputs: Iterable[_Block], spec: BlockSpec, workers: int):
+    """Yield (block, BlockResult) in input order, parsing in a pool once there is >1 block."""
+    blocks = iter(inputs)
+    first = next(blocks, None)
+    if first is None:
+        return
+    second = next(blocks, None)
+    if second is None or workers <= 1:
+        for block in _chain(first, second, blocks):
+            yield block, process_block(block.source, block.block_id, spec)
+        return
+    pool = process_pool(workers)
+    in_flight: list[tuple[_Block, Future]] = []
+    limit = workers * 2
+    for block in _chain(first, second, blocks):
+        in_flight.append((block, pool.submit(process_block, block.source, block.block_id, spec)))
+        if len(in_flight) >= limit:
+            done, future = in_flight.pop(0)
+            yield done, future.result()
+    for done, future in in_flight:
+        yield done, future.result()
+
+
+def _chain(first, second, rest):
+    yield first
+    if second is not None:
+        yield second
+    yield from rest
+
+
+class _Progress:
+    """Throttled progress lines for the run log: lines, MB, rate and (for local files) an ETA."""
+
+    def __init__(self, report: Callable[[str], None] | None, what: str, inputs: _Inputs):
+        self.report = report
+        self.what = what
+        self.inputs = inputs
+        self.started = self.last = time.monotonic()
+
+    def update(self, staged) -> None:
+        if self.report is None:
+            return
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_SECONDS:
+            return
+        self.last = now
+        elapsed = now - self.started
+        done = staged.source_bytes
+        line = (f"{self.what}: {staged.lines:,} lines, {done / 1e6:,.0f} MB parsed in {elapsed:,.0f} s "
+                f"({staged.lines / elapsed:,.0f} lines/s)")
+        total = self.inputs.total_bytes
+        if total and done:
+            line += f"; {100 * done / total:.0f}% of {total / 1e6:,.0f} MB, about {elapsed * (total - done) / done:,.0f} s to go"
+        self.report(line)
