@@ -29,49 +29,26 @@ Ratios within one run are what count: the machine is shared, so absolute numbers
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
+from measure import Measured, measure
+from report import README, _row, render, stream_verdicts, verdicts, write_readme
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 GENERATOR = REPO.parent / "shared" / "tools" / "gen_mixpanel_export.py"
-README = HERE / "README.md"
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 SIZES = (250_000, 1_000_000, 4_000_000)
 STREAM_JOB = "Export API stream, job with checks"
 USER_ENV, SECRET_ENV = "BENCH_MIXPANEL_USERNAME", "BENCH_MIXPANEL_SECRET"
 BENCH_USER, BENCH_SECRET = "bench", "bench-not-a-secret"  # accepted by stream_server.py only
-
-
-@dataclass
-class Measured:
-    name: str
-    events: int
-    wall: float
-    rss_mb: float
-    pss_mb: float
-    rows: int | None
-    cpu_s: float = 0.0  # user + system seconds of the whole tree (last sample of each process)
-    note: str = ""
-    check_share: float = 0.0  # jobs: the check steps' seconds / the run's seconds
-    checks_failed: tuple | list = ()
-
-    @property
-    def events_per_s(self) -> float:
-        return self.events / self.wall
 
 
 def generate(size: int, data_dir: Path) -> tuple[Path, dict]:
@@ -89,78 +66,6 @@ def generate(size: int, data_dir: Path) -> tuple[Path, dict]:
     return path, json.loads(summary_path.read_text())
 
 
-def _pss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def measure(name: str, cmd: list[str], events: int, out_dir: Path, env: dict | None = None,
-            stdout_path: Path | None = None, cwd: Path = REPO, timeout: float | None = None) -> tuple[Measured, dict]:
-    """Run `cmd`, sampling the memory of its whole process tree; return the measurement and its JSON line."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log = open(out_dir / f"{name}.log", "wb")
-    stdout = open(stdout_path, "wb") if stdout_path else subprocess.PIPE
-    started = time.monotonic()
-    proc = psutil.Popen(cmd, stdout=stdout, stderr=log, env=env, cwd=cwd)
-    peak = {"rss": 0, "pss": 0}
-    cpu: dict[int, float] = {}
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            try:
-                tree = [proc] + proc.children(recursive=True)
-            except psutil.Error:
-                break
-            rss = pss = 0
-            for p in tree:
-                try:
-                    rss += p.memory_info().rss
-                    times = p.cpu_times()
-                    cpu[p.pid] = times.user + times.system
-                except psutil.Error:
-                    continue
-                pss += _pss_kb(p.pid) * 1024
-            peak["rss"] = max(peak["rss"], rss)
-            peak["pss"] = max(peak["pss"], pss)
-            done.wait(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        output = proc.communicate(timeout=timeout)[0] if stdout is subprocess.PIPE else proc.wait(timeout)
-    except (subprocess.TimeoutExpired, psutil.TimeoutExpired):
-        for p in [proc] + proc.children(recursive=True):  # only the tree this harness started
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
-        proc.wait()
-        done.set()
-        log.close()
-        raise RuntimeError(f"{name} ran over {timeout:.0f} s and was stopped; see {out_dir / (name + '.log')}") from None
-    wall = time.monotonic() - started
-    done.set()
-    sampler.join()
-    log.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {out_dir / (name + '.log')}")
-    info = {}
-    if isinstance(output, bytes) and output.strip():
-        try:
-            info = json.loads(output.strip().splitlines()[-1])
-        except ValueError:
-            info = {}
-    cpu_total = sum(cpu.values())  # sampled every 50 ms: the last 50 ms of each process are missed
-    return Measured(name, events, wall, peak["rss"] / 2**20, peak["pss"] / 2**20, info.get("rows"), cpu_total), info
-
-
 @dataclass(frozen=True)
 class Tree:
     """A checkout whose `mixpanel_assets` the runs import (PYTHONPATH), and how its rows are labelled."""
@@ -170,7 +75,8 @@ class Tree:
 
 
 def _short_commit(path: Path) -> str:
-    done = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    done = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], check=False,
+                          capture_output=True, text=True)
     return done.stdout.strip() or path.name
 
 
@@ -240,124 +146,12 @@ class StreamServer:
         self.proc.wait()
 
 
-def pigz(path: Path, events: int, work: Path) -> Measured | None:
-    if shutil.which("pigz") is None:
-        print("pigz is not installed (apt-get install pigz): skipped", flush=True)
-        return None
+def pigz(path: Path, events: int, work: Path) -> Measured:
     target = work / "pigz.json.gz"
     m, _ = measure("pigz", ["pigz", "-1", "-p", "2", "-c", str(path)], events, work, stdout_path=target)
     target.unlink(missing_ok=True)
     m.name = "floor: `pigz -1 -p 2` of the input"
     return m
-
-
-def _row(m: Measured) -> str:
-    rows = f"{m.rows:,}" if m.rows is not None else "-"
-    return (f"| {m.name} | {m.events:,} | {m.wall:.1f} | {m.cpu_s:.1f} | {m.events_per_s / 1000:,.0f}k | "
-            f"{m.rss_mb:,.0f} | {m.pss_mb:,.0f} | {rows} | {m.note} |")
-
-
-def verdicts(by_size: dict[int, Measured], parquet: Measured | None, base: dict[str, Measured], size: int) -> list[str]:
-    """Each target of issue 7 (local file, asset alone) with the measured value: met, or the gap."""
-    lines = []
-    ours_json = by_size.get(size)
-
-    def check(label: str, ok: bool, value: str) -> None:
-        lines.append(f"| {label} | {value} | {'met' if ok else 'MISSED'} |")
-
-    if ours_json:
-        check("≥ 100k events/s end to end (whole process)", ours_json.events_per_s >= 100_000,
-              f"{ours_json.events_per_s / 1000:,.0f}k events/s")
-        if "orjson_loop" in base:
-            r = ours_json.events_per_s / base["orjson_loop"].events_per_s
-            check("≥ 2x the streaming orjson loop", r >= 2, f"{r:.2f}x")
-        if "dlt" in base:
-            r = ours_json.events_per_s / base["dlt"].events_per_s
-            check("≥ 13x dlt (filesystem, jsonl)", r >= 13, f"{r:.1f}x")
-        if "pigz" in base:
-            r = ours_json.wall / base["pigz"].wall
-            check("within 2.5x of `pigz -1 -p 2`", r <= 2.5, f"{r:.2f}x its wall time")
-    if parquet and "polars" in base:
-        pol = base["polars"]
-        check("Parquet no slower than Polars eager", parquet.wall <= pol.wall,
-              f"{parquet.wall:.1f} s vs {pol.wall:.1f} s")
-        check("… with a fraction of its memory", parquet.rss_mb < pol.rss_mb,
-              f"{parquet.rss_mb:,.0f} MB vs {pol.rss_mb:,.0f} MB ({parquet.rss_mb / pol.rss_mb:.0%})")
-    if by_size:
-        peaks = [m.rss_mb for m in by_size.values()]
-        check("peak RSS (sum over the process tree) < 300 MB", max(peaks) < 300, f"max {max(peaks):,.0f} MB")
-        spread = max(peaks) / min(peaks)
-        check(f"flat: same within 20% for {', '.join(f'{s:,}' for s in sorted(by_size))} events", spread <= 1.2,
-              f"max/min {spread:.2f}")
-    return lines
-
-
-def stream_verdicts(json_by_size: dict[int, Measured], parquet_by_size: dict[int, Measured],
-                    base: dict[str, Measured], size: int) -> list[str]:
-    """Each target of issue 13: the path users run (Export API stream -> the job with its checks)."""
-    lines = []
-
-    def check(label: str, ok: bool, value: str) -> None:
-        lines.append(f"| {label} | {value} | {'met' if ok else 'MISSED'} |")
-
-    js, pq = json_by_size.get(size), parquet_by_size.get(size)
-    at = f"{size:,} events"
-    if js:
-        check(f"json: ≥ 100k events/s ({at}, whole process)", js.events_per_s >= 100_000,
-              f"{js.events_per_s / 1000:,.0f}k events/s")
-        if "orjson_stream" in base:
-            r = js.events_per_s / base["orjson_stream"].events_per_s
-            check("json: ≥ 2x the orjson loop reading the same stream", r >= 2, f"{r:.2f}x")
-    if pq:
-        check(f"Parquet: ≥ 70k events/s ({at}, whole process)", pq.events_per_s >= 70_000,
-              f"{pq.events_per_s / 1000:,.0f}k events/s")
-        for name, label in (("duckdb", "DuckDB"), ("polars", "Polars eager")):
-            if name in base:
-                other = base[name]
-                check(f"Parquet: faster than {label}", pq.wall < other.wall, f"{pq.wall:.1f} s vs {other.wall:.1f} s")
-                check(f"Parquet: ≤ a third of {label}'s memory", pq.rss_mb <= other.rss_mb / 3,
-                      f"{pq.rss_mb:,.0f} MB vs {other.rss_mb:,.0f} MB ({pq.rss_mb / other.rss_mb:.0%})")
-    for fmt, m in (("json", js), ("Parquet", pq)):
-        if m is not None:
-            check(f"{fmt}: checks ≤ 15% of the job's wall time (check steps / run, from the event log)",
-                  m.check_share <= 0.15 and not m.checks_failed,
-                  f"{m.check_share:.0%}" + (f", FAILED: {', '.join(m.checks_failed)}" if m.checks_failed else ""))
-    if json_by_size:
-        peaks = [m.rss_mb for m in json_by_size.values()]
-        check("json: peak RSS (sum over the process tree) < 300 MB", max(peaks) < 300, f"max {max(peaks):,.0f} MB")
-        spread = max(peaks) / min(peaks)
-        check(f"json: flat, within 1.2x for {', '.join(f'{s:,}' for s in sorted(json_by_size))} events",
-              spread <= 1.2, f"max/min {spread:.2f}")
-    return lines
-
-
-def render(measured: list[Measured], verdict_lines: list[str], stream_lines: list[str], failures: list[str],
-           command: str, load: tuple[float, float]) -> str:
-    cpu = platform.processor() or platform.machine()
-    header = [
-        f"Command: `{command}` — {dt.date.today().isoformat()}, {os.cpu_count()} cores ({cpu}), "
-        f"{psutil.virtual_memory().total / 2**30:.0f} GiB; load average {load[0]:.2f} before, {load[1]:.2f} after.",
-        "",
-        "| run | events | wall s | CPU s (tree) | events/s | peak RSS MB (tree) | peak PSS MB (tree) | rows written | note |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *[_row(m) for m in measured],
-        "",
-        *(["| target (issue 13: Export API stream -> job with checks) | measured | |", "|---|---|---|",
-            *stream_lines, ""] if stream_lines else []),
-        *(["| target (issue 7: local file, asset alone) | measured | |", "|---|---|---|", *verdict_lines]
-          if verdict_lines else []),
-        *(["", "Not measured (failed or skipped):", *[f"- {f}" for f in failures]] if failures else []),
-    ]
-    return "\n".join(header)
-
-
-def write_readme(table: str) -> None:
-    text = README.read_text() if README.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
-    if START not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    README.write_text(f"{head}{START}\n{table}\n{END}{tail}")
 
 
 BASELINES = (  # name, label, reads the stream
@@ -386,10 +180,16 @@ def main() -> int:
     skip = {s for s in args.skip.split(",") if s}
     if args.skip_baselines:
         skip |= {name for name, _, _ in BASELINES} | {"pigz"}
+    not_installed = []
     for name, module in NEEDS.items():
         if name not in skip and importlib.util.find_spec(module) is None:
-            print(f"{module} is not installed (pip install -e '.[bench]'): the {name} baseline is skipped", flush=True)
+            not_installed.append(f"the {name} baseline: {module} is not installed (pip install -e '.[bench]')")
+            print(f"skipped {not_installed[-1]}", flush=True)
             skip.add(name)
+    if "pigz" not in skip and shutil.which("pigz") is None:
+        not_installed.append("the pigz floor: pigz is not installed (apt-get install pigz)")
+        print(f"skipped {not_installed[-1]}", flush=True)
+        skip.add("pigz")
     trees = [Tree(REPO, "ours")]
     if args.before:
         before = args.before.resolve()
@@ -471,7 +271,8 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()[0]
     table = render(measured, verdicts(by_size, parquet, base, args.baseline_size),
-                   stream_verdicts(stream_json, stream_parquet, base, args.baseline_size), failures, command,
+                   stream_verdicts(stream_json, stream_parquet, base, args.baseline_size),
+                   failures + not_installed, command,
                    (load_before, load_after))
     print()
     print(table)
