@@ -65,9 +65,9 @@ $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[bench]"
 	touch $@
 
-bench: setup $(VENV)/.bench-installed  ## export speed/memory vs baselines -> benchmarks/README.md (not part of make test)
+bench: setup $(VENV)/.bench-installed  ## export speed/memory vs baselines -> benchmarks/README.md (not part of make test); BEFORE=<checkout> adds its rows
 	@command -v pigz >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pigz >/dev/null; }
-	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/run.py $(if $(BEFORE),--before $(BEFORE)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .dagster_home export warehouse.duckdb warehouse.duckdb.lock .mixpanel_assets test-artifacts
