@@ -154,7 +154,8 @@ _ALL = frozenset({"device_id", "event_name", "insert_id", "user_id", "resolved_d
 ALLOWED: dict[str, tuple[frozenset[str], str]] = {
     "schema.py": (_ALL, "the definition"),
     "transform/records.py": (_ALL, "builds the rows: byte templates of each table's JSON-lines row, in column order"),
-    "staging/block_worker.py": (_ALL, "builds event rows in the worker processes (its fast path of records.py)"),
+    "transform/events.py": (_ALL, "builds each mp_master_event row from its line: one dict literal in column order, "
+                                  "encoded by orjson in the workers' hot loop"),
     "staging/parquet_parts.py": (_ALL, "cuts each column out of a staged row into its Arrow array"),
     "transform/identity.py": (frozenset({"resolved_distinct_id", "user_id"}),
                               "the identity resolution SQL, which computes the mapping rows (user_id: a SQL alias)"),
