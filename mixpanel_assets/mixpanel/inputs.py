@@ -1,4 +1,5 @@
-"""The two markers a source yields among its byte chunks, so staging can name and split inputs.
+"""What a source hands staging: the two markers it yields among its byte chunks (so staging can name
+and split inputs), and how a local file is opened whatever its compression.
 
 They live with the sources (the lowest layer that yields them) in a module of their own that
 imports nothing, because the parse workers import it too and must start fast.
@@ -7,6 +8,7 @@ imports nothing, because the parse workers import it too and must start fast.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class Origin(str):
@@ -28,3 +30,18 @@ class LocalFile:
 
     path: str
     name: str
+
+
+def open_compressed(path: Path):
+    """A binary reader of a file's content, decompressed by its name (.gz with ISA-L, .zst, or as is):
+    the one place that knows our compressions, for source files and for part files read back."""
+    name = Path(path).name
+    if name.endswith(".gz"):
+        from isal import igzip
+
+        return igzip.open(path, "rb")
+    if name.endswith(".zst"):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    return open(path, "rb")

@@ -19,7 +19,7 @@ import orjson
 
 from mixpanel_assets.mixpanel.client import ExportQuery, MixpanelClient
 from mixpanel_assets.mixpanel.errors import BadInputError
-from mixpanel_assets.mixpanel.inputs import LocalFile, Origin
+from mixpanel_assets.mixpanel.inputs import LocalFile, Origin, open_compressed
 from mixpanel_assets.mixpanel.retry import NO_RETRIES, SourceRetries
 
 UTC = dt.UTC
@@ -178,18 +178,7 @@ class LocalFilesSource(EventSource):
 
 
 def read_file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    name = path.name
-    if name.endswith(".gz"):
-        from isal import igzip
-
-        stream = igzip.open(path, "rb")
-    elif name.endswith(".zst"):
-        import zstandard
-
-        stream = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    else:
-        stream = open(path, "rb")
-    with stream:
+    with open_compressed(path) as stream:
         while True:
             try:
                 chunk = stream.read(size)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from isal import isal_zlib
 
+from mixpanel_assets.mixpanel.inputs import open_compressed
+
 GZIP_LEVEL = 2  # ISA-L's level 2 is both faster and smaller than its level 1 on export rows
 ZSTD_LEVEL = 3
 # Compressors are fed exactly this many bytes at a time: ISA-L's (and zstd's) output depends on
@@ -141,19 +143,7 @@ class JsonPartWriter:
 
 def iter_part_lines(path: Path, chunk_size: int = 1 << 20):
     """Yield the row lines of a part file (any of our compressions), for readers and checks."""
-    path = Path(path)
-    name = path.name
-    if name.endswith(".gz"):
-        from isal import igzip
-
-        stream = igzip.open(path, "rb")
-    elif name.endswith(".zst"):
-        import zstandard
-
-        stream = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-    else:
-        stream = open(path, "rb")
-    with stream:
+    with open_compressed(Path(path)) as stream:
         rest = b""
         while True:
             chunk = stream.read(chunk_size)
