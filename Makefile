@@ -69,5 +69,7 @@ bench: setup $(VENV)/.bench-installed  ## export speed/memory vs baselines -> be
 	@command -v pigz >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pigz >/dev/null; }
 	$(BIN)/python benchmarks/run.py $(if $(BEFORE),--before $(BEFORE)) $(BENCH_ARGS)
 
-clean:
-	rm -rf $(VENV) .dagster_home export warehouse.duckdb warehouse.duckdb.lock .mixpanel_assets test-artifacts
+clean:  ## back to the checkout as cloned: venvs, node_modules, run outputs, caches, build outputs, benchmark data
+	rm -rf $(VENV) .venv-bq node_modules .dagster_home export warehouse.duckdb warehouse.duckdb.lock .mixpanel_assets \
+	  test-artifacts .hypothesis .pytest_cache .ruff_cache build *.egg-info benchmarks/data benchmarks/out
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +
