@@ -29,10 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 
-from mixpanel_assets.config import ConfigError, PipelineConfig, PipelinesFile, ProjectConfig, parse_pipelines
+from mixpanel_assets.config import (
+    ConfigError,
+    PipelineConfig,
+    PipelinesFile,
+    ProjectConfig,
+    parse_pipelines,
+    read_yaml_file,
+)
 from mixpanel_assets.defs.instance import key_prefix_problem
 
 DEFS_FILE_NAMES = ("defs.yaml", "defs.yml", "component.yaml")
@@ -191,12 +197,7 @@ def parse_attributes(raw: dict[str, Any], source: str) -> tuple[PipelinesFile, s
 def load_defs_yaml(path: str | Path) -> tuple[PipelinesFile, str | None]:
     """Read a MixpanelPipelines defs.yaml outside Dagster (the demo CLI, tests)."""
     path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found (the MixpanelPipelines defs.yaml)") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    document = read_yaml_file(path, "the MixpanelPipelines defs.yaml")
     if not isinstance(document, dict) or not isinstance(document.get("attributes"), dict):
         raise ConfigError(f"{path}: expected 'type: mixpanel_assets.MixpanelPipelines' and an 'attributes' mapping")
     return parse_attributes(document["attributes"], str(path))

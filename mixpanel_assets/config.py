@@ -242,16 +242,20 @@ class PipelinesFile(_Model):
         return tuple(p for p in self.pipelines if p.data_source == "events")
 
 
+def read_yaml_file(path: Path, what: str):
+    """A YAML file's document; a missing file or bad YAML is a ConfigError naming the file and `what` it is."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found ({what})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_pipelines_file(path: str | Path) -> PipelinesFile:
     """Read and validate pipelines.yaml; every error names the file, pipeline and field."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found (the pipelines configuration)") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_pipelines(raw, source=str(path))
+    return parse_pipelines(read_yaml_file(path, "the pipelines configuration"), source=str(path))
 
 
 def parse_pipelines(raw: Any, source: str = "pipelines.yaml") -> PipelinesFile:
