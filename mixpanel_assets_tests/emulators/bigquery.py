@@ -27,6 +27,9 @@ from mixpanel_assets_tests.emulators.servers import REPO, ServerProcess, _spawn,
 BQ_PYTHON = REPO / ".venv-bq" / "bin" / "python"
 WRAPPER = Path(__file__).with_name("bqemu_server.py")
 PROJECT = "test-project"  # the project bqemulator serves
+# The timezone of every BigQuery test project (warehouse_cases.TZ): the emulator simulates a row's
+# ingestion-time partition as the date of its `time` there (bqemu_server.py says why and how).
+PARTITION_TIMEZONE = "America/Los_Angeles"
 
 
 @dataclass
@@ -62,7 +65,7 @@ def start_bigquery_emulator() -> BigQueryEmulator:
     rest, grpc = free_port(), free_port()
     # BQEMU_ENABLE_FORMAT_EXTENSIONS=false: no attempt to download DuckDB's avro extension.
     server = _spawn("bqemulator", [str(BQ_PYTHON), str(WRAPPER), str(rest), str(grpc)], rest,
-                    env={"BQEMU_ENABLE_FORMAT_EXTENSIONS": "false"})
+                    env={"BQEMU_ENABLE_FORMAT_EXTENSIONS": "false", "BQEMU_PARTITION_TIMEZONE": PARTITION_TIMEZONE})
     return BigQueryEmulator(server)
 
 
