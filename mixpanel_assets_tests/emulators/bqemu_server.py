@@ -13,9 +13,11 @@ cannot use. Patches, all to what the emulator does, never to our code:
   read as that date; a query job with WRITE_TRUNCATE into `table$YYYYMMDD` deletes the rows of
   that simulated partition and appends the query's rows; `INSERT (_PARTITIONTIME, ...)` drops the
   written partition value. This holds for tables whose rows sit in the partition of their local
-  date, which is what the exporter writes; and `CREATE TABLE ... PARTITION BY _PARTITIONDATE`
-  records DAY partitioning without a field, as BigQuery does (bqemulator records none); which partition a job really names is checked on the
-  requests the client sends (test_bigquery_partitions.py), not here.
+  date, which is what the exporter writes; which partition a job really names is checked on the
+  requests the client sends (test_bigquery_partitions.py), not here,
+- `CREATE TABLE ... PARTITION BY _PARTITIONDATE` records DAY partitioning without a field, as
+  BigQuery does (bqemulator records none), and its JSON columns stay JSON (bqemulator reads the
+  schema back from DuckDB, where JSON becomes STRING).
 
 usage: python bqemu_server.py REST_PORT GRPC_PORT
 """
@@ -29,7 +31,9 @@ import sqlglot
 from bqemulator.api.routes import jobs
 from bqemulator.catalog import ddl_sync
 from bqemulator.catalog.ddl_sync import TimePartitioning
+from bqemulator.catalog.models import TableSchema
 from bqemulator.jobs import executor
+from bqemulator.scripting import interpreter
 from bqemulator.sql import translator
 from bqemulator.storage import engine
 from sqlglot import exp
@@ -122,6 +126,27 @@ def _ddl_metadata(bq_sql):
 
 
 ddl_sync._extract_ddl_metadata = _ddl_metadata
+_sync_created_table = ddl_sync.sync_created_table
+
+
+def _sync_json_columns(bq_sql, project_id, ctx):
+    """A JSON column declared by `CREATE TABLE` stays JSON in the table's schema, as in BigQuery
+    (bqemulator reads the schema back from DuckDB, where it becomes STRING)."""
+    _sync_created_table(bq_sql, project_id, ctx)
+    target = ddl_sync._detect_plain_create_table(bq_sql)
+    if target is None:
+        return
+    declared = {c.name.lower() for c in sqlglot.parse_one(bq_sql, read="bigquery").find_all(exp.ColumnDef)
+                if c.args.get("kind") is not None and c.args["kind"].this == exp.DataType.Type.JSON}
+    meta = ctx.catalog.get_table(*ddl_sync._split_target(target, project_id)) if declared else None
+    if meta is None:
+        return
+    fields = tuple(f.model_copy(update={"type": "JSON"}) if f.name.lower() in declared else f
+                   for f in meta.schema_.fields)
+    ctx.catalog.update_table(meta.model_copy(update={"schema_": TableSchema(fields=fields)}))
+
+
+executor.sync_created_table = interpreter.sync_created_table = _sync_json_columns
 
 from bqemulator.cli import main  # after the patches, so the server it starts uses them
 

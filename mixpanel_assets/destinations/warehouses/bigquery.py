@@ -516,8 +516,10 @@ class BigQueryDestination(BigQueryAdmin, Destination):
     def _fail(self, what: str, exc: Exception, state: str) -> DestinationError:
         from google.api_core.exceptions import Forbidden, Unauthorized
 
+        # Our own errors whole (the migration one carries its script); others' first line only.
+        detail = str(exc) if isinstance(exc, DestinationError) else _first_line(exc)
         error = DestinationError(
-            f"pipeline {self.pipeline!r}: loading {what} failed: {type(exc).__name__}: {_first_line(exc)}; {state}"
+            f"pipeline {self.pipeline!r}: loading {what} failed: {type(exc).__name__}: {detail}; {state}"
         )
         if getattr(exc, "permanent", False) or isinstance(exc, (Forbidden, Unauthorized)):
             permanent(error)

@@ -50,9 +50,8 @@ class BigQueryAdmin:
             f"SELECT COUNT(*) AS k, IFNULL(SUM(n - 1), 0) AS extra FROM (SELECT COUNT(*) AS n FROM {table} "
             f"WHERE {where} AND {INSERT_ID} IS NOT NULL GROUP BY {', '.join(DEDUP_KEY)} "
             "HAVING COUNT(*) > 1)")
-        problems = [f"{counts['misdated']} rows whose partition (_PARTITIONTIME) is not the {self.timezone} date "
-                    "of their time"
-                    ] if counts["misdated"] else []
+        problems = [(f"{counts['misdated']} rows whose partition (_PARTITIONTIME) is not the {self.timezone} date "
+                     "of their time")] if counts["misdated"] else []
         columns = [(f.name, _LOGICAL.get(f.field_type, f.field_type)) for f in schema]
         return EventWindowReadback(location, int(counts["n"]), int(duplicates["k"]), int(duplicates["extra"]),
                                    columns, problems)
