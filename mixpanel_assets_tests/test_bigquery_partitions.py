@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -277,6 +278,11 @@ def test_a_table_of_an_earlier_version_is_refused_with_its_migration_which_works
     assert rows(client, f"SELECT event_name, COUNT(*) FROM `{ref}` GROUP BY 1 ORDER BY 1") == [("Old", 2), ("Signed Up", 2)]
     destination.close()
     client.close()
+
+
+def test_the_docs_give_the_migration_script_the_error_gives():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "destinations.md").read_text()
+    assert migration_sql("my-gcp-project.mixpanel.mp_master_event") in docs
 
 
 def test_a_table_partitioned_otherwise_is_refused(bigquery_emulator, tmp_path):  # noqa: F811
