@@ -8,10 +8,14 @@ start-up, gzip uploads). Tests talk to it with the real google-cloud-bigquery cl
         client = bigquery_emulator.client()
         dataset = bigquery_emulator.new_dataset()     # a dataset no other test uses
 
-What bqemulator 1.4.0 cannot do (../shared/EMULATORS.md): partition-decorator loads
-(`table$YYYYMMDD`), multipart uploads (`load_table_from_file(size=...)`, load_table_from_json),
-query parameters inside multi-statement scripts, `__PARTITIONS_SUMMARY__`; it keeps no
-`num_rows` on tables. The destination uses none of them.
+What bqemulator 1.4.0 cannot do (../shared/EMULATORS.md): multipart uploads
+(`load_table_from_file(size=...)`, load_table_from_json), query parameters inside multi-statement
+scripts, `__PARTITIONS_SUMMARY__`, loads and copies into a partition decorator (`table$YYYYMMDD`);
+it keeps no `num_rows` on tables. The destination uses none of them. Nor does it keep
+ingestion-time partitions: the destination writes a day through a query job into the decorator,
+which bqemu_server.py makes the emulator apply to a *simulated* partition (the date of `time` in
+PARTITION_TIMEZONE); the decorator each job names is checked on the requests
+(recording_proxy.py, test_bigquery_partitions.py).
 """
 
 from __future__ import annotations
