@@ -22,7 +22,9 @@ short of DML, and one job that replaces the day atomically without a DELETE scan
    rows read from the partition itself, so the other hours are kept. A query job rather than a
    load straight into the decorator: one load job takes one file (a window has several parts,
    and a truncate followed by appends would not be atomic), the load cannot turn epoch seconds
-   into TIMESTAMP, and the checks of step 2 must pass before the partition is touched,
+   into TIMESTAMP, and the checks of step 2 must pass before the partition is touched. So two
+   hours of one day written at once would each rewrite the day without the other's hour: a
+   writer's exclusion must cover the day's partition, not only the window,
 4. the export log row (a job of its own: a decorator write cannot share a transaction),
 5. drop the staging table (it also expires on its own after a day, should the drop fail).
 
