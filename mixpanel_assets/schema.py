@@ -5,9 +5,10 @@ warehouse's DDL and load schema, the Glue catalog, the asset checks, GDPR deleti
 from here, so a column cannot be added or retyped in one destination and forgotten in another.
 
 Logical types are Mixpanel's (MIXPANEL_SPEC.md 1.1): STRING, JSON (the whole properties object),
-TIMESTAMP (UTC). A dialect maps them to what it declares; where a destination stores more than
-Mixpanel's columns (BigQuery's `mp_date` partitioning column), the addition is listed here too,
-in ADDED_COLUMNS, rather than appended by hand in the destination.
+TIMESTAMP (UTC). A dialect maps them to what it declares; should a destination ever need to store
+more than Mixpanel's columns, the addition is listed here, in ADDED_COLUMNS, rather than appended
+by hand in the destination (none does: BigQuery's events table is ingestion-time partitioned, as
+Mixpanel's is, so it needs no partitioning column).
 
 The lowest layer: imports nothing of ours, and nothing heavy at import (worker processes import
 it); pyarrow is imported only by `parquet_schema`.
@@ -68,12 +69,10 @@ GLUE: Mapping[str, str] = {STRING: "string", JSON: "string", TIMESTAMP: "double"
 DIALECTS: Mapping[str, Mapping[str, str]] = {"duckdb": DUCKDB, "bigquery": BIGQUERY, "snowflake": SNOWFLAKE,
                                              "glue": GLUE}
 
-# Columns a dialect stores after Mixpanel's, per table, already in that dialect's types.
-# BigQuery: `mp_date`, the project-timezone date of `time`, which the events table is partitioned
-# on (bigquery.py says why it is not ingestion-time partitioned as Mixpanel's is).
-ADDED_COLUMNS: Mapping[str, Mapping[str, Columns]] = {
-    "bigquery": {EVENTS_TABLE: (("mp_date", "DATE"),)},
-}
+# Columns a dialect stores after Mixpanel's, per table, already in that dialect's types. Empty:
+# BigQuery's `mp_date` (earlier versions partitioned on it) went when mp_master_event became
+# ingestion-time partitioned like Mixpanel's (bigquery.py; the migration is in docs/destinations.md).
+ADDED_COLUMNS: Mapping[str, Mapping[str, Columns]] = {}
 
 # Parquet field metadata, per column: what a reader of the file is told.
 PARQUET_METADATA: Mapping[str, Mapping[str, str]] = {

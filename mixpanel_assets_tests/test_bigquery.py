@@ -88,7 +88,8 @@ def exported(bigquery_emulator, generated_day, tmp_path_factory):  # noqa: F811
 def test_a_daily_partition_holds_the_projects_local_day_deduplicated(exported):
     expected = len(kept_events(exported.lines, DAY_UTC))
     table = exported.t(exported.daily, "mp_master_event")
-    assert rows(exported.client, f"SELECT mp_date, COUNT(*) FROM {table} GROUP BY mp_date") == [(dt.date(2024, 11, 22), expected)]
+    assert rows(exported.client, f"SELECT DATE(_PARTITIONTIME) AS day, COUNT(*) FROM {table} GROUP BY day") == [
+        (dt.date(2024, 11, 22), expected)]
     assert rows(exported.client, f"SELECT COUNT(*) FROM (SELECT DISTINCT event_name, distinct_id, time, insert_id "
                                  f"FROM {table})") == [(expected,)]
     (mat,) = exported.results["daily"].asset_materializations_for_node("bq_daily__mp_master_event")
@@ -99,18 +100,21 @@ def test_a_daily_partition_holds_the_projects_local_day_deduplicated(exported):
 def test_an_hourly_partition_holds_one_hour_in_the_partition_of_its_local_date(exported):
     expected = len(kept_events(exported.lines, HOUR_UTC))
     table = exported.t(exported.hourly, "mp_master_event")
-    assert rows(exported.client, f"SELECT mp_date, COUNT(*), MIN(time) >= TIMESTAMP '2024-11-22 13:00:00+00', "
-                                 f"MAX(time) < TIMESTAMP '2024-11-22 14:00:00+00' FROM {table} GROUP BY mp_date") == [
+    assert rows(exported.client, f"SELECT DATE(_PARTITIONTIME) AS day, COUNT(*), "
+                                 f"MIN(time) >= TIMESTAMP '2024-11-22 13:00:00+00', "
+                                 f"MAX(time) < TIMESTAMP '2024-11-22 14:00:00+00' FROM {table} GROUP BY day") == [
         (dt.date(2024, 11, 22), expected, True, True)]
 
 
 def test_mp_master_event_has_mixpanels_columns_and_is_partitioned_by_the_local_date(exported):
+    """Ingestion-time partitioned by day, as Mixpanel's; the partition of a row is simulated by the
+    emulator (bqemu_server.py), the decorator each write names is checked in test_bigquery_partitions.py."""
     table = exported.client.get_table(f"{PROJECT}.{exported.daily}.mp_master_event")
     assert [(f.name, f.field_type) for f in table.schema] == [
         ("device_id", "STRING"), ("distinct_id", "STRING"), ("event_name", "STRING"), ("insert_id", "STRING"),
-        ("properties", "JSON"), ("time", "TIMESTAMP"), ("user_id", "STRING"), ("mp_date", "DATE")]
-    assert table.time_partitioning.field == "mp_date" and table.time_partitioning.type_ == "DAY"
-    assert rows(exported.client, f"SELECT COUNTIF(mp_date != DATE(time, '{TZ}')) FROM "
+        ("properties", "JSON"), ("time", "TIMESTAMP"), ("user_id", "STRING")]
+    assert table.time_partitioning.field is None and table.time_partitioning.type_ == "DAY"
+    assert rows(exported.client, f"SELECT COUNTIF(DATE(_PARTITIONTIME) != DATE(time, '{TZ}')) FROM "
                                  f"{exported.t(exported.daily, 'mp_master_event')}") == [(0,)]
 
 

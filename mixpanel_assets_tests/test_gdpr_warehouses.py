@@ -107,7 +107,7 @@ class BigQuery:
     def snapshot(self) -> dict[str, list[str]]:
         """Every row of the three tables readers query, as sorted JSON (a row's exact content)."""
         t = f"{PROJECT}.{self.dataset}"
-        found = {"events": self.rows(f"SELECT * FROM `{t}.mp_master_event`"),
+        found = {"events": self.rows(f"SELECT *, DATE(_PARTITIONTIME) AS partition_date FROM `{t}.mp_master_event`"),
                  "people": self.rows(f"SELECT * FROM `{t}.mp_people_data_view`"),
                  "identity": self.rows(f"SELECT * FROM `{t}.mp_identity_mappings_data_view`")}
         return {name: sorted(orjson.dumps(r, default=str, option=orjson.OPT_SORT_KEYS).decode() for r in rows)
@@ -115,7 +115,7 @@ class BigQuery:
 
     @staticmethod
     def partition(event: dict) -> str:
-        return event["mp_date"]  # the local date, which is the daily partition key
+        return event["partition_date"]  # the ingestion-time partition: the local date, the daily partition key
 
     def close(self):
         self.client.close()
@@ -280,9 +280,9 @@ class _RacedBigQuery(BigQueryDestination):
     def _run(self, sql, purpose):
         if purpose == "delete the rows":
             row = orjson.loads(good_events(2)[1])
-            self.client.query(f"INSERT INTO {self.sql_ref('mp_master_event')} (distinct_id, event_name, time, mp_date) "
-                              f"VALUES ('u1', 'Late', TIMESTAMP_SECONDS({row['properties']['time']}), "
-                              "DATE '2024-11-22')").result(timeout=60)
+            self.client.query(f"INSERT INTO {self.sql_ref('mp_master_event')} (_PARTITIONTIME, distinct_id, event_name, "
+                              f"time) VALUES (TIMESTAMP '2024-11-22', 'u1', 'Late', "
+                              f"TIMESTAMP_SECONDS({row['properties']['time']}))").result(timeout=60)
         return super()._run(sql, purpose)
 
 

@@ -61,7 +61,9 @@ def test_additions_come_after_mixpanels_columns_and_only_where_listed():
         for table in TABLES:
             added = ADDED_COLUMNS.get(dialect, {}).get(table, ())
             assert dialect_columns(dialect, table) == typed(table, DIALECTS[dialect]) + added
-    assert ADDED_COLUMNS == {"bigquery": {EVENTS_TABLE: (("mp_date", "DATE"),)}}
+    # BigQuery's mp_date went when mp_master_event became ingestion-time partitioned (issue 15).
+    assert ADDED_COLUMNS == {}
+    assert dialect_columns("bigquery", EVENTS_TABLE) == typed(EVENTS_TABLE, DIALECTS["bigquery"])
 
 
 def test_unknown_table_is_named_in_the_error():

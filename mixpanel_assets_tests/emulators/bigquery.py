@@ -8,10 +8,14 @@ start-up, gzip uploads). Tests talk to it with the real google-cloud-bigquery cl
         client = bigquery_emulator.client()
         dataset = bigquery_emulator.new_dataset()     # a dataset no other test uses
 
-What bqemulator 1.4.0 cannot do (../shared/EMULATORS.md): partition-decorator loads
-(`table$YYYYMMDD`), multipart uploads (`load_table_from_file(size=...)`, load_table_from_json),
-query parameters inside multi-statement scripts, `__PARTITIONS_SUMMARY__`; it keeps no
-`num_rows` on tables. The destination uses none of them.
+What bqemulator 1.4.0 cannot do (../shared/EMULATORS.md): multipart uploads
+(`load_table_from_file(size=...)`, load_table_from_json), query parameters inside multi-statement
+scripts, `__PARTITIONS_SUMMARY__`, loads and copies into a partition decorator (`table$YYYYMMDD`);
+it keeps no `num_rows` on tables. The destination uses none of them. Nor does it keep
+ingestion-time partitions: the destination writes a day through a query job into the decorator,
+which bqemu_server.py makes the emulator apply to a *simulated* partition (the date of `time` in
+PARTITION_TIMEZONE); the decorator each job names is checked on the requests
+(recording_proxy.py, test_bigquery_partitions.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from mixpanel_assets_tests.emulators.servers import REPO, ServerProcess, _spawn,
 BQ_PYTHON = REPO / ".venv-bq" / "bin" / "python"
 WRAPPER = Path(__file__).with_name("bqemu_server.py")
 PROJECT = "test-project"  # the project bqemulator serves
+# The timezone of every BigQuery test project (warehouse_cases.TZ): the emulator simulates a row's
+# ingestion-time partition as the date of its `time` there (bqemu_server.py says why and how).
+PARTITION_TIMEZONE = "America/Los_Angeles"
 
 
 @dataclass
@@ -62,7 +69,7 @@ def start_bigquery_emulator() -> BigQueryEmulator:
     rest, grpc = free_port(), free_port()
     # BQEMU_ENABLE_FORMAT_EXTENSIONS=false: no attempt to download DuckDB's avro extension.
     server = _spawn("bqemulator", [str(BQ_PYTHON), str(WRAPPER), str(rest), str(grpc)], rest,
-                    env={"BQEMU_ENABLE_FORMAT_EXTENSIONS": "false"})
+                    env={"BQEMU_ENABLE_FORMAT_EXTENSIONS": "false", "BQEMU_PARTITION_TIMEZONE": PARTITION_TIMEZONE})
     return BigQueryEmulator(server)
 
 

@@ -1,28 +1,38 @@
 """BigQuery: Mixpanel's dataset layout, loaded from the staged part files with load jobs.
 
-    mp_master_event                      Mixpanel's columns (schema.py: STRING, JSON, TIMESTAMP holding UTC),
-                                         then mp_date DATE (partitioning column, schema.ADDED_COLUMNS)
+    mp_master_event                      Mixpanel's seven columns (schema.py: STRING, JSON, TIMESTAMP holding UTC),
+                                         ingestion-time partitioned by day, as Mixpanel's table is
     mp_people_data_<suffix>              Mixpanel's columns, behind the view mp_people_data_view
     mp_identity_mappings_data_<suffix>   Mixpanel's columns, behind mp_identity_mappings_data_view
     mp_master_event_resolved             view: events + resolved_distinct_id (COALESCE through the mappings view)
     mp_nessie_export_log                 one row per export: table, partition, window, rows, fingerprint, time
 
-Why `mp_date`: Mixpanel's table is ingestion-time partitioned, with `_PARTITIONTIME` set to the
-event's date in the project timezone. Only a load into a partition decorator (`table$YYYYMMDD`) can
-set that, and a decorator load cannot delete exactly one hour of a day, nor share a transaction
-with the export log. So the table is partitioned on a DATE column holding the project-timezone
-date of `time`, and a window is replaced by DML inside one multi-statement transaction:
+Partitions as Mixpanel's: `_PARTITIONTIME` is the event's date in the project timezone, so
+Mixpanel's documented queries (`WHERE DATE(_PARTITIONTIME) >= ...`) run unchanged; they fail on a
+column-partitioned table. A window is replaced through its day's partition decorator
+(`mp_master_event$YYYYMMDD`), the only way to put rows into a chosen ingestion-time partition
+short of DML, and one job that replaces the day atomically without a DELETE scanning it:
 
 1. load the window's part files (newline-delimited JSON, gzip) into a staging table, one load job
    per part, streamed from disk by resumable upload (`time` is loaded as FLOAT64 epoch seconds:
    BigQuery's JSON loader reads TIMESTAMP only from date-time strings),
 2. check the staging table: exactly the staged row count, nothing outside the window,
-3. `BEGIN TRANSACTION; DELETE window; INSERT from staging; INSERT log row; COMMIT TRANSACTION;`,
-4. drop the staging table (it also expires on its own after a day, should the drop fail).
+3. one query job, destination `mp_master_event$YYYYMMDD`, WRITE_TRUNCATE: the staged rows with
+   `time` made a TIMESTAMP, and for an hour (any window short of the whole day) the day's other
+   rows read from the partition itself, so the other hours are kept. A query job rather than a
+   load straight into the decorator: one load job takes one file (a window has several parts,
+   and a truncate followed by appends would not be atomic), the load cannot turn epoch seconds
+   into TIMESTAMP, and the checks of step 2 must pass before the partition is touched. So two
+   hours of one day written at once would each rewrite the day without the other's hour: a
+   writer's exclusion must cover the day's partition, not only the window,
+4. the export log row (a job of its own: a decorator write cannot share a transaction),
+5. drop the staging table (it also expires on its own after a day, should the drop fail).
 
-A failure in 1-3 leaves `mp_master_event` as it was. People and identity mappings are loaded into
-a new table, checked, then the view is pointed at it (`CREATE OR REPLACE VIEW`, atomic for
-readers) and the previous tables are dropped, as Mixpanel does.
+A failure in 1-3 leaves `mp_master_event` as it was. A table made by an earlier version
+(partitioned on an `mp_date` column) is refused with the script that migrates it (MIGRATION_SQL).
+
+People and identity mappings are loaded into a new table, checked, then the view is pointed at it
+(`CREATE OR REPLACE VIEW`, atomic for readers) and the previous tables are dropped, as Mixpanel does.
 
 The client is google-cloud-bigquery itself rather than dagster-gcp's BigQueryResource: that
 resource can neither point at another endpoint (the emulator in tests) nor take a key without
@@ -110,7 +120,7 @@ STAGING_EXPIRY = dt.timedelta(days=1)
 BIGQUERY_SCOPE = "https://www.googleapis.com/auth/bigquery"
 
 # (name, type) of what readers see, and of what the part files load into.
-EVENT_SCHEMA = dialect_columns("bigquery", EVENTS_TABLE)  # Mixpanel's columns, then mp_date
+EVENT_SCHEMA = dialect_columns("bigquery", EVENTS_TABLE)  # Mixpanel's seven columns
 EVENT_LOAD_SCHEMA = typed(EVENTS_TABLE, {**BIGQUERY, TIMESTAMP: "FLOAT64"})  # the part files: `time` in epoch seconds
 TABLE_SCHEMAS = {table: dialect_columns("bigquery", table) for table in (PEOPLE_TABLE, IDENTITY_TABLE)}
 LOG_SCHEMA = (
@@ -120,6 +130,22 @@ LOG_SCHEMA = (
 )
 _SUFFIXED = re.compile(r"^(?P<base>mp_people_data|mp_identity_mappings_data)_\d{8}T\d{6}_[0-9a-f]{6}$")
 _EPOCH_MICROS = "TIMESTAMP_MICROS(CAST(ROUND(time * 1000000) AS INT64))"
+OLD_PARTITION_COLUMN = "mp_date"  # what earlier versions partitioned mp_master_event on
+MIGRATED_SUFFIX = "_by_mp_date"
+MIGRATION_SQL = """\
+ALTER TABLE `{table}` RENAME TO {name}{suffix};
+CREATE TABLE `{table}` ({columns}) PARTITION BY _PARTITIONDATE;
+INSERT INTO `{table}` (_PARTITIONTIME, {names})
+  SELECT TIMESTAMP({old}), {names} FROM `{table}{suffix}`;"""
+
+
+def migration_sql(table_ref: str) -> str:
+    """The script that turns an mp_date-partitioned mp_master_event (earlier versions) into an
+    ingestion-time partitioned one, each row in the partition of its mp_date; the old table is
+    kept, renamed, until its owner drops it."""
+    return MIGRATION_SQL.format(table=table_ref, name=table_ref.rsplit(".", 1)[-1], suffix=MIGRATED_SUFFIX,
+                                columns=", ".join(f"{n} {t}" for n, t in EVENT_SCHEMA), old=OLD_PARTITION_COLUMN,
+                                names=", ".join(n for n, _ in EVENT_SCHEMA))
 
 
 def make_client(project: str, *, location: str | None = None, credentials: str | None = None,
@@ -171,6 +197,20 @@ def _date(value: dt.date) -> str:
     return f"DATE '{value.isoformat()}'"
 
 
+def _partition(day: dt.date) -> str:
+    """The `_PARTITIONTIME` of a day's partition: midnight UTC of the date."""
+    return f"TIMESTAMP '{day.isoformat()}'"
+
+
+def _covers_day(window: PartitionWindow) -> bool:
+    """Whether the window is its local day entire (a daily partition): then nothing else of that
+    day's partition is kept."""
+    tz = window.local_start.tzinfo
+    day = dt.datetime.combine(window.local_date, dt.time(), tz)
+    following = dt.datetime.combine(window.local_date + dt.timedelta(days=1), dt.time(), tz)
+    return window.start == day.astimezone(dt.UTC) and window.end == following.astimezone(dt.UTC)
+
+
 class BigQueryDestination(BigQueryAdmin, Destination):
     def __init__(self, pipeline: str, project_id: int, client, dataset: str, *, timezone: str = "UTC",
                  load_compression: str = "gzip", job_timeout: float = 1800.0, log=None):
@@ -208,9 +248,10 @@ class BigQueryDestination(BigQueryAdmin, Destination):
         what = f"partition {window.partition_key} of {self.ref(EVENTS_TABLE)}"
         rows = sum(p.rows for p in parts)
         staging = None
+        replaced = False
         try:
             self._ensure_dataset()
-            self._ensure_table(EVENTS_TABLE, EVENT_SCHEMA, partition_field="mp_date")
+            self._ensure_table(EVENTS_TABLE, EVENT_SCHEMA, partitioned=True)
             self._ensure_table(EXPORT_LOG, LOG_SCHEMA)
             if parts:
                 staging = f"_mp_load_{EVENTS_TABLE}_{uuid.uuid4().hex[:12]}"
@@ -218,38 +259,64 @@ class BigQueryDestination(BigQueryAdmin, Destination):
                 for part in parts:
                     self._load(part.path, staging, EVENT_LOAD_SCHEMA)
                 self._check_staging(staging, rows, window)
-            removed = self._count(f"SELECT COUNT(*) FROM {self.sql_ref(EVENTS_TABLE)} WHERE {self._in_window(window)}")
-            self._run(self._replace_window_sql(staging, window, rows, fingerprint), "replace the window")
+            removed = self._count(f"SELECT COUNT(*) FROM {self.sql_ref(EVENTS_TABLE)} WHERE {self._replaced(window)}")
+            self._replace_partition(staging, window)
+            replaced = True
+            self._run(self._log_sql(EVENTS_TABLE, EVENTS_TABLE, window.partition_key, window.local_date,
+                                    window.start, window.end, rows, fingerprint), "log the export")
         except Exception as exc:
-            raise self._fail(what, exc, "the previous rows of the window are unchanged") from exc
+            state = ("the window was replaced, but the export log has no row for it" if replaced
+                     else "the previous rows of the window are unchanged")
+            raise self._fail(what, exc, state) from exc
         finally:
             self._drop_quietly(staging)
         return WriteResult(location=self.location(EVENTS_TABLE), rows=rows, removed=removed,
                            bytes=sum(p.size for p in parts))
 
     def _in_window(self, window: PartitionWindow) -> str:
-        """The window's rows. `time` decides; the mp_date bounds only let BigQuery prune partitions,
-        a day wide on each side so rows dated under an earlier timezone setting are found too."""
+        """The window's rows. `time` decides; the _PARTITIONTIME bounds only let BigQuery prune
+        partitions, a day wide on each side so rows dated under an earlier timezone setting are found too."""
         tz = window.local_start.tzinfo
         first = window.start.astimezone(tz).date() - dt.timedelta(days=1)
         last = (window.end - dt.timedelta(microseconds=1)).astimezone(tz).date() + dt.timedelta(days=1)
-        return (f"mp_date BETWEEN {_date(first)} AND {_date(last)} "
+        return (f"_PARTITIONTIME BETWEEN {_partition(first)} AND {_partition(last)} "
                 f"AND time >= {_ts(window.start)} AND time < {_ts(window.end)}")
 
-    def _replace_window_sql(self, staging: str | None, window: PartitionWindow, rows: int, fingerprint: str) -> str:
-        table = self.sql_ref(EVENTS_TABLE)
-        statements = [f"DELETE FROM {table} WHERE {self._in_window(window)};"]
+    def _replaced(self, window: PartitionWindow) -> str:
+        """The rows a replace of the window removes: its day's partition entire for a day, the
+        window's rows in that partition for an hour."""
+        where = f"_PARTITIONTIME = {_partition(window.local_date)}"
+        return where if _covers_day(window) else f"{where} AND time >= {_ts(window.start)} AND time < {_ts(window.end)}"
+
+    def _replace_partition(self, staging: str | None, window: PartitionWindow) -> None:
+        """One job writing the window's day partition through its decorator with WRITE_TRUNCATE:
+        the staged rows, plus (unless the window is the whole day) the partition's rows outside
+        the window, read by the same job before it replaces them."""
+        from google.cloud import bigquery
+
+        day, table = window.local_date, self.sql_ref(EVENTS_TABLE)
+        if (window.end - dt.timedelta(microseconds=1)).astimezone(window.local_start.tzinfo).date() != day:
+            raise permanent(DestinationError(f"window {window.partition_key} spans more than its local day {day}"))
+        names = ", ".join(n for n, _ in EVENT_COLUMNS)
+        selects = []
         if staging is not None:
-            columns = ", ".join(n for n, _ in EVENT_SCHEMA)
-            values = ", ".join("t" if kind == TIMESTAMP else n for n, kind in EVENT_COLUMNS)
-            statements.append(
-                f"INSERT INTO {table} ({columns}) "
-                f"SELECT {values}, DATE(t, {_str(self.timezone)}) "
-                f"FROM (SELECT *, {_EPOCH_MICROS} AS t FROM {self.sql_ref(staging)});"
-            )
-        statements.append(self._log_sql(EVENTS_TABLE, EVENTS_TABLE, window.partition_key, window.local_date,
-                                        window.start, window.end, rows, fingerprint))
-        return "BEGIN TRANSACTION;\n" + "\n".join(statements) + "\nCOMMIT TRANSACTION;"
+            values = ", ".join("t AS time" if kind == TIMESTAMP else n for n, kind in EVENT_COLUMNS)
+            selects.append(f"SELECT {values} FROM (SELECT *, {_EPOCH_MICROS} AS t FROM {self.sql_ref(staging)})")
+        if not _covers_day(window):
+            selects.append(f"SELECT {names} FROM {table} WHERE _PARTITIONTIME = {_partition(day)} "
+                           f"AND (time < {_ts(window.start)} OR time >= {_ts(window.end)})")
+        if not selects:  # an empty day: its partition emptied
+            self._run(f"DELETE FROM {table} WHERE _PARTITIONTIME = {_partition(day)}", f"empty the partition of {day}")
+            return
+        config = bigquery.QueryJobConfig(destination=f"{self.ref(EVENTS_TABLE)}${day:%Y%m%d}",
+                                         write_disposition=bigquery.WriteDisposition.WRITE_TRUNCATE,
+                                         create_disposition=bigquery.CreateDisposition.CREATE_NEVER)
+        job = self.client.query("\nUNION ALL\n".join(selects), job_config=config, timeout=120, job_retry=None)
+        try:
+            job.result(timeout=self.job_timeout)
+        except Exception as exc:
+            raise DestinationError(f"could not replace the partition {EVENTS_TABLE}${day:%Y%m%d}: "
+                                   f"{_first_line(exc)}") from exc
 
     def _check_staging(self, staging: str, expected: int, window: PartitionWindow) -> None:
         start, end = window.start.timestamp(), window.end.timestamp()
@@ -298,7 +365,7 @@ class BigQueryDestination(BigQueryAdmin, Destination):
 
     def ensure_resolved_view(self) -> None:
         """Events with resolved_distinct_id: Mixpanel's documented LEFT JOIN through the mappings view."""
-        self._ensure_table(EVENTS_TABLE, EVENT_SCHEMA, partition_field="mp_date")
+        self._ensure_table(EVENTS_TABLE, EVENT_SCHEMA, partitioned=True)
         self._run(
             f"CREATE OR REPLACE VIEW {self.sql_ref(RESOLVED_VIEW)} AS "
             f"SELECT e.*, COALESCE(m.resolved_distinct_id, e.distinct_id) AS resolved_distinct_id "
@@ -337,8 +404,9 @@ class BigQueryDestination(BigQueryAdmin, Destination):
             )) from None
         self._checked.add("dataset")
 
-    def _ensure_table(self, table: str, fields, partition_field: str | None = None) -> None:
-        """Create the table if missing; refuse one whose columns differ (readers' queries would break)."""
+    def _ensure_table(self, table: str, fields, partitioned: bool = False) -> None:
+        """Create the table if missing; refuse one whose columns or partitioning differ (readers'
+        queries would break), an events table of an earlier version with its migration."""
         if table in self._checked:
             return
         from google.api_core.exceptions import NotFound
@@ -346,9 +414,11 @@ class BigQueryDestination(BigQueryAdmin, Destination):
         try:
             existing = self.client.get_table(self.ref(table))
         except NotFound:
-            self._create_table(table, fields, partition_field)
+            self._create_table(table, fields, partitioned)
         else:
             found = [(f.name, f.field_type) for f in existing.schema]
+            if partitioned:
+                self._check_partitioning(table, existing, found)
             wanted = [(n, _LEGACY_TYPES.get(t, t)) for n, t in fields]
             if [(n, _LEGACY_TYPES.get(t, t)) for n, t in found] != wanted:
                 raise permanent(DestinationError(
@@ -357,20 +427,40 @@ class BigQueryDestination(BigQueryAdmin, Destination):
                 ))
         self._checked.add(table)
 
-    def _create_table(self, table: str, fields, partition_field: str | None = None, expires: bool = False) -> None:
+    def _check_partitioning(self, table: str, existing, found) -> None:
+        """Ingestion-time partitioning by day, nothing else: a migration is not started from a run
+        (it rewrites the whole table, billed, and renames it under its readers); the error says
+        what to run."""
+        partitioning = existing.time_partitioning
+        field = partitioning.field if partitioning else None
+        if field == OLD_PARTITION_COLUMN or OLD_PARTITION_COLUMN in (name for name, _ in found):
+            raise permanent(DestinationError(
+                f"{self.ref(table)} was made by an earlier version of this exporter: it is partitioned on the column "
+                f"{OLD_PARTITION_COLUMN}, and Mixpanel's table (and its documented _PARTITIONTIME queries) needs "
+                "ingestion-time partitions. Migrate it once by running this script in BigQuery "
+                f"(`bq query --nouse_legacy_sql < migrate.sql`), then rerun; drop "
+                f"{self.ref(table)}{MIGRATED_SUFFIX} after checking its row count against the new table's "
+                f"(docs/destinations.md, BigQuery):\n{migration_sql(self.ref(table))}"
+            ))
+        if partitioning is None or field or (partitioning.type_ or "DAY") != "DAY":
+            raise permanent(DestinationError(
+                f"{self.ref(table)} exists but is not ingestion-time partitioned by day (found {partitioning}); "
+                "Mixpanel's table is: rename it, or point the pipeline at another dataset"
+            ))
+
+    def _create_table(self, table: str, fields, partitioned: bool = False, expires: bool = False) -> None:
         from google.api_core.exceptions import Conflict
         from google.cloud import bigquery
 
         spec = bigquery.Table(self.ref(table), schema=_schema(fields))
-        if partition_field:
-            spec.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY,
-                                                               field=partition_field)
+        if partitioned:  # by ingestion time, as Mixpanel's: no field
+            spec.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY)
         if expires:
             spec.expires = dt.datetime.now(dt.UTC) + STAGING_EXPIRY
         try:
             self.client.create_table(spec, timeout=60)
         except Conflict:
-            if not partition_field:
+            if not partitioned:
                 raise
             # Another run created it between our check and now: fine.
 
@@ -428,8 +518,10 @@ class BigQueryDestination(BigQueryAdmin, Destination):
     def _fail(self, what: str, exc: Exception, state: str) -> DestinationError:
         from google.api_core.exceptions import Forbidden, Unauthorized
 
+        # Our own errors whole (the migration one carries its script); others' first line only.
+        detail = str(exc) if isinstance(exc, DestinationError) else _first_line(exc)
         error = DestinationError(
-            f"pipeline {self.pipeline!r}: loading {what} failed: {type(exc).__name__}: {_first_line(exc)}; {state}"
+            f"pipeline {self.pipeline!r}: loading {what} failed: {type(exc).__name__}: {detail}; {state}"
         )
         if getattr(exc, "permanent", False) or isinstance(exc, (Forbidden, Unauthorized)):
             permanent(error)

@@ -32,8 +32,8 @@ class BigQueryAdmin:
     # --- reading back (asset checks) -----------------------------------------------------------
 
     def read_event_window(self, window: PartitionWindow):
-        """The window as readers see it; mp_date, our partitioning column, is left out of the columns
-        (reported as a problem only where it disagrees with the local date of `time`)."""
+        """The window as readers see it; rows whose ingestion-time partition is not the local date of
+        their `time` (written under another timezone setting, or by hand) are reported as a problem."""
         from google.api_core.exceptions import NotFound
 
         from mixpanel_assets.destinations.base import EventWindowReadback
@@ -44,15 +44,15 @@ class BigQueryAdmin:
         except NotFound:
             return EventWindowReadback(location, 0, 0, 0, [], [f"no table {self.ref(EVENTS_TABLE)}"])
         table, where = self.sql_ref(EVENTS_TABLE), self._in_window(window)
-        counts = self._row(f"SELECT COUNT(*) AS n, COUNTIF(mp_date != DATE(time, {_str(self.timezone)})) AS misdated "
-                           f"FROM {table} WHERE {where}")
+        counts = self._row(f"SELECT COUNT(*) AS n, COUNTIF(DATE(_PARTITIONTIME) != DATE(time, {_str(self.timezone)})) "
+                           f"AS misdated FROM {table} WHERE {where}")
         duplicates = self._row(
             f"SELECT COUNT(*) AS k, IFNULL(SUM(n - 1), 0) AS extra FROM (SELECT COUNT(*) AS n FROM {table} "
             f"WHERE {where} AND {INSERT_ID} IS NOT NULL GROUP BY {', '.join(DEDUP_KEY)} "
             "HAVING COUNT(*) > 1)")
-        problems = [f"{counts['misdated']} rows whose mp_date is not the {self.timezone} date of their time"
-                    ] if counts["misdated"] else []
-        columns = [(f.name, _LOGICAL.get(f.field_type, f.field_type)) for f in schema if f.name != "mp_date"]
+        problems = [(f"{counts['misdated']} rows whose partition (_PARTITIONTIME) is not the {self.timezone} date "
+                     "of their time")] if counts["misdated"] else []
+        columns = [(f.name, _LOGICAL.get(f.field_type, f.field_type)) for f in schema]
         return EventWindowReadback(location, int(counts["n"]), int(duplicates["k"]), int(duplicates["extra"]),
                                    columns, problems)
 
