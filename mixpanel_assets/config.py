@@ -27,7 +27,7 @@ from mixpanel_assets.config_checks import (  # ConfigError and read_yaml_file ar
     describe_validation_error,
     read_yaml_file,
 )
-from mixpanel_assets.destinations.configs import Bool, Float, Int, Text, env_var_name
+from mixpanel_assets.destinations.configs import Bool, Float, Int, NonBlank, Text, env_var_name
 from mixpanel_assets.destinations.registry import DestinationConfig
 
 PIPELINE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -72,9 +72,9 @@ class DemoSource(_Model):
     """Deterministic synthetic events, so the embedded default runs with no credentials."""
 
     type: Literal["demo"]
-    seed: Int = Field(42, ge=0, le=2**63 - 1)
+    seed: Int = Field(42, ge=-(2**63), le=2**63 - 1)
     events_per_hour: Int = Field(400, ge=1, le=1_000_000)
-    users: Int = Field(300, ge=1, le=10_000_000)
+    users: Int = Field(300, ge=1, le=1_000_000)  # each is held in memory
 
 
 SourceConfig = Annotated[MixpanelApiSource | LocalFilesSource | DemoSource, Field(discriminator="type")]
@@ -181,7 +181,7 @@ class PipelineConfig(_Model):
     sync: Bool = True
     sync_window: SyncWindow | None = None  # events pipelines with sync; default SyncWindow()
     events: tuple[str, ...] | None = None
-    where: Text | None = None
+    where: NonBlank | None = None
     destination: DestinationConfig
     backfill_partitions_per_run: Int | None = Field(None, ge=1, le=10_000)
 

@@ -23,7 +23,6 @@ class ConfigError(ValueError):
     """pipelines.yaml is wrong; the message names the file, the pipeline and the field."""
 
 
-
 # Dates a pipeline may name. Mixpanel started in 2009 (no project holds older events); the end keeps
 # date arithmetic (the day after to_date, N months before `created`) far from date.max, and is fixed
 # rather than counted from today so that a file valid today stays valid.
@@ -50,7 +49,9 @@ def api_url(value: str | None) -> str | None:
     parts = urlsplit(value)
     host = parts.hostname or ""
     if parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in value):
-        raise ValueError(f"{value!r} is not an https:// URL such as https://data-eu.mixpanel.com")
+        # The value is not repeated: a URL can carry credentials (ftp://user:secret@host).
+        scheme = f" (it starts with {parts.scheme}://)" if parts.scheme.isalnum() else ""
+        raise ValueError(f"not an https:// URL such as https://data-eu.mixpanel.com{scheme}")
     if parts.username is not None or parts.password or parts.query or parts.fragment:
         raise ValueError("give the URL without credentials, query or fragment (credentials come from the env vars "
                          "named in credentials)")
@@ -123,7 +124,8 @@ def describe_validation_error(exc: ValidationError, raw: dict, source: str, root
         where = _location(loc, raw)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown field" + _did_you_mean(loc, root) + " (check the spelling against the configuration reference)"
+            message = ("unknown field" + _did_you_mean(loc, root)
+                       + " (check the spelling against the configuration reference, docs/configuration.md)")
         elif error["type"] == "missing":
             message = "required field is missing"
         elif error["type"] in _TYPE_ERRORS and not isinstance(error.get("input"), str):
@@ -165,6 +167,8 @@ def _did_you_mean(loc: list, root: type[BaseModel]) -> str:
         model = _field_model(model, part)
         if model is None:
             return ""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return ""
     names = [info.alias or name for name, info in model.model_fields.items()]
     close = difflib.get_close_matches(str(loc[-1]), names, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""

@@ -31,6 +31,12 @@ def _no_edge_spaces(value: str) -> str:
     return value
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty; give a value or leave the field out")
+    return value
+
+
 def _aws_region(value: str) -> str:
     if not re.match(AWS_REGION, value):
         raise ValueError(f"{value!r} is not an AWS region such as us-east-1 or eu-central-1")
@@ -54,6 +60,7 @@ Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict(), AllowInfNan(False)]
 Bool = Annotated[bool, Strict()]
 Text = Annotated[str, Field(min_length=1), AfterValidator(_no_edge_spaces)]  # non-empty, no edge spaces
+NonBlank = Annotated[str, AfterValidator(_not_blank)]  # not empty nor only spaces (a `|` block ends with "\n")
 
 
 def env_var_name(value: str | None) -> str | None:
