@@ -122,14 +122,16 @@ def describe_validation_error(exc: ValidationError, raw: dict, source: str, root
     for error in exc.errors():
         loc = list(error["loc"])
         where = _location(loc, raw)
-        message = error["msg"].removeprefix("Value error, ")
+        message = error["msg"].removeprefix("Value error, ").replace("a valid tuple", "a list")
         if error["type"] == "extra_forbidden":
             message = ("unknown field" + _did_you_mean(loc, root)
                        + " (check the spelling against the configuration reference, docs/configuration.md)")
         elif error["type"] == "missing":
             message = "required field is missing"
-        elif error["type"] in _TYPE_ERRORS and not isinstance(error.get("input"), str):
-            message += f", not {_yaml_text(error['input'])}"  # never a string: it could be a pasted secret
+        elif error["type"] in _TYPE_ERRORS and isinstance(error.get("input"), str):
+            message += ", not a string (write it without quotes)"  # not repeated: it could be a pasted secret
+        elif error["type"] in _TYPE_ERRORS:
+            message += f", not {_yaml_text(error['input'])}"
         lines.append(f"{source}: {where}: {message}")
     return "\n".join(lines)
 

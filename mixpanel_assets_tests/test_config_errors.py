@@ -86,6 +86,8 @@ CASES = [
      None, "field project.id", "valid integer, not true"),
     ("project_id_float", PROJECT.replace("id: 42", "id: 42.0") + EVENTS,
      None, "field project.id", "valid integer, not 42.0"),
+    ("project_id_quoted", PROJECT.replace("id: 42", "id: '42'") + EVENTS,
+     None, "field project.id", "valid integer, not a string (write it without quotes)"),
     ("sync_one_is_not_a_bool", _with(PROJECT + EVENTS, "from_date: 2026-11-01", "    sync: 1"),
      "ev", "field sync", "valid boolean, not 1"),
     ("demo_events_per_hour_true", PROJECT.replace("{type: demo}", "{type: demo, events_per_hour: true}") + EVENTS,
