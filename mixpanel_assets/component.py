@@ -39,6 +39,7 @@ from mixpanel_assets.config import (
     parse_pipelines,
     read_yaml_file,
 )
+from mixpanel_assets.config_checks import check_duplicate_keys
 from mixpanel_assets.defs.instance import key_prefix_problem
 
 DEFS_FILE_NAMES = ("defs.yaml", "defs.yml", "component.yaml")
@@ -181,11 +182,13 @@ def defs_file(path: Path) -> Path:
     return path
 
 
-def parse_attributes(raw: dict[str, Any], source: str) -> tuple[PipelinesFile, str | None]:
-    """defs.yaml attributes -> the validated configuration and key_prefix; errors name `source`."""
+def parse_attributes(raw: dict[str, Any], source: str,
+                     base_dir: Path | None = None) -> tuple[PipelinesFile, str | None]:
+    """defs.yaml attributes -> the validated configuration and key_prefix; errors name `source`.
+    `base_dir` (the project root) resolves relative paths, so destinations compare as folders."""
     raw = dict(raw)
     key_prefix = raw.pop("key_prefix", None)
-    config = parse_pipelines(raw, source=source)
+    config = parse_pipelines(raw, source=source, base_dir=base_dir)
     if key_prefix is not None:
         problem = key_prefix_problem(str(key_prefix), config) if isinstance(key_prefix, str) else (
             f"{key_prefix!r} is not a valid key_prefix: use a name such as 'acme'")
@@ -200,7 +203,13 @@ def load_defs_yaml(path: str | Path) -> tuple[PipelinesFile, str | None]:
     document = read_yaml_file(path, "the MixpanelPipelines defs.yaml")
     if not isinstance(document, dict) or not isinstance(document.get("attributes"), dict):
         raise ConfigError(f"{path}: expected 'type: mixpanel_assets.MixpanelPipelines' and an 'attributes' mapping")
-    return parse_attributes(document["attributes"], str(path))
+    return parse_attributes(document["attributes"], str(path), project_root(path))
+
+
+def project_root(path: Path) -> Path:
+    """The folder of the nearest pyproject.toml above `path` (what dg calls the project root)."""
+    path = path.resolve()
+    return next((p for p in path.parents if (p / "pyproject.toml").is_file()), path.parent)
 
 
 @dg.scaffold_with(MixpanelPipelinesScaffolder)
@@ -226,12 +235,15 @@ class MixpanelPipelines(dg.Component):
 
     @classmethod
     def load(cls, attributes: BaseModel | None, context: dg.ComponentLoadContext) -> MixpanelPipelines:
-        source = str(defs_file(context.path))
+        source = defs_file(context.path)
+        if source.is_file():  # dg's YAML reader keeps the last of two equal keys: ours refuses them
+            check_duplicate_keys(source)
+        source = str(source)
         raw: dict[str, Any] = {}
         if attributes is not None:
             raw = {name: getattr(attributes, name) for name in attributes.model_fields_set}
             raw.update(attributes.model_extra or {})
-        config, key_prefix = parse_attributes(raw, source)
+        config, key_prefix = parse_attributes(raw, source, context.project_root)
         return cls(config, key_prefix, context.project_root)
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:

@@ -18,17 +18,19 @@ import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mixpanel_assets.destinations.configs import env_var_name
+from mixpanel_assets.config_checks import (  # ConfigError and read_yaml_file are imported from here too
+    ConfigError,
+    Date,
+    api_url,
+    describe_validation_error,
+    read_yaml_file,
+)
+from mixpanel_assets.destinations.configs import Bool, Float, Int, NonBlank, Text, env_var_name
 from mixpanel_assets.destinations.registry import DestinationConfig
 
 PIPELINE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-
-
-class ConfigError(ValueError):
-    """pipelines.yaml is wrong; the message names the file, the pipeline and the field."""
 
 
 class _Model(BaseModel):
@@ -52,25 +54,27 @@ class MixpanelApiSource(_Model):
     # Overrides for tests and proxies; normally derived from project.residency.
     export_url: str | None = None
     engage_url: str | None = None
-    timeout_seconds: float = Field(300.0, gt=0)
-    max_retries: int = Field(6, ge=0, le=20)
+    timeout_seconds: Float = Field(300.0, gt=0, le=86_400)
+    max_retries: Int = Field(6, ge=0, le=20)
+
+    _check_urls = field_validator("export_url", "engage_url")(api_url)
 
 
 class LocalFilesSource(_Model):
     """A folder of export-format JSONL(.gz) files, e.g. saved Export API responses."""
 
     type: Literal["local"]
-    path: str
-    profiles_path: str | None = None  # JSONL of Engage results ({"$distinct_id", "$properties"})
+    path: Text
+    profiles_path: Text | None = None  # JSONL of Engage results ({"$distinct_id", "$properties"})
 
 
 class DemoSource(_Model):
     """Deterministic synthetic events, so the embedded default runs with no credentials."""
 
     type: Literal["demo"]
-    seed: int = 42
-    events_per_hour: int = Field(400, ge=1, le=1_000_000)
-    users: int = Field(300, ge=1)
+    seed: Int = Field(42, ge=-(2**63), le=2**63 - 1)
+    events_per_hour: Int = Field(400, ge=1, le=1_000_000)
+    users: Int = Field(300, ge=1, le=1_000_000)  # each is held in memory
 
 
 SourceConfig = Annotated[MixpanelApiSource | LocalFilesSource | DemoSource, Field(discriminator="type")]
@@ -79,30 +83,30 @@ SourceConfig = Annotated[MixpanelApiSource | LocalFilesSource | DemoSource, Fiel
 class ExportApiLimits(_Model):
     """Mixpanel's documented Raw Export API limits, enforced client-side across runs."""
 
-    queries_per_hour: int = Field(60, ge=1)
-    queries_per_second: int = Field(3, ge=1)
-    max_concurrent: int = Field(100, ge=1)
+    queries_per_hour: Int = Field(60, ge=1, le=1_000_000)
+    queries_per_second: Int = Field(3, ge=1, le=1_000)
+    max_concurrent: Int = Field(100, ge=1, le=10_000)
 
 
 class BadLinePolicy(_Model):
     """How many malformed export lines a run tolerates before it fails (they are always reported)."""
 
-    max_fraction: float = Field(0.001, ge=0, le=1)
-    max_count: int | None = Field(None, ge=0)
+    max_fraction: Float = Field(0.001, ge=0, le=1)
+    max_count: Int | None = Field(None, ge=0, le=10**15)
 
 
 class Limits(_Model):
     """Mixpanel's pipeline limits. Self-hosting removes the reason for some; lift them here."""
 
-    enforce_mixpanel_limits: bool = True
-    max_recurring_event_pipelines: int = 2
-    max_backfill_months: int = 6
+    enforce_mixpanel_limits: Bool = True
+    max_recurring_event_pipelines: Int = Field(2, ge=0, le=1_000)
+    max_backfill_months: Int = Field(6, ge=0, le=1_200)  # at most 100 years
 
 
 class StateConfig(_Model):
     """Where small per-partition state (identity links) lives; shared by all runs of a project."""
 
-    path: str = ".mixpanel_assets/state"
+    path: Text = ".mixpanel_assets/state"
 
 
 class StepRetries(_Model):
@@ -111,30 +115,30 @@ class StepRetries(_Model):
     Permanent failures (refused credentials, malformed data, a missing bucket) never retry.
     """
 
-    max_retries: int = Field(3, ge=0, le=20)
-    delay_seconds: float = Field(60, ge=0)  # doubled at each retry, with jitter
+    max_retries: Int = Field(3, ge=0, le=20)
+    delay_seconds: Float = Field(60, ge=0, le=86_400)  # doubled at each retry, with jitter
 
 
 class IdentitySettings(_Model):
     """Resources for resolving identity links into mappings (identity.py)."""
 
-    memory_limit_mb: int = Field(512, ge=64)  # DuckDB spills to disk beyond this
+    memory_limit_mb: Int = Field(512, ge=64, le=1 << 20)  # DuckDB spills to disk beyond this
 
 
 class ProjectConfig(_Model):
-    id: int = Field(gt=0)
+    id: Int = Field(gt=0, le=2**53 - 1)  # strict: `id: true` is not project 1
     residency: Literal["US", "EU", "IN"] = "US"
     timezone: str = "UTC"
     # Projects created before 2023-01-01 store event times shifted to the project timezone and
     # read the Export API's from_date/to_date in that timezone too.
-    legacy_project_timezone_dates: bool = False
+    legacy_project_timezone_dates: Bool = False
     identity_merge: Literal["simplified", "original"] = "simplified"
     source: SourceConfig
     export_api: ExportApiLimits = ExportApiLimits()
     bad_lines: BadLinePolicy = BadLinePolicy()
     limits: Limits = Limits()
     state: StateConfig = StateConfig()
-    export_workers: int = Field(2, ge=1, le=64)
+    export_workers: Int = Field(2, ge=1, le=64)
     step_retries: StepRetries = StepRetries()
     identity: IdentitySettings = IdentitySettings()
 
@@ -160,26 +164,26 @@ class SyncWindow(_Model):
     exported day (each probe then reads the whole exported range with one Export API query).
     """
 
-    min_age_hours: float = Field(24, ge=0)  # a day is checked once its newest export is this old
-    max_age_days: int | None = Field(10, ge=1)  # null = any age
-    probe_interval_hours: float = Field(6, gt=0)  # how often the source is asked for fingerprints
+    min_age_hours: Float = Field(24, ge=0, le=24 * 3_660)  # a day is checked once its newest export is this old
+    max_age_days: Int | None = Field(10, ge=1, le=36_600)  # null = any age
+    probe_interval_hours: Float = Field(6, gt=0, le=24 * 366)  # how often the source is asked for fingerprints
 
 
 class PipelineConfig(_Model):
     name: str
     data_source: Literal["events", "people", "identity"]
     frequency: Literal["hourly", "daily"] = "daily"
-    from_date: dt.date | None = None
-    to_date: dt.date | None = None
+    from_date: Date | None = None
+    to_date: Date | None = None
     # The day the pipeline was set up; anchors the backfill limit. Without it the limit counts from
     # the pipeline's first export (or the run's day), checked when a run exports.
-    created: dt.date | None = None
-    sync: bool = True
+    created: Date | None = None
+    sync: Bool = True
     sync_window: SyncWindow | None = None  # events pipelines with sync; default SyncWindow()
     events: tuple[str, ...] | None = None
-    where: str | None = None
+    where: NonBlank | None = None
     destination: DestinationConfig
-    backfill_partitions_per_run: int | None = Field(None, ge=1, le=10_000)
+    backfill_partitions_per_run: Int | None = Field(None, ge=1, le=10_000)
 
     @field_validator("name")
     @classmethod
@@ -194,7 +198,7 @@ class PipelineConfig(_Model):
     @field_validator("events")
     @classmethod
     def _non_empty_events(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is not None and (not value or any(not e for e in value)):
+        if value is not None and (not value or any(not e.strip() for e in value)):
             raise ValueError("the events allow-list must be absent or a list of non-empty event names")
         return value
 
@@ -229,7 +233,16 @@ class PipelineConfig(_Model):
 
 class PipelinesFile(_Model):
     project: ProjectConfig
-    pipelines: tuple[PipelineConfig, ...] = Field(min_length=1)
+    pipelines: tuple[PipelineConfig, ...]
+
+    @field_validator("pipelines")
+    @classmethod
+    def _some_pipelines(cls, value: tuple[PipelineConfig, ...]) -> tuple[PipelineConfig, ...]:
+        # Not Field(min_length=1): pydantic checks that on the items that validated, so one bad
+        # pipeline also printed "Tuple should have at least 1 item". This runs only when all did.
+        if not value:
+            raise ValueError("no pipelines: list at least one (name, data_source, destination)")
+        return value
 
     def pipeline(self, name: str) -> PipelineConfig:
         for pipeline in self.pipelines:
@@ -242,71 +255,29 @@ class PipelinesFile(_Model):
         return tuple(p for p in self.pipelines if p.data_source == "events")
 
 
-def read_yaml_file(path: Path, what: str):
-    """A YAML file's document; a missing file or bad YAML is a ConfigError naming the file and `what` it is."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found ({what})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-
-
 def load_pipelines_file(path: str | Path) -> PipelinesFile:
     """Read and validate pipelines.yaml; every error names the file, pipeline and field."""
     path = Path(path)
-    return parse_pipelines(read_yaml_file(path, "the pipelines configuration"), source=str(path))
+    raw = read_yaml_file(path, "the pipelines configuration")
+    return parse_pipelines(raw, source=str(path), base_dir=path.resolve().parent)
 
 
-def parse_pipelines(raw: Any, source: str = "pipelines.yaml") -> PipelinesFile:
+def parse_pipelines(raw: Any, source: str = "pipelines.yaml", base_dir: Path | None = None) -> PipelinesFile:
+    """Validate a parsed configuration. `base_dir` is what relative paths resolve against: with it,
+    two destinations compare by the folders they resolve to (`export`, `./export`, `/abs/export`)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with 'project' and 'pipelines' at the top level")
     try:
         parsed = PipelinesFile.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe_validation_error(exc, raw, source)) from None
-    problems = _cross_pipeline_problems(parsed)
+        raise ConfigError(describe_validation_error(exc, raw, source, PipelinesFile)) from None
+    problems = _cross_pipeline_problems(parsed, base_dir)
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" for p in problems))
     return parsed
 
 
-def _describe_validation_error(exc: ValidationError, raw: dict, source: str) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = list(error["loc"])
-        where = _location(loc, raw)
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling against the README's configuration reference)"
-        elif error["type"] == "missing":
-            message = "required field is missing"
-        lines.append(f"{source}: {where}: {message}")
-    return "\n".join(lines)
-
-
-def _location(loc: list, raw: dict) -> str:
-    """Turn pydantic's ('pipelines', 2, 'destination', 'local', 'path') into a readable place."""
-    parts: list[str] = []
-    if loc[:1] == ["pipelines"] and len(loc) > 1 and isinstance(loc[1], int):
-        index = loc[1]
-        try:
-            name = raw["pipelines"][index].get("name")
-        except (KeyError, IndexError, TypeError, AttributeError):
-            name = None
-        parts.append(f"pipeline {name!r}" if name else f"pipeline #{index + 1}")
-        loc = loc[2:]
-    # Drop discriminator tags pydantic inserts for tagged unions (e.g. 'local', 'demo').
-    fields = [str(p) for p in loc if not (isinstance(p, str) and p in _UNION_TAGS)]
-    if fields:
-        parts.append("field " + ".".join(fields))
-    return ", ".join(parts) or "top level"
-
-
-_UNION_TAGS = {"mixpanel", "local", "demo", "duckdb", "s3", "gcs", "azure", "bigquery", "snowflake", "redshift"}
-
-
-def _cross_pipeline_problems(parsed: PipelinesFile) -> list[str]:
+def _cross_pipeline_problems(parsed: PipelinesFile, base_dir: Path | None = None) -> list[str]:
     problems: list[str] = []
     names = [p.name for p in parsed.pipelines]
     for name in sorted({n for n in names if names.count(n) > 1}):
@@ -332,10 +303,11 @@ def _cross_pipeline_problems(parsed: PipelinesFile) -> list[str]:
         problems.append(f"pipelines {[p.name for p in recurring]}, field frequency: recurring events pipelines must have different frequencies {lift}")
     for i, a in enumerate(events):
         for b in events[i + 1 :]:
-            if a.destination.location_key() == b.destination.location_key() and _overlap(a, b):
+            shared = _shared_tables(a, b, parsed.project.id, base_dir)
+            if shared and _overlap(a, b):
                 problems.append(
                     f"pipelines {a.name!r} and {b.name!r}, field destination: both export events to "
-                    f"{a.destination.describe()} for overlapping dates {lift}"
+                    f"{shared} for overlapping dates {lift}"
                 )
     for p in events:
         # Only against `created`: a limit counted from today would make a valid file invalid as
@@ -348,6 +320,25 @@ def _cross_pipeline_problems(parsed: PipelinesFile) -> list[str]:
     return problems
 
 
+def _shared_tables(a: PipelineConfig, b: PipelineConfig, project_id: int, base_dir: Path | None) -> str | None:
+    """Where two pipelines' events tables are the same or one inside the other, or None.
+
+    Compared as places, not spellings: paths resolved against `base_dir` (lexically without it),
+    prefixes as folders (`a/` is `a`), the table folder `<root>/<prefix>/<project>/<table>` of one
+    inside the other's. Folders merely side by side under one root (prefixes `hourly`, `daily`) are fine.
+    """
+    da, db = (p.destination.resolved(base_dir) if base_dir else p.destination for p in (a, b))
+    if da.location_key() != db.location_key():
+        return None
+    table = (str(project_id), "mp_master_event")
+    ta, tb = da.folder() + table, db.folder() + table
+    if ta == tb:
+        return da.describe()
+    if ta[: len(tb)] == tb or tb[: len(ta)] == ta:
+        return f"{da.describe()} and {db.describe()}, one table folder inside the other,"
+    return None
+
+
 def _overlap(a: PipelineConfig, b: PipelineConfig) -> bool:
     far = dt.date.max
     return a.from_date <= (b.to_date or far) and b.from_date <= (a.to_date or far)
@@ -356,6 +347,8 @@ def _overlap(a: PipelineConfig, b: PipelineConfig) -> bool:
 def months_before(day: dt.date, months: int) -> dt.date:
     """The same day `months` calendar months earlier (the month's last day when it is shorter)."""
     year, month = divmod(day.year * 12 + day.month - 1 - months, 12)
+    if year < dt.MINYEAR:
+        return dt.date.min  # only reachable past the config's bounds: earlier than any date is the meaning
     month += 1
     for d in (day.day, 30, 29, 28):
         try:

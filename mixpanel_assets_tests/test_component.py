@@ -132,8 +132,9 @@ def test_a_defs_yaml_mistake_names_the_defs_yaml_the_pipeline_and_the_field(tmp_
     path.write_text(yaml.safe_dump(document))
     with pytest.raises(ConfigError) as info:
         load_defs_yaml(path)
-    assert str(info.value) == (f"{path}: pipeline 'events_hourly', field frequncy: unknown field (check the spelling "
-                               "against the README's configuration reference)")
+    assert str(info.value) == (f"{path}: pipeline 'events_hourly', field frequncy: unknown field; did you mean "
+                               "'frequency'? (check the spelling against the configuration reference, "
+                               "docs/configuration.md)")
 
 
 @pytest.mark.parametrize("key_prefix, expected", [

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("transform", ("transform",)),
     ("staging", ("staging",)),
     ("destinations", ("destinations",)),
-    ("configuration", ("config",)),
+    ("configuration", ("config", "config_checks")),
     ("dagster wiring", ("defs",)),
     ("entry points", ("definitions", "cli", "component", "dg_defs")),
 ]

@@ -10,17 +10,57 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
-from typing import Literal
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, Strict, field_validator
 
 from mixpanel_assets.destinations.base import DestinationError, PartsFormat, permanent
 
 _ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HTTP_URL = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
 SQL_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"  # unquoted identifiers only: no quoting rules to get wrong
-ROLE_ARN = r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$"
+# IAM's own character set for role paths and names: nothing that needs quoting in SQL or a policy.
+ROLE_ARN = r"^arn:aws(-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]{1,576}$"
+AWS_REGION = r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$"  # us-east-1, eu-central-1, us-gov-west-1
+
+
+def _no_edge_spaces(value: str) -> str:
+    if value != value.strip():
+        raise ValueError("starts or ends with spaces; remove them (a path, name or URL never does)")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty; give a value or leave the field out")
+    return value
+
+
+def _aws_region(value: str) -> str:
+    if not re.match(AWS_REGION, value):
+        raise ValueError(f"{value!r} is not an AWS region such as us-east-1 or eu-central-1")
+    return value
+
+
+def _role_arn(value: str) -> str:
+    if not re.match(ROLE_ARN, value):
+        raise ValueError("not an IAM role ARN such as arn:aws:iam::123456789012:role/mixpanel-export "
+                         "(letters, digits and +=,.@_-/ after 'role/')")
+    return value
+
+
+AwsRegion = Annotated[str, AfterValidator(_aws_region)]
+RoleArn = Annotated[str, AfterValidator(_role_arn)]
+
+# The types of pipelines.yaml's fields. Strict: YAML `true` is not the number 1, `1.5` is not 1 and
+# "42" is not 42; a value of the wrong type is a mistake to name, not to convert. Numbers are finite
+# (`.inf` / `.nan` are YAML floats too).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), AllowInfNan(False)]
+Bool = Annotated[bool, Strict()]
+Text = Annotated[str, Field(min_length=1), AfterValidator(_no_edge_spaces)]  # non-empty, no edge spaces
+NonBlank = Annotated[str, AfterValidator(_not_blank)]  # not empty nor only spaces (a `|` block ends with "\n")
 
 
 def env_var_name(value: str | None) -> str | None:
@@ -56,8 +96,13 @@ class DestinationConfigBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     def location_key(self) -> tuple:
-        """Identifies where data lands; two events pipelines may not share one for the same dates."""
+        """Identifies the store data lands in (a bucket, a database schema); with folder(), where."""
         raise NotImplementedError
+
+    def folder(self) -> tuple[str, ...]:
+        """The folder, as path segments, under which this destination keeps its tables in the store
+        of location_key(); two events pipelines whose table folders are equal or nested overlap."""
+        return ()
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -77,15 +122,21 @@ class ObjectStoreConfig(DestinationConfigBase):
     prefix: str = ""  # our extension: Mixpanel's paths start at the bucket root
     format: Literal["json", "parquet"] = "json"
     compression: Literal["gzip", "zstd", "none"] | None = None  # default: gzip for json, zstd for parquet
-    max_file_mb: int = Field(256, ge=1, le=100_000)  # uncompressed MB per part file
+    max_file_mb: Int = Field(256, ge=1, le=100_000)  # uncompressed MB per part file
 
     @field_validator("prefix")
     @classmethod
     def _clean_prefix(cls, value: str) -> str:
-        value = value.strip("/")
-        if ".." in value.split("/"):
+        """One spelling per folder: `a/`, `/a`, `a//b` and `./a` name the folders `a` and `a/b`."""
+        segments = [s for s in value.split("/") if s not in ("", ".")]
+        if ".." in segments:
             raise ValueError("prefix may not contain '..'")
-        return value
+        if any(s != s.strip() for s in segments):
+            raise ValueError("a folder name in prefix starts or ends with spaces; remove them")
+        return "/".join(segments)
+
+    def folder(self) -> tuple[str, ...]:
+        return tuple(self.prefix.split("/")) if self.prefix else ()
 
     @property
     def effective_compression(self) -> str:
@@ -96,6 +147,11 @@ class ObjectStoreConfig(DestinationConfigBase):
     @property
     def parts_format(self) -> PartsFormat:
         return PartsFormat(self.format, self.effective_compression, self.max_file_mb << 20)
+
+
+def path_segments(value: str) -> tuple[str, ...]:
+    """A filesystem path as its segments, spelled one way (`export`, `./export/` and `export//` agree)."""
+    return PurePosixPath(os.path.normpath(value)).parts
 
 
 def object_location(scheme: str, root: str, prefix: str, project_id: int, table: str) -> str:

@@ -71,7 +71,7 @@ class AzureDestinationConfig(ObjectStoreConfig):
         return f"https://{self.account}.blob.core.windows.net" if self.account else None
 
     def location_key(self) -> tuple:
-        return ("azure", self.effective_account_url or self.connection_string_env, self.container, self.prefix)
+        return ("azure", self.effective_account_url or self.connection_string_env, self.container)
 
     def describe(self) -> str:
         where = f" in storage account {self.account}" if self.account else ""

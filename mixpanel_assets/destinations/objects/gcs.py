@@ -19,7 +19,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from mixpanel_assets.destinations.configs import HTTP_URL, ObjectStoreConfig, env_secret, env_var_name, object_location
+from mixpanel_assets.destinations.configs import (
+    HTTP_URL,
+    ObjectStoreConfig,
+    Text,
+    env_secret,
+    env_var_name,
+    object_location,
+)
 from mixpanel_assets.destinations.objects.cloud import (
     BucketAccessError,
     ObjectStoreError,
@@ -36,14 +43,14 @@ class GCSDestinationConfig(ObjectStoreConfig):
 
     type: Literal["gcs"]
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-    project: str | None = None
+    project: Text | None = None
     credentials_env: str | None = None
     endpoint_url: str | None = Field(None, pattern=HTTP_URL)  # emulators: anonymous access
 
     _check_env = field_validator("credentials_env")(env_var_name)
 
     def location_key(self) -> tuple:
-        return ("gcs", self.endpoint_url, self.bucket, self.prefix)
+        return ("gcs", self.endpoint_url, self.bucket)
 
     def describe(self) -> str:
         return f"GCS bucket {self.bucket}"

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from mixpanel_assets.destinations.configs import ObjectStoreConfig, resolve_under
+from mixpanel_assets.destinations.configs import ObjectStoreConfig, Text, path_segments, resolve_under
 from mixpanel_assets.destinations.objects.store import Bucket, ObjectStoreDestination
 
 
@@ -15,10 +15,13 @@ class LocalDestinationConfig(ObjectStoreConfig):
     """A folder laid out exactly like Mixpanel's bucket."""
 
     type: Literal["local"]
-    path: str
+    path: Text
 
     def location_key(self) -> tuple:
-        return ("local", self.path.rstrip("/"), self.prefix)
+        return ("local",)
+
+    def folder(self) -> tuple[str, ...]:
+        return path_segments(self.path) + super().folder()
 
     def describe(self) -> str:
         return f"local folder {self.path}"

@@ -19,8 +19,9 @@ from pydantic import Field, field_validator, model_validator
 
 from mixpanel_assets.destinations.configs import (
     HTTP_URL,
-    ROLE_ARN,
     ObjectStoreConfig,
+    RoleArn,
+    Text,
     env_secret,
     env_var_name,
     object_location,
@@ -44,16 +45,17 @@ class S3DestinationConfig(ObjectStoreConfig):
 
     type: Literal["s3"]
     bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-    region: str | None = None
+    # AWS's us-east-1 or an S3-compatible store's own (auto, nyc3, fr-par, us-west-004).
+    region: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     endpoint_url: str | None = Field(None, pattern=HTTP_URL)
-    profile: str | None = None
+    profile: Text | None = None
     access_key_id_env: str | None = None
     secret_access_key_env: str | None = None
     session_token_env: str | None = None
-    role_arn: str | None = Field(None, pattern=ROLE_ARN)
-    external_id: str | None = None  # the role trust policy's sts:ExternalId condition, if any
+    role_arn: RoleArn | None = None
+    external_id: Text | None = None  # the role trust policy's sts:ExternalId condition, if any
     server_side_encryption: Literal["AES256", "aws:kms"] | None = None
-    kms_key_id: str | None = None  # key id/ARN/alias for aws:kms; empty = the account's aws/s3 key
+    kms_key_id: Text | None = None  # key id/ARN/alias for aws:kms; empty = the account's aws/s3 key
 
     _check_env = field_validator("access_key_id_env", "secret_access_key_env", "session_token_env")(env_var_name)
 
@@ -66,7 +68,7 @@ class S3DestinationConfig(ObjectStoreConfig):
         return self
 
     def location_key(self) -> tuple:
-        return ("s3", self.endpoint_url, self.bucket, self.prefix)
+        return ("s3", self.endpoint_url, self.bucket)
 
     def describe(self) -> str:
         return f"S3 bucket {self.bucket}"

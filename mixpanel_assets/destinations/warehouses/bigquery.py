@@ -64,7 +64,7 @@ from mixpanel_assets.destinations.base import (
     WriteResult,
     permanent,
 )
-from mixpanel_assets.destinations.configs import HTTP_URL, DestinationConfigBase, env_secret, env_var_name
+from mixpanel_assets.destinations.configs import HTTP_URL, DestinationConfigBase, Float, Text, env_secret, env_var_name
 from mixpanel_assets.destinations.warehouses.bigquery_admin import BigQueryAdmin, _first_line, _str
 from mixpanel_assets.schema import (
     BIGQUERY,
@@ -85,11 +85,11 @@ class BigQueryDestinationConfig(DestinationConfigBase):
     type: Literal["bigquery"]
     project: str = Field(pattern=r"^[a-z0-9][a-z0-9.:-]{2,126}$")
     dataset: str = Field(pattern=r"^[A-Za-z0-9_]{1,1024}$")
-    location: str | None = None  # where jobs run, e.g. US, EU, europe-west3 (the dataset's location)
+    location: Text | None = None  # where jobs run, e.g. US, EU, europe-west3 (the dataset's location)
     credentials_env: str | None = None
     api_endpoint: str | None = Field(None, pattern=HTTP_URL)
     load_compression: Literal["gzip", "none"] = "gzip"  # bytes uploaded per load job
-    job_timeout_seconds: float = Field(1800.0, gt=0)
+    job_timeout_seconds: Float = Field(1800.0, gt=0, le=86_400)
 
     _check_env = field_validator("credentials_env")(env_var_name)
 

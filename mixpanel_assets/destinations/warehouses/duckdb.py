@@ -29,7 +29,7 @@ from mixpanel_assets.destinations.base import (
     DestinationError,
     WriteResult,
 )
-from mixpanel_assets.destinations.configs import DestinationConfigBase, resolve_under
+from mixpanel_assets.destinations.configs import DestinationConfigBase, Text, path_segments, resolve_under
 from mixpanel_assets.schema import (
     DEDUP_KEY,
     DUCKDB,
@@ -48,13 +48,13 @@ class DuckDBDestinationConfig(DestinationConfigBase):
     """An embedded DuckDB database file holding the three tables."""
 
     type: Literal["duckdb"]
-    path: str
+    path: Text
     schema_name: str = Field("main", alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     def location_key(self) -> tuple:
-        return ("duckdb", self.path, self.schema_name)
+        return ("duckdb", path_segments(self.path), self.schema_name.lower())
 
     def describe(self) -> str:
         return f"DuckDB {self.path} schema {self.schema_name}"

@@ -44,7 +44,7 @@ from mixpanel_assets.destinations.base import (
     WriteResult,
     permanent,
 )
-from mixpanel_assets.destinations.configs import ROLE_ARN, SQL_NAME
+from mixpanel_assets.destinations.configs import SQL_NAME, AwsRegion, Float, RoleArn
 from mixpanel_assets.destinations.objects.cloud import open_object_store
 from mixpanel_assets.destinations.objects.s3 import S3DestinationConfig
 from mixpanel_assets.destinations.objects.store import COMPLETE, MANIFEST, Bucket, ObjectStoreDestination
@@ -59,13 +59,14 @@ class RedshiftDestinationConfig(S3DestinationConfig):
     and `endpoint_url`."""
 
     type: Literal["redshift"]  # type: ignore[assignment]
+    region: AwsRegion | None = None  # AWS's own: it goes into CREATE EXTERNAL SCHEMA
     glue_database: str = Field(pattern=r"^[a-z0-9_]{1,255}$")  # created by you, as with Mixpanel
-    glue_region: str | None = None  # default: region
-    iam_role_arn: str | None = Field(None, pattern=ROLE_ARN)  # Redshift's role
+    glue_region: AwsRegion | None = None  # default: region
+    iam_role_arn: RoleArn | None = None  # Redshift's role
     workgroup: str | None = Field(None, pattern=r"^[a-z0-9-]{3,64}$")  # Redshift Serverless: run the DDL there
     redshift_database: str = Field("dev", pattern=SQL_NAME)
     external_schema: str = Field("mp_json_export", pattern=SQL_NAME)
-    statement_timeout_seconds: float = Field(120.0, gt=0)
+    statement_timeout_seconds: Float = Field(120.0, gt=0, le=86_400)
 
     @model_validator(mode="after")
     def _spectrum_readable(self) -> RedshiftDestinationConfig:
@@ -138,9 +139,14 @@ class HiddenMarkersBucket(Bucket):
 
 def external_schema_sql(schema: str, glue_database: str, region: str | None, iam_role_arn: str | None) -> str:
     role = iam_role_arn or "<ARN of the IAM role Redshift uses to read Glue and S3>"
-    region_clause = f"\nREGION '{region}'" if region else ""
-    return (f"CREATE EXTERNAL SCHEMA IF NOT EXISTS {schema}\nFROM DATA CATALOG DATABASE '{glue_database}'"
-            f"{region_clause}\nIAM_ROLE '{role}';")
+    region_clause = f"\nREGION {_literal(region)}" if region else ""
+    return (f"CREATE EXTERNAL SCHEMA IF NOT EXISTS {schema}\nFROM DATA CATALOG DATABASE {_literal(glue_database)}"
+            f"{region_clause}\nIAM_ROLE {_literal(role)};")
+
+
+def _literal(value: str) -> str:
+    """A SQL string literal; the config model already refuses quotes here, this holds if it ever did not."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def aws_session(config: S3DestinationConfig, keys: dict):

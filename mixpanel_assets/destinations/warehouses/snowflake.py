@@ -42,7 +42,7 @@ from mixpanel_assets.destinations.base import (
     DestinationError,
     WriteResult,
 )
-from mixpanel_assets.destinations.configs import SQL_NAME, DestinationConfigBase, env_secret, env_var_name
+from mixpanel_assets.destinations.configs import SQL_NAME, DestinationConfigBase, Int, Text, env_secret, env_var_name
 from mixpanel_assets.schema import (
     DEDUP_KEY,
     EVENT_COLUMNS,
@@ -66,7 +66,7 @@ class SnowflakeDestinationConfig(DestinationConfigBase):
 
     type: Literal["snowflake"]
     account: str = Field(pattern=r"^[A-Za-z0-9._-]+$")  # account identifier, e.g. myorg-myaccount
-    user: str = Field(min_length=1)
+    user: Text
     database: str = Field(pattern=SQL_NAME)
     schema_name: str = Field(alias="schema", pattern=SQL_NAME)
     warehouse: str | None = Field(None, pattern=SQL_NAME)
@@ -76,10 +76,10 @@ class SnowflakeDestinationConfig(DestinationConfigBase):
     private_key_password_env: str | None = None
     # Emulators and private endpoints: where the connector connects instead of <account>.snowflakecomputing.com.
     host: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+$")
-    port: int | None = Field(None, ge=1, le=65535)
+    port: Int | None = Field(None, ge=1, le=65535)
     protocol: Literal["https", "http"] = "https"
-    network_timeout_seconds: int | None = Field(None, ge=1)
-    login_timeout_seconds: int | None = Field(None, ge=1)
+    network_timeout_seconds: Int | None = Field(None, ge=1, le=86_400)
+    login_timeout_seconds: Int | None = Field(None, ge=1, le=86_400)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
