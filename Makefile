@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 3000
+UI_LOG_LEVEL ?= error
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
 .PHONY: setup run demo ui test setup-test check clean debian-test-packages bench
@@ -25,15 +26,26 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 setup: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
 run: setup  ## export the newest partitions of every pipeline in mixpanel_assets/dg_defs/pipelines/defs.yaml
-	$(BIN)/python -m mixpanel_assets.cli demo
+	@$(BIN)/python -m mixpanel_assets.cli demo
 
+# Started in $(DAGSTER_HOME), whose dagster.yaml is the instance's configuration (setup copies it
+# there): started in the checkout, Dagster warns that ./dagster.yaml "will not be used". Given a
+# workspace file (workspace.yaml names the code location), `dg dev` serves it as is, from any folder.
+# The services' own log lines at UI_LOG_LEVEL and above: at info the daemon says every minute that no
+# schedule is running, and a new instance's daemon warns "No cursor for event type ..." once; the
+# runs' logs and the daemons' state are in the UI (Runs; Deployment -> Daemons). UI_LOG_LEVEL=info
+# shows everything.
 ui: setup  ## the Dagster UI and daemon, on 127.0.0.1 only
-	$(BIN)/dg dev -h $(HOST) -p $(PORT)
+	@echo "Dagster UI: http://$(HOST):$(PORT) (ready in a minute or so; Ctrl-C stops it)"
+	@cd $(DAGSTER_HOME) && $(CURDIR)/$(BIN)/dg dev -w $(CURDIR)/workspace.yaml -h $(HOST) -p $(PORT) \
+	  --log-level $(UI_LOG_LEVEL) --code-server-log-level $(UI_LOG_LEVEL)
 
 demo: run ui
 
+# dg compares the project's .venv with the activated one ($$VIRTUAL_ENV) and warns when they differ:
+# say which one is in use, as activating it would.
 check: setup  ## definitions load and validate, as the UI would load them
-	$(BIN)/dg check defs
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs
 
 # Azurite (Azure Blob emulator) for the Azure destination tests; npm and Node come from Debian if missing.
 node_modules/.bin/azurite-blob: package.json

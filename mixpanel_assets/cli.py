@@ -2,6 +2,11 @@
 
 This is the "main job" of the embedded default: it runs against the Dagster instance in
 $DAGSTER_HOME, so the runs and materialized partitions are there when the UI opens.
+
+It prints one line per pipeline (a progress line first where the work takes a while) and
+nothing else on a clean run: the runs' event logs (every step, partition and check) are in the
+instance, which the UI shows under Runs. Dagster's console logger prints them too by default,
+some 300 lines for the demo; here it prints only warnings and errors.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ import dagster as dg
 
 from mixpanel_assets.config import load_pipelines_file
 from mixpanel_assets.defs.schedules import job_name
+
+
+# Dagster's console logger at WARNING: the event log in the instance still records every event.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _latest_keys(defs: dg.Definitions, asset_key: dg.AssetKey, count: int) -> list[str]:
@@ -42,20 +51,26 @@ def run_demo(config_path, hours: int, days: int) -> int:
         started = time.monotonic()
         if pipeline.data_source == "events":
             keys = _latest_keys(defs, dg.AssetKey([pipeline.name, "mp_master_event"]), hours if pipeline.frequency == "hourly" else days)
+            label = f"partitions {keys[0]} .. {keys[-1]}"
+            print(f"...    {pipeline.name:<20} exporting {len(keys)} {pipeline.frequency} partitions", flush=True)
             if pipeline.frequency == "hourly":
                 # One run for the whole range: one source query per day, as a backfill would do.
                 tags = {"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
-                results = [job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)]
+                results = [job.execute_in_process(instance=instance, tags=tags, run_config=QUIET_CONSOLE,
+                                                  raise_on_error=False)]
             else:
-                results = [job.execute_in_process(instance=instance, partition_key=k, raise_on_error=False) for k in keys]
-            label = f"partitions {keys[0]} .. {keys[-1]}"
+                results = [job.execute_in_process(instance=instance, partition_key=k, run_config=QUIET_CONSOLE,
+                                                  raise_on_error=False) for k in keys]
         else:
-            results = [job.execute_in_process(instance=instance, raise_on_error=False)]
+            results = [job.execute_in_process(instance=instance, run_config=QUIET_CONSOLE, raise_on_error=False)]
             label = "whole table"
         success = all(r.success for r in results)
         ok &= success
         print(f"{'ok    ' if success else 'FAILED'} {pipeline.name:<20} {label:<45} {time.monotonic() - started:6.1f} s"
-              f"  -> {pipeline.destination.describe()}")
+              f"  -> {pipeline.destination.describe()}", flush=True)
+        for result in results:
+            if not result.success:
+                print(f"       run {result.run_id}: its event log (the UI, Runs) says what failed", flush=True)
     return 0 if ok else 1
 
 

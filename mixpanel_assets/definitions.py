@@ -14,12 +14,23 @@ component instances. Swap in `dg.load_from_defs_folder(path_within_project=HERE)
 installed component types in this location's Docs tab.
 """
 
+import warnings
 from pathlib import Path
 
 import dagster as dg
 
 HERE = Path(__file__).resolve().parent
 DEFS_YAML = HERE / "dg_defs" / "pipelines" / "defs.yaml"
+
+# Dagster calls its own beta and preview APIs while it loads and runs a component-built location
+# (code references on every asset, the defs module's loader, the asset checks' `execution_type`
+# when a run resolves them), and warns about them in every process: the code server, each run
+# worker, the demo CLI. `load_from_defs_folder` silences them while it loads, not those at run time.
+# They are about Dagster's internals, which no user can act on, so the beta and preview warnings that
+# Dagster's own modules raise are ignored. One raised on behalf of our code (or a user's) names that
+# code's module and still shows.
+for _category in (dg.BetaWarning, dg.PreviewWarning):
+    warnings.filterwarnings("ignore", category=_category, module=r"dagster(_shared)?\.")
 
 _tree = dg.ComponentTree.for_project(HERE)
 # Built eagerly, as before: `dagster code-server -m mixpanel_assets.definitions` and the tests use

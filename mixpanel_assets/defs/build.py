@@ -37,6 +37,9 @@ def definitions_for(config: PipelinesFile, base_dir: Path, today: dt.date,
     """`key_prefix` qualifies every name, so several configurations share a code location (instance.py)."""
     config = with_key_prefix(config, key_prefix)
     source_key = qualified(key_prefix, SOURCE_RESOURCE_KEY)
+    resources = {source_key: source_resource(config.project, base_dir)}
+    for pipeline in config.pipelines:
+        resources[io_manager_key(pipeline)] = build_io_manager(pipeline, config.project, base_dir)
     jobs, schedules, sensors = [], [], []
     for pipeline in config.pipelines:
         job = pipeline_job(pipeline, config)
@@ -45,12 +48,9 @@ def definitions_for(config: PipelinesFile, base_dir: Path, today: dt.date,
         if schedule is not None:
             schedules.append(schedule)
         if pipeline.syncs:
-            probe = probe_job(pipeline, config, source_key)
+            probe = probe_job(pipeline, config, source_key, resources[source_key])
             jobs.append(probe)
             sensors.append(sync_sensor(pipeline, config, job, probe))
-    resources = {source_key: source_resource(config.project, base_dir)}
-    for pipeline in config.pipelines:
-        resources[io_manager_key(pipeline)] = build_io_manager(pipeline, config.project, base_dir)
     assets = pipeline_assets(config, base_dir, source_key)
     events_assets = {a.key.path[0]: a for a in assets if a.key.path[-1] == EVENTS_TABLE}
     freshness_checks, freshness_sensors = partition_freshness(config, events_assets,

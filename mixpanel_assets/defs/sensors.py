@@ -303,7 +303,11 @@ class ProbeConfig(dg.Config):
     last_day: str
 
 
-def probe_job(pipeline: PipelineConfig, config: PipelinesFile, source_key: str = SOURCE_RESOURCE_KEY) -> dg.JobDefinition:
+def probe_job(pipeline: PipelineConfig, config: PipelinesFile, source_key: str = SOURCE_RESOURCE_KEY,
+              source: dg.ConfigurableResource | None = None) -> dg.JobDefinition:
+    """`source`: the project's source resource, bound to the job. Definitions rebuilds a sensor whose
+    job still lacks a resource, and Dagster 1.13's rebuild passes `owners=[]`: a BetaWarning about
+    'owners', a parameter we never set, on every load. A job with its resource needs no rebuild."""
     project = config.project
     events_key = source_keys(project, source_key)["events"]
 
@@ -342,6 +346,7 @@ def probe_job(pipeline: PipelineConfig, config: PipelinesFile, source_key: str =
 
     @dg.job(name=probe_job_name(pipeline), tags={PROBE_TAG: pipeline.name, "mixpanel/project": str(project.id),
                                                 "mixpanel/pipeline": pipeline.name},
+            resource_defs={source_key: source} if source is not None else None,
             description=(f"Data sync of {pipeline.name}: ask Mixpanel for the current fingerprint of exported days "
                          "(one Export API query, no rows kept). Started by the sync sensor."))
     def _job():
