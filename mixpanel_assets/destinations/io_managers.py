@@ -197,4 +197,6 @@ def build_io_manager(pipeline, project, base_dir: Path) -> DestinationIOManager:
 
 def open_destination(context, pipeline) -> Destination:
     """The pipeline's destination, opened by its IO manager resource (asset checks, GDPR deletion)."""
-    return getattr(context.resources, io_manager_key(pipeline)).open(context.log)
+    destination = getattr(context.resources, io_manager_key(pipeline)).open(context.log)
+    destination.run_id = getattr(context, "run_id", None)  # named to a second writer (GDPR rewrites)
+    return destination
