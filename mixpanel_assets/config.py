@@ -184,6 +184,10 @@ class PipelineConfig(_Model):
     where: NonBlank | None = None
     destination: DestinationConfig
     backfill_partitions_per_run: Int | None = Field(None, ge=1, le=10_000)
+    # The shrink guard: a run may not remove more than this share of a window's (or table's) rows,
+    # nor empty one, since a source that answered short looks exactly like that. 1 turns it off;
+    # the run tag mixpanel_assets/allow_shrink=true lifts it for one run (destinations/io_managers.py).
+    max_shrink: Float = Field(0.5, ge=0.0, le=1.0)
 
     @field_validator("name")
     @classmethod

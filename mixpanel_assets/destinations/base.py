@@ -99,6 +99,10 @@ class Removal:
 class Destination(ABC):
     """One configured destination of one pipeline."""
 
+    # The Dagster run writing through this destination (set by the IO manager): a second writer of
+    # the same window is told which run holds it.
+    run_id: str | None = None
+
     def __init__(self, pipeline: str, project_id: int, log: logging.Logger | None = None):
         self.pipeline = pipeline
         self.project_id = project_id
@@ -120,6 +124,16 @@ class Destination(ABC):
     @abstractmethod
     def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
         """Replace a whole table (mp_people_data or mp_identity_mappings_data) with the rows of `parts`."""
+
+    def current_rows(self, window: PartitionWindow | None = None, table: str = EVENTS_TABLE) -> int | None:
+        """The rows readers see now in `window` (events) or in `table`, for the shrink guard
+        (io_managers.check_shrink); None when unknown. Destinations override this with a cheap
+        count (a manifest, one COUNT); this fallback reads back through read_event_window/read_table."""
+        try:
+            readback = self.read_event_window(window) if window is not None else self.read_table(table)
+        except NotImplementedError:
+            return None
+        return None if readback.problems and not readback.rows else readback.rows
 
     # Reading back and deleting: used by the asset checks (checks.py) and the GDPR deletion job
     # (gdpr.py). Not abstract, so a destination can add them after its writer; until it does,

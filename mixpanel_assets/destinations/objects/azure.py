@@ -170,6 +170,19 @@ class AzureBlobBucket(Bucket):
             self.container.upload_blob(key, data, overwrite=True,
                                        content_settings=ContentSettings(content_type=content_type(key)))
 
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """`overwrite=False` sends `If-None-Match: *`: the service answers 409 BlobAlreadyExists."""
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
+        with self._errors("write", key):
+            try:
+                self.container.upload_blob(key, data, overwrite=False,
+                                           content_settings=ContentSettings(content_type=content_type(key)))
+            except ResourceExistsError:
+                return False
+        return True
+
     def get_bytes(self, key: str) -> bytes | None:
         from azure.core.exceptions import ResourceNotFoundError
 

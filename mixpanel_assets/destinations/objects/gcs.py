@@ -130,6 +130,17 @@ class GCSBucket(Bucket):
         with self._errors("create", key):
             self.bucket.blob(key).upload_from_string(data, content_type=content_type(key))
 
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """`ifGenerationMatch=0`: GCS creates the object only if no live generation exists."""
+        from google.api_core.exceptions import PreconditionFailed
+
+        with self._errors("create", key):
+            try:
+                self.bucket.blob(key).upload_from_string(data, content_type=content_type(key), if_generation_match=0)
+            except PreconditionFailed:
+                return False
+        return True
+
     def get_bytes(self, key: str) -> bytes | None:
         from google.api_core.exceptions import NotFound
 

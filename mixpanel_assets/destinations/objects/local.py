@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -38,8 +40,30 @@ def table_location(config: LocalDestinationConfig, project_id: int, table: str) 
     return "/".join(p for p in (config.path, config.prefix, str(project_id), table) if p)
 
 
+class DestinationFull(OSError):
+    """The destination's filesystem is full (or over quota): waiting does not free it, so the IO
+    manager fails the step without retries (base.is_permanent)."""
+
+    permanent = True
+
+
+def _full(exc: OSError, target: Path, needed: int) -> OSError:
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return exc
+    try:
+        free = f"{shutil.disk_usage(target.parent).free:,} bytes are free"
+    except OSError:
+        free = "free space unknown"
+    error = DestinationFull(
+        f"no space left on the device holding {target.parent} ({os.strerror(exc.errno)}): writing {target.name} "
+        f"needs {needed:,} bytes and {free}; nothing was left behind. Free space there (or move `path`), then rerun")
+    error.errno = exc.errno
+    return error
+
+
 class LocalBucket(Bucket):
-    """Files are written under a temporary name and renamed, so no reader sees half a file."""
+    """Files are written under a temporary name and renamed, so no reader sees half a file; a write
+    that fails (a full disk) removes its temporary file and names the path and the space needed."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root).absolute()
@@ -53,22 +77,45 @@ class LocalBucket(Bucket):
     def describe(self) -> str:
         return f"local folder {self.root}"
 
-    def upload_file(self, key: str, path: Path) -> None:
+    def _tmp(self, key: str) -> tuple[Path, Path]:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        return target, target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+    def upload_file(self, key: str, path: Path) -> None:
+        target, tmp = self._tmp(key)
         try:
-            os.replace(path, tmp)  # the part is a staging file: move it when on the same filesystem
-        except OSError:
-            shutil.copyfile(path, tmp)
-        os.replace(tmp, target)
+            try:
+                os.replace(path, tmp)  # the part is a staging file: move it when on the same filesystem
+            except OSError:
+                shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _full(exc, target, path.stat().st_size if path.exists() else 0) from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        target, tmp = self._tmp(key)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _full(exc, target, len(data)) from exc
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """link(2) of a complete temporary file: atomic, and fails if the name exists (also on NFS)."""
+        target, tmp = self._tmp(key)
+        try:
+            tmp.write_bytes(data)
+            os.link(tmp, target)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise _full(exc, target, len(data)) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def get_bytes(self, key: str) -> bytes | None:
         try:

@@ -179,6 +179,22 @@ class S3Bucket(Bucket):
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type(key),
                                    **self.extra)
 
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """PutObject with `If-None-Match: *` (S3 conditional writes, 2024): 412 when the key exists,
+        409 when a concurrent conditional write to it is still in flight (the other one wins)."""
+        from botocore.exceptions import ClientError
+
+        with self._errors("PutObject", key):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*",
+                                       ContentType=content_type(key), **self.extra)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                                 "412", "409"):
+                    return False
+                raise
+        return True
+
     def get_bytes(self, key: str) -> bytes | None:
         from botocore.exceptions import ClientError
 

@@ -11,7 +11,8 @@ Replacing a folder follows one protocol on every store, so readers never lose da
 2. write `manifest.json` listing exactly the new parts (readers that honour it switch here),
 3. delete the folder's stale parts,
 4. write the empty `complete` marker (as Mixpanel's raw pipelines did).
-A failure before step 2 leaves the previous parts and manifest untouched.
+A failure before step 2 leaves the previous parts and manifest untouched. The whole swap runs under
+the folder's lease (lease.py), so two runs of one partition never interleave their steps.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from mixpanel_assets.destinations.base import (
     PartsFormat,
     WriteResult,
     utc_now_iso,
+)
+from mixpanel_assets.destinations.objects.lease import (
+    LEASE_TTL_S,
+    LEASE_WAIT_S,
+    FolderLease,
+    LeaseLost,
+    is_lease_key,
 )
 from mixpanel_assets.staging.parts import PartFile
 from mixpanel_assets.windows import PartitionWindow
@@ -51,6 +59,15 @@ class Bucket(ABC):
     @abstractmethod
     def get_bytes(self, key: str) -> bytes | None:
         """The object's content, or None when it does not exist."""
+
+    def create_if_absent(self, key: str, data: bytes) -> bool:
+        """Write `data` only if `key` does not exist, deciding atomically on the store (the leases'
+        primitive); False when it exists. Every store overrides this with its conditional write; this
+        read-then-write fallback (for wrappers in tests) is not atomic."""
+        if self.get_bytes(key) is not None:
+            return False
+        self.put_bytes(key, data)
+        return True
 
     def download_file(self, key: str, path: Path) -> bool:
         """Stream an object into a local file (parts can be hundreds of MB: never whole in memory).
@@ -84,6 +101,7 @@ class ObjectStoreDestination(Destination):
         self.fmt = fmt
         self.compression = compression
         self.max_bytes = max_file_mb << 20
+        self.lease_ttl, self.lease_wait = LEASE_TTL_S, LEASE_WAIT_S
 
     @classmethod
     def from_config(cls, config, context, bucket: Bucket) -> ObjectStoreDestination:
@@ -118,9 +136,21 @@ class ObjectStoreDestination(Destination):
     def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
         return self._replace_folder(self.table_folder(table), parts, table, {}, table)
 
+    def lease(self, folder: str, what: str) -> FolderLease:
+        """The folder's single-writer lease (lease.py), named after this run."""
+        return FolderLease(self.bucket, folder, pipeline=self.pipeline, what=what, holder=self.run_id,
+                           ttl=self.lease_ttl, wait=self.lease_wait)
+
+    def current_rows(self, window: PartitionWindow | None = None, table: str = EVENTS_TABLE) -> int | None:
+        """The rows readers see now, from the manifest (None when the folder has none)."""
+        folder = self.window_folder(window) if window is not None else self.table_folder(table)
+        manifest = self.read_manifest(folder)
+        return None if manifest is None or manifest.get("rows") is None else int(manifest["rows"])
+
     def _replace_folder(self, folder: str, parts: list[PartFile], table: str, extra: dict, what: str) -> WriteResult:
         try:
-            return self._swap(folder, parts, table, extra)
+            with self.lease(folder, what) as lease:
+                return self._swap(folder, parts, table, extra, lease)
         except DestinationError:
             raise
         except Exception as exc:
@@ -129,7 +159,7 @@ class ObjectStoreDestination(Destination):
                 f"{type(exc).__name__}: {exc}; the previous data there is unchanged"
             ) from exc
 
-    def _swap(self, folder: str, parts: list[PartFile], table: str, extra: dict) -> WriteResult:
+    def _swap(self, folder: str, parts: list[PartFile], table: str, extra: dict, lease: FolderLease) -> WriteResult:
         # `complete` goes first and comes back last: a folder that has it holds exactly the
         # manifest's parts, so readers that glob part-* files can check it. If an upload fails,
         # the new parts are removed again and the folder is put back as it was.
@@ -139,14 +169,6 @@ class ObjectStoreDestination(Destination):
         if was_complete:
             self.bucket.delete([folder + COMPLETE])
         new_keys = []
-        try:
-            for part in parts:
-                key = folder + part.name
-                self.bucket.upload_file(key, part.path)
-                new_keys.append(key)
-        except Exception:
-            self._undo_uploads(folder, [k for k in new_keys if k not in old_keys], was_complete)
-            raise
         manifest = {
             "table": table,
             "project_id": self.project_id,
@@ -158,9 +180,20 @@ class ObjectStoreDestination(Destination):
             "exported_at": utc_now_iso(),
             **extra,
         }
-        self.bucket.put_bytes(folder + MANIFEST, json.dumps(manifest, indent=1).encode())
+        try:
+            for part in parts:
+                key = folder + part.name
+                self.bucket.upload_file(key, part.path)
+                new_keys.append(key)
+            lease.confirm()
+            self.bucket.put_bytes(folder + MANIFEST, json.dumps(manifest, indent=1).encode())
+        except LeaseLost:
+            raise  # the folder is the other run's now: its parts may share names with ours
+        except Exception:
+            self._undo_uploads(folder, [k for k in new_keys if k not in old_keys], was_complete)
+            raise
         keep = set(new_keys) | {folder + MANIFEST, folder + COMPLETE}
-        stale = [k for k in self.bucket.list_files(folder) if k not in keep]
+        stale = [k for k in self.bucket.list_files(folder) if k not in keep and not is_lease_key(k)]
         if stale:
             self.bucket.delete(stale)
         self.bucket.put_bytes(folder + COMPLETE, b"")
@@ -262,6 +295,11 @@ class ObjectStoreDestination(Destination):
                           dry_run: bool, what: str) -> int:
         """Rewrite only the parts holding the users' rows, then swap them in like a write:
         new parts uploaded, manifest switched, old parts deleted, `complete` rewritten."""
+        with self.lease(folder, what):
+            return self._rewrite_folder(folder, table, distinct_ids, work_dir, dry_run, what)
+
+    def _rewrite_folder(self, folder: str, table: str, distinct_ids: frozenset[str], work_dir: Path,
+                        dry_run: bool, what: str) -> int:
         from mixpanel_assets.destinations.objects.part_rows import part_matches, rewrite_part
 
         manifest = self.read_manifest(folder)

@@ -8,13 +8,20 @@
 
 A window is replaced by DELETE + INSERT in one transaction, loading the staged part files with
 DuckDB's own (parallel, C++) JSON reader. DuckDB allows one writing process per file, so writers
-take a file lock for the few seconds a load lasts; concurrent runs queue instead of failing.
+take a file lock (`<file>.lock`, flock: the kernel releases it the moment its holder dies, even
+under kill -9) and record who holds it in `<file>.lock.holder`; concurrent runs queue for up to
+LOCK_TIMEOUT_S, then fail naming the holder's run. A process outside this project holding the
+file open (the DuckDB CLI, a notebook) is waited for the same way, then named by its PID.
+One row (one JSON line) may be up to MAX_ROW_BYTES: read_json's default limit is 16 MB.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -71,6 +78,11 @@ def table_location(config: DuckDBDestinationConfig, project_id: int, table: str)
     return f"{Path(config.path).stem}.{config.schema_name}.{table}"
 
 LOCK_TIMEOUT_S = 1800
+MAX_ROW_BYTES = 512 << 20  # read_json's maximum_object_size (the buffer for one line); docs/destinations.md
+
+
+class WriterBusy(DestinationError):
+    """Another writer held the DuckDB file for longer than the wait allowed."""
 
 DDL = {
     **{table: f"CREATE TABLE IF NOT EXISTS {{s}}.{table} ({', '.join(f'{n} {t}' for n, t in typed(table, DUCKDB))})"
@@ -129,6 +141,7 @@ class DuckDBDestination(Destination):
         super().__init__(pipeline, project_id, log)
         self.path = Path(path)
         self.schema = schema
+        self.lock_wait = LOCK_TIMEOUT_S
 
     def describe(self) -> str:
         return f"DuckDB {self.path} ({self.schema})"
@@ -138,8 +151,8 @@ class DuckDBDestination(Destination):
         """The writers' lock, a connection and one transaction: committed if the block succeeds,
         rolled back otherwise, and then a DestinationError saying what failed (`failure`)."""
         try:
-            with writer_lock(self.path):
-                conn = connect(self.path)
+            with self._writer(failure):
+                conn = self._connect(failure)
                 try:
                     if create:
                         ensure_schema(conn, self.schema)
@@ -151,6 +164,8 @@ class DuckDBDestination(Destination):
                     raise
                 finally:
                     conn.close()
+        except WriterBusy:
+            raise
         except Exception as exc:
             raise DestinationError(
                 f"pipeline {self.pipeline!r}: {failure} in {self.describe()} failed: {type(exc).__name__}: {exc}; "
@@ -158,9 +173,57 @@ class DuckDBDestination(Destination):
             ) from exc
 
     @contextlib.contextmanager
+    def _writer(self, what: str):
+        """The writers' file lock, with this run recorded as its holder while it is held."""
+        import filelock
+
+        lock, holder = FileLock(str(self.path) + ".lock", timeout=self.lock_wait), Path(str(self.path) + ".lock.holder")
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            try:
+                held_by = holder.read_text()
+            except OSError:
+                held_by = "(not recorded)"
+            raise WriterBusy(
+                f"pipeline {self.pipeline!r}: {what} in {self.describe()} waited {self.lock_wait:.0f}s for the "
+                f"writers' lock {lock.lock_file}, held by {held_by}; nothing was changed. Rerun when that run has "
+                "finished (the lock is released as soon as its process ends, even if killed)") from None
+        try:
+            holder.write_text(f"run {self.run_id or '(no run id)'} (host {socket.gethostname()}, pid {os.getpid()}, "
+                              f"since {dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ})")
+            yield
+        finally:
+            holder.unlink(missing_ok=True)
+            lock.release()
+
+    def _connect(self, what: str, read_only: bool = False):
+        """Connect, waiting up to lock_wait for a process outside this project to let go of the file."""
+        import duckdb
+
+        deadline = time.monotonic() + self.lock_wait
+        while True:
+            try:
+                return connect(self.path, read_only=read_only)
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise
+                if time.monotonic() >= deadline:
+                    raise WriterBusy(
+                        f"pipeline {self.pipeline!r}: {what} in {self.describe()}: another process keeps the file "
+                        f"open ({str(exc).splitlines()[0]}); waited {self.lock_wait:.0f}s and changed nothing. Close "
+                        "that process (a DuckDB CLI or notebook?) and rerun") from None
+                time.sleep(1)
+
+    def current_rows(self, window: PartitionWindow | None = None, table: str = EVENTS_TABLE) -> int | None:
+        """COUNT(*) of the window (or table) as readers see it now, for the shrink guard."""
+        readback = self.read_event_window(window) if window is not None else self.read_table(table)
+        return readback.rows
+
+    @contextlib.contextmanager
     def _reading(self):
-        with writer_lock(self.path):
-            conn = connect(self.path, read_only=True)
+        with self._writer("reading"):
+            conn = self._connect("reading", read_only=True)
             try:
                 yield conn
             finally:
@@ -175,7 +238,7 @@ class DuckDBDestination(Destination):
             if files:
                 conn.execute(
                     f"INSERT INTO {table} {_SELECT_EVENTS} FROM read_json(?, format='newline_delimited', "
-                    f"columns={_EVENT_COLUMNS}, compression='gzip')",
+                    f"columns={_EVENT_COLUMNS}, compression='gzip', maximum_object_size={MAX_ROW_BYTES})",
                     [files],
                 )
             loaded = conn.execute(f"SELECT count(*) FROM {table} WHERE time >= ? AND time < ?", [start, end]).fetchone()[0]
@@ -196,7 +259,7 @@ class DuckDBDestination(Destination):
             if files:
                 conn.execute(
                     f"INSERT INTO {target} SELECT {names} FROM read_json(?, format='newline_delimited', "
-                    f"columns={columns}, compression='gzip')",
+                    f"columns={columns}, compression='gzip', maximum_object_size={MAX_ROW_BYTES})",
                     [files],
                 )
             loaded = conn.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
