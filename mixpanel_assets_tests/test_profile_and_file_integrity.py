@@ -30,6 +30,7 @@ from mixpanel_assets_tests.fake_mixpanel import (
     SECRET,
     USERNAME,
     engage_error_object,
+    http_error,
     null_results,
     short_page,
 )
@@ -124,6 +125,18 @@ def test_a_short_engage_page_once_is_read_again_and_the_run_loads_every_profile(
     assert [r.form["page"] for r in engage.engage_requests()] == ["0", "1", "0", "1", "2"]
     assert people_rows(tmp_path) == PROFILES
     assert query(tmp_path / "wh.duckdb", "SELECT count(DISTINCT distinct_id) FROM mp_people_data")[0][0] == PROFILES
+
+
+def test_an_engage_page_failing_every_time_costs_seven_queries_not_seven_per_read_and_keeps_the_rows(
+        tmp_path, engage, exported, instance):
+    """The page's own retries are spent once: the whole-read retry is only for a short read."""
+    engage.queue_fault(api="engage")
+    engage.queue_fault(http_error(503, headers={"Retry-After": "0"}), api="engage", times=20)
+    result = run_partition(exported, "people_db_job", instance, raise_on_error=False)
+    message = the_failure(instance, result)
+    assert "HTTP 503" in message and "gave up after 7 attempts" in message
+    assert [r.form["page"] for r in engage.engage_requests()] == ["0"] + ["1"] * 7
+    assert people_rows(tmp_path) == PROFILES
 
 
 # --- bad profile lines: the same policy as events -------------------------------------------------
