@@ -36,7 +36,8 @@ Behaviour worth knowing:
 - Engage: `POST /api/query/engage` (and the older `/api/2.0/engage`), form fields `page`,
   `session_id`, `page_size` (capped by `engage_page_size`), `where`, `distinct_id(s)`,
   `output_properties`, `filter_by_cohort`; a session keeps the page-0 snapshot so paging is
-  stable under changes.
+  stable under changes. Engage faults besides status and cut: `engage_error_object` (200 with
+  `{"error": ...}`), `null_results` (`"results": null` or none), `short_page` (fewer than `total`).
 - Query API reads (fake_queries.py): `/api/2.0/events/properties/top`, `/api/2.0/engage/properties`,
   `/api/2.0/cohorts/list`, also under `/api/query/`; they share Engage's rate budget.
 - Faults are queued per API and consumed one per request in arrival order, whatever the request
@@ -122,7 +123,7 @@ DEFAULT_ERROR_BODIES: dict[int, object] = {
 class Fault:
     """One scripted misbehaviour; build them with the functions below, not by hand."""
 
-    kind: str  # "status" | "cut" | "terminated" | "malformed" | "split"
+    kind: str  # "status" | "cut" | "terminated" | "malformed" | "split" | Engage: "short_page" | "null_results"
     status: int = 200
     body: object = None
     headers: tuple[tuple[str, str], ...] = ()
@@ -177,6 +178,21 @@ def malformed_lines(lines: Iterable[bytes | str] = (b'{"event": "Broken", "prope
 def split_line(index: int = 0) -> Fault:
     """Split the line of event `index` in two at its middle (Mixpanel occasionally does this)."""
     return Fault("split", index=index)
+
+
+def engage_error_object(message: str = "request for page in uncached query for params") -> Fault:
+    """An Engage page answered 200 with Mixpanel's error object instead of a page."""
+    return http_error(200, {"error": message})
+
+
+def null_results(drop: bool = False) -> Fault:
+    """An Engage page answered 200 with `"results": null` (or, with `drop`, no `results` at all)."""
+    return Fault("null_results", index=int(drop))
+
+
+def short_page(missing: int = 1) -> Fault:
+    """An Engage page that leaves out its last `missing` profiles while `total` still counts them."""
+    return Fault("short_page", after=missing)
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -747,6 +763,13 @@ class _Handler(BaseHTTPRequestHandler):
                          "$properties": {k: v for k, v in p["$properties"].items() if k in keep}} for p in selected]
         body = {"page": page, "page_size": page_size, "session_id": session_id, "status": "ok",
                 "total": len(results), "results": selected}
+        for fault in faults:
+            if fault.kind == "short_page":
+                body["results"] = selected[:max(len(selected) - (fault.after or 0), 0)]
+            elif fault.kind == "null_results":
+                body["results"] = None
+                if fault.index:
+                    del body["results"]
         cut = next((f for f in faults if f.kind == "cut"), None)
         if cut is None:
             return self._send(record, 200, body)

@@ -193,7 +193,7 @@ def people_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
         source = ProfilesWithoutDeleted(mixpanel.open(context.log), suppressed_distinct_ids(mixpanel.state_path))
         try:
             with source_failures_to_dagster():
-                staged = export_people(source, None, mixpanel.max_bad_fraction, context.log)
+                staged = export_people(source, None, mixpanel.max_bad_fraction, context.log, mixpanel.max_bad_count)
         finally:
             source.close()
         return dg.Output(staged, metadata={"dagster/row_count": staged.rows, **staged.extra_metadata,

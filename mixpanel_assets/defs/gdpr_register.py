@@ -58,6 +58,7 @@ class ProfilesWithoutDeleted:
     def profile_lines(self):
         import orjson
 
+        self.suppressed = 0  # a read retried whole counts again from the start
         for line in self._source.profile_lines():
             if self._ids:
                 try:
@@ -66,5 +67,6 @@ class ProfilesWithoutDeleted:
                     distinct_id = None  # malformed: export_people counts and reports it
                 if distinct_id is not None and str(distinct_id) in self._ids:
                     self.suppressed += 1
+                    yield b""  # skipped, but counted as a line so later bad lines keep their numbers
                     continue
             yield line

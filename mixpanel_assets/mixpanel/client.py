@@ -12,7 +12,8 @@ Behaviour follows MIXPANEL_SPEC.md sections 4 and 5:
   never appear in errors.
 The client sends each request once: `export_chunks` is one attempt, which the caller wraps in
 `self.retries.call` (staging does, so a cut stream is staged again from scratch); Engage pages
-are retried here, one page at a time, by the same SourceRetries (retry.py).
+are retried here, one page at a time, by the same SourceRetries (retry.py). An Engage page must
+be a page (not an error object, a `results` list), and the pages must add up to `total`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ EXPORT_PATH = "/api/2.0/export"
 ENGAGE_PATH = "/api/query/engage"
 CHUNK = 1 << 20
 ENGAGE_PAGE_SIZE = 1000
+ENGAGE_SHORT_READ_RETRIES = 1  # an Engage read short of its `total` is read again once, whole
 TERMINATED = b"terminated early"
 
 _TRANSPORT_ERRORS = (
@@ -129,29 +131,52 @@ class MixpanelClient:
     # --- Engage API ---------------------------------------------------------------------------
 
     def profiles(self, where: str | None = None) -> Iterator[dict]:
-        """Yield every profile ({"$distinct_id", "$properties"}), paging by session_id."""
+        """Yield every profile ({"$distinct_id", "$properties"}), paging by session_id.
+
+        Pages are read as the API documents (the first page shorter than page_size is the last),
+        then what was read must add up to the `total` of page 0: otherwise the last thing this
+        generator does is raise, so its caller never replaces a table with fewer profiles. A read
+        short of `total` is most likely Mixpanel's hiccup, so it is transient with one retry of
+        the whole read (the caller re-stages from scratch under `self.retries.call`)."""
         page = 0
         session_id = None
+        total: int | None = None
+        read = 0
         while True:
             data = {"page": str(page), "page_size": str(ENGAGE_PAGE_SIZE)}
             if session_id:
                 data["session_id"] = session_id
             if where:
                 data["where"] = where
-            what = f"Engage API page {page}"
+            what = f"Engage API page {page} of project {self.project_id}"
             body = self.retries.call(lambda d=data, w=what: self._engage_page(d, w), what,
                                      action="asking for the page again")
-            results = body.get("results") or []
-            yield from results
+            results = body["results"]
+            if total is None:
+                total = _engage_total(body, what)
+            read += len(results)
             page_size = int(body.get("page_size") or ENGAGE_PAGE_SIZE)
+            if read > total:
+                raise SourcePermanentError(
+                    f"{what}: {read:,} profiles read by this page, more than the total of {total:,} "
+                    "page 0 reported; the profiles are not loaded", reason="bad_response")
+            yield from results
             if len(results) < page_size:
-                return
+                break
             session_id = body.get("session_id") or session_id
             page = int(body.get("page", page)) + 1
+        if read != total:
+            raise SourceTransientError(
+                f"{what}: {len(results):,} profiles on this page of {page_size:,}, {read:,} read in all, but "
+                f"page 0 reported a total of {total:,}; the profiles are not loaded",
+                reason="short_read", retry_limit=ENGAGE_SHORT_READ_RETRIES)
 
     def _engage_page(self, data: dict, what: str) -> dict:
         """One Engage request and its JSON body (read whole inside the request, so a body cut
-        short surfaces here as a transient connection error and the page is asked for again)."""
+        short surfaces here as a transient connection error and the page is asked for again).
+
+        A 200 that is not a page (an error object, no `results` list) is permanent: the same
+        request answered the same way, and its text is what the user needs to see."""
         response = self._request("POST", self.engage_url, self.engage_budget, what,
                                  params={"project_id": str(self.project_id)}, data=data)
         try:
@@ -159,9 +184,17 @@ class MixpanelClient:
         except ValueError:
             raise SourcePermanentError(f"{what}: response is not JSON: {response.text[:200]!r}", response.status_code,
                                        "bad_response") from None
-        if body.get("status") not in (None, "ok"):
-            raise SourcePermanentError(f"{what}: Mixpanel says {body.get('error') or body.get('status')!r}",
-                                       reason="bad_response")
+        if not isinstance(body, dict):
+            raise SourcePermanentError(f"{what}: the answer is not a page but {response.text[:200]!r}",
+                                       response.status_code, "bad_response")
+        if body.get("error") or body.get("status") not in (None, "ok"):
+            raise SourcePermanentError(f"{what}: Mixpanel says {body.get('error') or body.get('status')!r} "
+                                       f"(HTTP {response.status_code})", response.status_code, "bad_response")
+        if not isinstance(body.get("results"), list):
+            state = "null" if "results" in body and body["results"] is None else (
+                "missing" if "results" not in body else f"a {type(body['results']).__name__}")
+            raise SourcePermanentError(f"{what}: the page has no results (`results` is {state}); "
+                                       "the profiles are not loaded", response.status_code, "bad_response")
         return body
 
     # --- one request ----------------------------------------------------------------------------
@@ -247,6 +280,15 @@ def _body_chunks(response: requests.Response, what: str) -> Iterator[bytes]:
             raise SourceStreamError(f"{what}: the gzip stream ended before its end marker after {received} bytes (cut connection)")
     if TERMINATED in tail.rstrip().rsplit(b"\n", 1)[-1]:
         raise SourceStreamError(f"{what}: Mixpanel ended the export with 'export terminated early'; the window is incomplete")
+
+
+def _engage_total(body: dict, what: str) -> int:
+    """Page 0's `total`: how many profiles the read must add up to."""
+    total = body.get("total")
+    if total.__class__ is not int or total < 0:
+        raise SourcePermanentError(f"{what}: the page has no usable `total` ({total!r}), so the read cannot be "
+                                   "checked for completeness; the profiles are not loaded", reason="bad_response")
+    return total
 
 
 def _error_message(response: requests.Response) -> str:

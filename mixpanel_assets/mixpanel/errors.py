@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 PermanentReason = Literal["auth", "payment", "bad_request", "config", "bad_response", "unexpected"]
-TransientReason = Literal["rate_limited", "unavailable", "connection", "stream", "not_yet"]
+TransientReason = Literal["rate_limited", "unavailable", "connection", "stream", "not_yet", "short_read"]
 
 
 class SourceError(RuntimeError):
@@ -48,21 +48,26 @@ class SourceTransientError(SourceError):
     """The request may succeed if sent again: 429, 5xx, a refused or dropped connection, a cut
     stream. `retry_after` is the bounded wait the server asked for, if it did; `retry_now`
     False means only a later run can help (Mixpanel's calendar has not reached the window's
-    last day yet), so the retry layer does not spend queries on it."""
+    last day yet), so the retry layer does not spend queries on it. `retry_limit` caps the
+    retries of an error that costs a whole read to retry and is unlikely to last (an Engage read
+    short of its `total`: one retry), below the layer's own setting."""
 
     retryable = True
 
     def __init__(self, message: str, status: int | None = None, reason: TransientReason = "unavailable",
-                 retry_after: float | None = None, retry_now: bool = True):
+                 retry_after: float | None = None, retry_now: bool = True, retry_limit: int | None = None):
         super().__init__(message, status)
         self.reason = reason
         self.retry_after = retry_after
         self.retry_now = retry_now
+        self.retry_limit = retry_limit
         self.attempts = 1  # queries this error cost, set by the retry layer when it gives up
+        self.exhausted = False  # a retry loop gave up on it: an enclosing loop must not retry it again
 
     def gave_up(self, attempts: int, waited: float) -> SourceTransientError:
         """Say in the message that the retry layer spent its attempts on this error."""
         self.attempts = attempts
+        self.exhausted = True
         plural = "s" if attempts != 1 else ""
         self.args = (f"{self.args[0]} (gave up after {attempts} attempt{plural}, {waited:.0f} s of waiting)",)
         return self

@@ -4,17 +4,19 @@ Why one: retries used to happen in the client (per request), in staging (per str
 Dagster step (RetryPolicy), and multiplied: one persistent fault could cost 7 x 3 x 4 = 84
 Export API queries of a 60/hour budget. Now an *attempt* is whatever must be redone whole after
 a transient failure (for an export: issuing the query and staging its stream from scratch, since
-a cut stream cannot be resumed; for Engage: one page), this module retries it, and nothing above
-retries source errors again (defs/assets.py `source_failures_to_dagster` fails the step without
-Dagster retries). Every attempt sends its request through the client, which takes a token from
+a cut stream cannot be resumed; for Engage: one page, and the whole read when its pages do not
+add up to `total`, at most once), this module retries it, and nothing above retries source errors
+again: a loop never retries an error a nested loop gave up on (an Engage page inside a whole
+read), and defs/assets.py `source_failures_to_dagster` fails the step without Dagster
+retries. Every attempt sends its request through the client, which takes a token from
 the shared RateBudget first, so retries are counted as queries like any other.
 
 Bound (docs/operations-retries.md): an attempt that fails costs one query, so a read of one query
 that fails every time costs exactly `max_retries + 1` queries (DEFAULT_MAX_RETRIES + 1 = 7).
 
 The loop is tenacity's; this module only decides what is retried (SourceTransientError with
-`retry_now`) and how long to wait: the server's Retry-After when it gives a usable one, else
-exponential backoff with jitter, both capped.
+`retry_now`, within its own `retry_limit` if it has one) and how long to wait: the server's
+Retry-After when it gives a usable one, else exponential backoff with jitter, both capped.
 """
 
 from __future__ import annotations
@@ -106,14 +108,23 @@ class SourceRetries:
             exc = state.outcome.exception()
             return self.delay(state.attempt_number, getattr(exc, "retry_after", None))
 
+        def retry(state: tenacity.RetryCallState) -> bool:
+            exc = state.outcome.exception()
+            if not isinstance(exc, SourceTransientError) or not exc.retry_now or exc.exhausted:
+                return False  # exhausted: a nested call (an Engage page inside a whole read) gave up on it
+            return exc.retry_limit is None or state.attempt_number <= exc.retry_limit
+
         def before_sleep(state: tenacity.RetryCallState) -> None:
-            logger.warning(f"{state.outcome.exception()}; {action} in {state.upcoming_sleep:.1f} s "
-                           f"(attempt {state.attempt_number + 1} of {self.attempts})")
+            exc = state.outcome.exception()
+            limit = getattr(exc, "retry_limit", None)
+            attempts = self.attempts if limit is None else min(self.attempts, limit + 1)
+            logger.warning(f"{exc}; {action} in {state.upcoming_sleep:.1f} s "
+                           f"(attempt {state.attempt_number + 1} of {attempts})")
 
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.attempts),
             wait=wait,
-            retry=tenacity.retry_if_exception(lambda e: isinstance(e, SourceTransientError) and e.retry_now),
+            retry=retry,
             sleep=self.sleep,
             before_sleep=before_sleep,
             reraise=True,
@@ -121,7 +132,7 @@ class SourceRetries:
         try:
             return retrying(attempt)
         except SourceTransientError as exc:
-            if exc.retry_now:
+            if exc.retry_now and not exc.exhausted:
                 stats = retrying.statistics
                 raise exc.gave_up(stats.get("attempt_number", 1), stats.get("idle_for", 0.0))
             raise

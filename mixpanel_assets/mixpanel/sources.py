@@ -20,6 +20,7 @@ import orjson
 from mixpanel_assets.mixpanel.client import ExportQuery, MixpanelClient
 from mixpanel_assets.mixpanel.errors import BadInputError
 from mixpanel_assets.mixpanel.inputs import LocalFile, Origin, open_compressed
+from mixpanel_assets.mixpanel.json_arrays import array_lines, origin_of_array, starts_as_array
 from mixpanel_assets.mixpanel.retry import NO_RETRIES, SourceRetries
 
 UTC = dt.UTC
@@ -47,7 +48,10 @@ class EventSource:
         return self.event_chunks(span, events, where)
 
     def profile_lines(self) -> Iterator[bytes]:
+        """Engage-format profiles, one JSON line each; an empty line stands for a skipped line."""
         raise NotImplementedError
+
+    profiles_origin = "profile"  # how a bad profile is named in reports: "<profiles_origin> <number>"
 
     def filters_events_server_side(self) -> bool:
         """True when `events` is applied by the source itself (the Export API's `event` param)."""
@@ -59,6 +63,8 @@ class EventSource:
 
 class MixpanelApiSource(EventSource):
     """The real project: one Export API query per span, Engage pages for profiles."""
+
+    profiles_origin = "Engage API profile"
 
     def __init__(self, client: MixpanelClient, timezone: str = "UTC", legacy_project_timezone_dates: bool = False):
         self.client = client
@@ -117,7 +123,8 @@ _DATE_IN_NAME = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")
 
 
 class LocalFilesSource(EventSource):
-    """A folder of export-format JSONL files (.jsonl/.json/.ndjson, optionally .gz or .zst).
+    """A folder of export-format files (.jsonl/.json/.ndjson, optionally .gz or .zst), each JSON
+    lines or one JSON array of events (mixpanel-utils' default), and the same for profiles.
 
     Files whose names start with a date (e.g. `2024-11-22.jsonl.gz`) are read only for spans
     that can contain that day (±1 day for time zones); other files are read for every span.
@@ -129,6 +136,8 @@ class LocalFilesSource(EventSource):
         self.path = Path(path)
         self.profiles_path = Path(profiles_path) if profiles_path else None
         self.description = f"local files in {self.path}"
+        if self.profiles_path is not None:
+            self.profiles_origin = f"{self.profiles_path.name} line"
 
     def files(self) -> list[Path]:
         if not self.path.is_dir():
@@ -157,24 +166,45 @@ class LocalFilesSource(EventSource):
 
     def event_chunks(self, span, events=None, where=None):
         for path in self.files_for_span(span):
-            yield Origin(str(path.relative_to(self.path)))
-            yield from read_file_chunks(path)
+            yield from self._file_input(path, whole_file=False)
 
     def event_inputs(self, span, events=None, where=None):
         for path in self.files_for_span(span):
-            name = str(path.relative_to(self.path))
-            if path.name.endswith((".gz", ".zst")):
-                yield Origin(name)
-                yield from read_file_chunks(path)
-            else:
-                yield LocalFile(str(path), name)
+            yield from self._file_input(path, whole_file=True)
+
+    def _file_input(self, path: Path, whole_file: bool) -> Iterator:
+        """One file as staging reads it: a JSON array's items as lines (json_arrays.py), a plain
+        JSON-lines file as a `LocalFile` for the workers to read by byte range (`whole_file`),
+        anything else as its decompressed chunks."""
+        name = str(path.relative_to(self.path))
+        if is_json_array_file(path):
+            yield Origin(origin_of_array(name))
+            yield from array_lines(read_file_chunks(path), str(path))
+        elif whole_file and not path.name.endswith((".gz", ".zst")):
+            yield LocalFile(str(path), name)
+        else:
+            yield Origin(name)
+            yield from read_file_chunks(path)
 
     def profile_lines(self):
+        """Every line of the profiles file (a JSON array's items), blank ones included so the
+        reader's line numbers are the file's."""
         if self.profiles_path is None:
             return
-        for chunk_line in _lines(read_file_chunks(self.profiles_path)):
-            if chunk_line.strip():
-                yield chunk_line
+        chunks = read_file_chunks(self.profiles_path)
+        if is_json_array_file(self.profiles_path):
+            self.profiles_origin = f"{origin_of_array(self.profiles_path.name)} line"
+            chunks = array_lines(chunks, str(self.profiles_path))
+        yield from _lines(chunks)
+
+
+def is_json_array_file(path: Path) -> bool:
+    """Whether the (decompressed) file starts, after whitespace, with '[': one JSON array, not JSON lines."""
+    for head in read_file_chunks(path, 64 << 10):
+        opens = starts_as_array(head)
+        if opens is not None:
+            return opens
+    return False
 
 
 def read_file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:

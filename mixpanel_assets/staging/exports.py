@@ -22,6 +22,7 @@ from mixpanel_assets.staging.stage import (
     ExportStreamError,
     StagedEvents,
     StagedTable,
+    check_bad_lines,
     stage_events,
     stage_table,
 )
@@ -113,32 +114,45 @@ def export_events(source: EventSource, windows: list[PartitionWindow], spec: Eve
 
 
 def export_people(source: EventSource, staging_dir: str | None, max_bad_fraction: float,
-                  log: logging.Logger) -> StagedTable:
-    """Stage all profiles; malformed profiles are counted and reported like bad event lines."""
-    counts = {"read": 0, "bad": 0}
-    examples: list[tuple[int, str]] = []
+                  log: logging.Logger, max_bad_count: int | None = None) -> StagedTable:
+    """Stage all profiles; malformed profiles are counted, reported and judged by the events'
+    bad-line rule (`check_bad_lines`, project.bad_lines).
 
-    def rows() -> Iterator[bytes]:
-        for n, line in enumerate(source.profile_lines(), start=1):
-            counts["read"] += 1
-            try:
-                yield profile_row(line)[1]
-            except BadLine as exc:
-                counts["bad"] += 1
-                if len(examples) < MAX_REPORTED_BAD_LINES:
-                    examples.append((n, f"{exc}: {line[:80]!r}"))
+    One attempt reads every profile and stages it from scratch: a read that does not add up to
+    Engage's `total` raises from the source at its end, and the retry layer (retry.py) reads it
+    all again, within that error's own limit; page-level failures were retried inside."""
 
-    staged = stage_table(rows(), "mp_people_data", staging_root=staging_dir)
-    if counts["bad"] > max_bad_fraction * max(counts["read"], 1):
-        staged.cleanup()
-        detail = "\n".join(f"  profile {n}: {why}" for n, why in examples)
-        raise BadInputError(
-            f"{source.description}: {counts['bad']} of {counts['read']} profiles are malformed, more than "
-            f"project.bad_lines allows; nothing was written. First ones:\n{detail}"
-        )
-    staged.extra_metadata = {"profiles_read": counts["read"], "bad_profiles": counts["bad"]}
-    if examples:
-        log.warning("malformed profiles skipped:\n" + "\n".join(f"  profile {n}: {why}" for n, why in examples))
+    def attempt() -> StagedTable:
+        counts = {"read": 0, "bad": 0}
+        examples: list[tuple[str, str]] = []
+
+        def rows() -> Iterator[bytes]:
+            # A source yields an empty line for a line it skips (blank, a deleted user), so n is the line number.
+            for n, line in enumerate(source.profile_lines(), start=1):
+                if not line.strip():
+                    continue
+                counts["read"] += 1
+                try:
+                    yield profile_row(line)[1]
+                except BadLine as exc:
+                    counts["bad"] += 1
+                    if len(examples) < MAX_REPORTED_BAD_LINES:
+                        examples.append((f"{source.profiles_origin} {n}", f"{exc}: {line[:80]!r}"))
+
+        staged = stage_table(rows(), "mp_people_data", staging_root=staging_dir)
+        staged.lines, staged.bad_lines, staged.bad_examples = counts["read"], counts["bad"], examples
+        try:
+            check_bad_lines(staged, max_bad_fraction, max_bad_count, source.description,
+                            "profiles are malformed")
+        except BadInputError:
+            staged.cleanup()
+            raise
+        return staged
+
+    staged = source.retries.call(attempt, f"{source.description}: profiles", log, action="reading every profile again")
+    staged.extra_metadata = {"profiles_read": staged.lines, "bad_profiles": staged.bad_lines}
+    if staged.bad_examples:
+        log.warning("malformed profiles skipped:\n" + "\n".join(f"  {w}: {why}" for w, why in staged.bad_examples))
     return staged
 
 

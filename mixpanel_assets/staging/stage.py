@@ -162,6 +162,9 @@ class StagedTable(StagedRows):
     staging_dir: Path | None = None
     digest: str = ""
     extra_metadata: dict = field(default_factory=dict)
+    lines: int = 0  # source lines read (profiles), for the bad-line rule (`check_bad_lines`)
+    bad_lines: int = 0
+    bad_examples: list[tuple[str, str]] = field(default_factory=list)
 
     def content_token(self) -> str:
         return f"{self.table}-{self.rows}-{self.digest}"
@@ -310,7 +313,7 @@ def stage_events(
                 f"{describe_source} ended with Mixpanel's 'export terminated early' line after "
                 f"{staged.lines} events; the window is incomplete and nothing was written"
             )
-        _check_bad_lines(staged, max_bad_fraction, max_bad_count, describe_source)
+        check_bad_lines(staged, max_bad_fraction, max_bad_count, describe_source)
         # Links are merged in the pool while this process deduplicates, unless the input was small
         # enough to be parsed inline (starting worker processes would then cost more than it saves).
         executor = process_pool(workers) if workers > 1 and blocks > 1 else InlineExecutor()
@@ -369,7 +372,10 @@ def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: B
                     result.no_dedup_per_window[w])
 
 
-def _check_bad_lines(staged: StagedEvents, max_fraction: float, max_count: int | None, source: str) -> None:
+def check_bad_lines(staged: StagedEvents | StagedTable, max_fraction: float, max_count: int | None, source: str,
+                    what: str = "lines are not valid Mixpanel export events") -> None:
+    """project.bad_lines, the one rule for events and profiles: `max_count` when set, else
+    `max_fraction` of the lines read; over it, the run fails naming the first bad lines."""
     if not staged.bad_lines:
         return
     total = staged.lines
@@ -378,7 +384,7 @@ def _check_bad_lines(staged: StagedEvents, max_fraction: float, max_count: int |
         examples = "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples)
         limit = f"max_count {max_count}" if max_count is not None else f"max_fraction {max_fraction}"
         raise BadInputError(
-            f"{source}: {staged.bad_lines} of {total} lines are not valid Mixpanel export events, more than "
+            f"{source}: {staged.bad_lines} of {total} {what}, more than "
             f"project.bad_lines allows ({limit}); nothing was written. First bad lines:\n{examples}"
         )
 
