@@ -370,9 +370,18 @@ def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: B
 
 
 def _check_bad_lines(staged: StagedEvents, max_fraction: float, max_count: int | None, source: str) -> None:
+    """Fail when the bad lines exceed the policy, or when every line is bad: an input with no valid
+    line is not the project's events (an error page, a wrong file), whatever max_count allows,
+    and loading it would replace the window with nothing."""
     if not staged.bad_lines:
         return
     total = staged.lines
+    if staged.bad_lines >= total:
+        examples = "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples)
+        raise BadInputError(
+            f"{source}: none of its {total} lines is a valid Mixpanel export event, so it cannot be the "
+            f"project's events; nothing was written. First lines:\n{examples}"
+        )
     too_many = staged.bad_lines > max_count if max_count is not None else staged.bad_lines > max_fraction * total
     if too_many:
         examples = "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples)
