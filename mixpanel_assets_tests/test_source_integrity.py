@@ -13,6 +13,8 @@ Retry-After nonsense (nan, negative, huge) is covered by test_mixpanel_client.py
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import gzip
 import socket
 
@@ -21,6 +23,9 @@ import duckdb
 import orjson
 import pytest
 
+from mixpanel_assets.mixpanel.client import ExportQuery, MixpanelClient
+from mixpanel_assets.mixpanel.errors import SourceStreamError
+from mixpanel_assets.mixpanel.rate_budget import RateBudget
 from mixpanel_assets_tests.fake_mixpanel import (
     PROJECT_ID,
     SECRET,
@@ -30,7 +35,15 @@ from mixpanel_assets_tests.fake_mixpanel import (
     json_error_body,
     malformed_lines,
 )
-from mixpanel_assets_tests.helpers import definitions, epoch, event_line, events_pipeline, read_folder_rows, run_partition
+from mixpanel_assets_tests.helpers import (
+    definitions,
+    epoch,
+    event_line,
+    events_pipeline,
+    local_project,
+    read_folder_rows,
+    run_partition,
+)
 
 USER_ENV = "INTEGRITY_MIXPANEL_USERNAME"
 SECRET_ENV = "INTEGRITY_MIXPANEL_SECRET"
@@ -122,6 +135,31 @@ def test_a_stream_cut_mid_line_on_every_attempt_fails_the_run_and_the_window_kee
     assert db_keys(tmp_path) == held
 
 
+def test_a_small_uncompressed_close_delimited_body_cut_mid_line_is_a_stream_error_at_the_client(mixpanel):
+    mixpanel.delete_events(lambda event: True)
+    mixpanel.add_events(day_lines(6))  # under 1400 bytes: sent as it is, no gzip
+    mixpanel.queue_fault(cut_mid_line(after_lines=3, framing="close"))
+    client = MixpanelClient(PROJECT_ID, USERNAME, SECRET, export_url=mixpanel.url,
+                            export_budget=RateBudget(None, 10_000, 10_000))
+    day = ExportQuery(*(2 * [dt.date(2024, 11, 22)]))
+    with pytest.raises(SourceStreamError, match="middle of a line") as caught:
+        b"".join(client.export_chunks(day))
+    assert caught.value.retryable and mixpanel.export_requests()[0].content_encoding is None
+    assert len(b"".join(client.export_chunks(day)).splitlines()) == 6  # the next answer is whole and read whole
+
+
+@pytest.mark.parametrize("name", [f"{DAY}.jsonl", f"{DAY}.jsonl.gz"])
+def test_a_local_file_whose_last_line_lacks_a_newline_is_still_read_whole(tmp_path, instance, name):
+    # Files are not streams: only an Export API answer must end where a line ends.
+    folder = tmp_path / "files"
+    folder.mkdir()
+    data = b"\n".join(day_lines())
+    (folder / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    defs = definitions(tmp_path, local_project(PROJECT_ID, folder), [FILES])
+    assert run_partition(defs, "files_job", instance, DAY).success
+    assert len(folder_keys(tmp_path)) == ROWS
+
+
 # --- a 200 answer that is not JSON lines ----------------------------------------------------------------
 
 NOT_JSON_LINES = [(html_page(), "Maintenance"), (html_page(content_type="text/plain; charset=utf-8"), "Maintenance"),
@@ -180,8 +218,6 @@ def test_a_secret_with_a_non_ascii_character_fails_before_any_request_naming_its
 
 def raw_export(fake, accept_gzip: bool = True) -> tuple[bytes, bytes]:
     """The response head and body as they come off the wire, until the server closes."""
-    import base64
-
     auth = base64.b64encode(f"{USERNAME}:{SECRET}".encode()).decode()
     request = (f"GET /api/2.0/export?project_id={PROJECT_ID}&from_date={DAY}&to_date={DAY} HTTP/1.1\r\n"
                f"Host: 127.0.0.1\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n"
