@@ -43,6 +43,8 @@ Behaviour worth knowing:
 - Faults are queued per API and consumed one per request in arrival order, whatever the request
   (a request that fails auth still consumes one). Several faults queued together apply to the same
   request: the first status fault wins; body faults (cut, terminated early, malformed, split) combine.
+  `cut_mid_line` stops the content mid-line behind clean framing (close-delimited, or chunked with a
+  complete gzip member); `html_page` and `json_error_body` answer 200 with what is not JSON lines.
 - `gzip_member_bytes` makes a gzip body several concatenated members, as streaming servers emit.
 - `today` (default: the date now in the project's timezone, `set_timezone`, default UTC; `now`
   can be replaced) bounds `to_date`; `enforce_rate_limits` turns on 429s at
@@ -123,11 +125,11 @@ DEFAULT_ERROR_BODIES: dict[int, object] = {
 class Fault:
     """One scripted misbehaviour; build them with the functions below, not by hand."""
 
-    kind: str  # "status" | "cut" | "terminated" | "malformed" | "split" | Engage: "short_page" | "null_results"
+    kind: str  # "status" | "cut" | "cut_line" | "terminated" | "malformed" | "split" | Engage: "short_page" | "null_results"
     status: int = 200
     body: object = None
     headers: tuple[tuple[str, str], ...] = ()
-    after: int | None = None  # cut: wire-body bytes sent; terminated: event lines sent (None = half)
+    after: int | None = None  # cut: wire-body bytes sent; terminated, cut_line: event lines sent (None = half)
     lines: tuple[bytes, ...] = ()
     index: int = 0
 
@@ -193,6 +195,31 @@ def null_results(drop: bool = False) -> Fault:
 def short_page(missing: int = 1) -> Fault:
     """An Engage page that leaves out its last `missing` profiles while `total` still counts them."""
     return Fault("short_page", after=missing)
+
+
+def cut_mid_line(after_lines: int | None = None, framing: str = "close") -> Fault:
+    """A 200 body whose content stops in the middle of line `after_lines` (default half) while its
+    HTTP framing is clean, so only the missing final newline tells: with `framing` "close" the body
+    has no Content-Length and ends when the server closes the connection (RFC 9112 6.3); with
+    "chunked" the chunked body ends with its terminator. When gzip is used the gzip member is
+    complete (its content is what stops mid-line), so no decoder error gives the cut away."""
+    if framing not in ("close", "chunked"):
+        raise ValueError(f"framing must be 'close' or 'chunked', not {framing!r}")
+    return Fault("cut_line", after=after_lines, body=framing)
+
+
+HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>Maintenance</title></head>\n"
+             "<body><h1>We'll be right back</h1><p>Mixpanel is down for maintenance.</p></body></html>\n")
+
+
+def html_page(content_type: str = "text/html; charset=utf-8", body: str = HTML_PAGE) -> Fault:
+    """A 200 answer that is a web page, not JSON lines (a proxy, captive portal or maintenance page)."""
+    return http_error(200, body, {"Content-Type": content_type})
+
+
+def json_error_body(message: str = "Unable to process the export, please retry later") -> Fault:
+    """A 200 answer that is one JSON error object (application/json), as some gateways send."""
+    return http_error(200, {"error": message, "status": "error"})
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -672,7 +699,37 @@ class _Handler(BaseHTTPRequestHandler):
         lines = _export_lines(events, in_ms, faults)
         gzip_ok = "gzip" in (self.headers.get("Accept-Encoding") or "").lower()
         cut = next((f for f in faults if f.kind == "cut"), None)
+        cut_line = next((f for f in faults if f.kind == "cut_line"), None)
+        if cut_line is not None:
+            return self._stream_cut_mid_line(record, list(lines), gzip_ok, cut_line)
         self._stream(record, lines, gzip_ok, cut)
+
+    def _stream_cut_mid_line(self, record: RecordedRequest, lines: list[bytes], gzip_ok: bool, fault: Fault) -> None:
+        """See `cut_mid_line`: the content stops mid-line, the framing (and any gzip member) is whole."""
+        stop = min(len(lines) // 2 if fault.after is None else fault.after, max(len(lines) - 1, 0))
+        content = b"".join(lines[:stop])
+        if lines:
+            content += lines[stop][: max(len(lines[stop]) // 2, 1)]
+        use_gzip = gzip_ok and len(content) > GZIP_MIN_BYTES
+        if use_gzip:
+            compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+            content = compressor.compress(content) + compressor.flush()
+        record.status, record.content_encoding = 200, "gzip" if use_gzip else None  # before the first byte
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        if use_gzip:
+            self.send_header("Content-Encoding", "gzip")
+        if fault.body == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self._chunk(content)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return
+        self.send_header("Connection", "close")  # no length, no chunks: the body ends when we close
+        self.end_headers()
+        self.wfile.write(content)
+        self._hang_up()
 
     def _stream(self, record: RecordedRequest, lines: Iterator[bytes], gzip_ok: bool, cut: Fault | None) -> None:
         head: list[bytes] = []
@@ -790,6 +847,8 @@ class _Handler(BaseHTTPRequestHandler):
             data, ctype = orjson.dumps(body), "application/json"
         else:
             data, ctype = str(body or "").encode(), "text/plain; charset=utf-8"
+        headers = dict(headers or {})
+        ctype = headers.pop("Content-Type", ctype)  # a fault may say what the body claims to be
         record.status = status  # before the first byte: a client that has its answer finds the log complete
         self.send_response(status)
         self.send_header("Content-Type", ctype)

@@ -3,13 +3,16 @@
 Behaviour follows MIXPANEL_SPEC.md sections 4 and 5:
 - residency hosts (US / EU / IN), service-account basic auth plus `project_id`;
 - the export body is streamed (gzip on the wire, decompressed with ISA-L) and handed on in
-  chunks, never held whole; a body that is cut, or ends with Mixpanel's literal
-  "export terminated early" line, raises SourceStreamError so nothing partial is loaded;
+  chunks, never held whole; a body that is cut (by the transport, or mid-line behind clean
+  framing), or ends with Mixpanel's literal "export terminated early" line, raises
+  SourceStreamError so nothing partial is loaded, and a 200 that is not JSON lines (an HTML page,
+  a JSON error object) raises SourcePermanentError (export_body.py);
 - every request takes a token from the shared RateBudget first (60 queries/hour, 3/second), so
   a retry is a query like any other;
 - 429, 5xx and connection failures raise SourceTransientError (with the server's Retry-After),
   400/401/402/403/404 raise SourcePermanentError at once with Mixpanel's message; credentials
-  never appear in errors.
+  never appear in errors, and credentials that HTTP Basic cannot carry (a non-ASCII character)
+  fail before any request, naming the env var.
 The client sends each request once: `export_chunks` is one attempt, which the caller wraps in
 `self.retries.call` (staging does, so a cut stream is staged again from scratch); Engage pages
 are retried here, one page at a time, by the same SourceRetries (retry.py). An Engage page must
@@ -34,6 +37,7 @@ from mixpanel_assets.mixpanel.errors import (
     SourceStreamError,
     SourceTransientError,
 )
+from mixpanel_assets.mixpanel.export_body import ExportBody
 from mixpanel_assets.mixpanel.rate_budget import RateBudget
 from mixpanel_assets.mixpanel.retry import BACKOFF_BASE_SECONDS, DEFAULT_MAX_RETRIES, SourceRetries, retry_after_seconds
 
@@ -47,7 +51,6 @@ ENGAGE_PATH = "/api/query/engage"
 CHUNK = 1 << 20
 ENGAGE_PAGE_SIZE = 1000
 ENGAGE_SHORT_READ_RETRIES = 1  # an Engage read short of its `total` is read again once, whole
-TERMINATED = b"terminated early"
 
 _TRANSPORT_ERRORS = (
     requests.ConnectionError,
@@ -85,6 +88,7 @@ class MixpanelClient:
         sleep: Callable[[float], None] = time.sleep,
         backoff_base: float = BACKOFF_BASE_SECONDS,
         credentials_hint: str = "the username/secret env vars named in pipelines.yaml",
+        credential_envs: tuple[str, str] = ("(username)", "(secret)"),
     ):
         if residency not in HOSTS:
             raise ValueError(f"unknown Mixpanel residency {residency!r}; use one of {', '.join(HOSTS)}")
@@ -101,6 +105,8 @@ class MixpanelClient:
         self.session.headers["User-Agent"] = "mixpanel-assets"
         self.queries = 0  # HTTP requests sent, retries included
         self.credentials_hint = credentials_hint  # names of env vars, never their values
+        # Raised by the first request, inside the caller's error handling, before any query is spent.
+        self._credentials_problem = _credentials_problem(project_id, username, secret, credential_envs)
 
     def close(self) -> None:
         self.session.close()
@@ -126,7 +132,8 @@ class MixpanelClient:
             headers={"Accept-Encoding": "gzip"}, stream=True,
         )
         with response:
-            yield from _body_chunks(response, query.describe())
+            yield from _body_chunks(response, f"{query.describe()} (Mixpanel project {self.project_id})",
+                                    (self.session.auth[1],))
 
     # --- Engage API ---------------------------------------------------------------------------
 
@@ -201,6 +208,8 @@ class MixpanelClient:
 
     def _request(self, method: str, url: str, budget: RateBudget, what: str, **kwargs) -> requests.Response:
         """Send one request (one query of `budget`); anything but 200 raises a SourceError."""
+        if self._credentials_problem is not None:
+            raise self._credentials_problem
         budget.acquire()
         self.queries += 1
         try:
@@ -247,11 +256,12 @@ class _Gunzip:
         return self._d.eof
 
 
-def _body_chunks(response: requests.Response, what: str) -> Iterator[bytes]:
-    """Decompress as we read; fail loudly on a cut body or a 'terminated early' trailer."""
+def _body_chunks(response: requests.Response, what: str, redact: tuple[str, ...] = ()) -> Iterator[bytes]:
+    """Decompress as we read; fail loudly on a cut body, a 'terminated early' trailer or a body
+    that is not JSON lines (every Export body passes ExportBody: export_body.py)."""
     gzipped = "gzip" in response.headers.get("Content-Encoding", "").lower()
     decompressor = _Gunzip() if gzipped else None
-    tail = b""
+    body = ExportBody(what, response.headers.get("Content-Type"), redact)
     received = 0
     try:
         while True:
@@ -263,8 +273,9 @@ def _body_chunks(response: requests.Response, what: str) -> Iterator[bytes]:
                 chunk = decompressor.decompress(chunk)
                 if not chunk:
                     continue
-            tail = (tail + chunk)[-256:]
-            yield chunk
+            chunk = body.feed(chunk)
+            if chunk:
+                yield chunk
     except (requests.RequestException, OSError, isal_zlib.error) as exc:
         raise SourceStreamError(f"{what}: the response stream broke after {received} bytes ({type(exc).__name__}: {exc})") from None
     except Exception as exc:  # urllib3 ProtocolError / IncompleteRead are not RequestExceptions
@@ -273,13 +284,32 @@ def _body_chunks(response: requests.Response, what: str) -> Iterator[bytes]:
         raise
     if decompressor is not None:
         rest = decompressor.flush()
-        if rest:
-            tail = (tail + rest)[-256:]
-            yield rest
         if not decompressor.eof:
             raise SourceStreamError(f"{what}: the gzip stream ended before its end marker after {received} bytes (cut connection)")
-    if TERMINATED in tail.rstrip().rsplit(b"\n", 1)[-1]:
-        raise SourceStreamError(f"{what}: Mixpanel ended the export with 'export terminated early'; the window is incomplete")
+        rest = body.feed(rest) if rest else b""
+        if rest:
+            yield rest
+    held = body.finish()
+    if held:
+        yield held
+    body.check_end()
+
+
+def _credentials_problem(project_id: int, username: str, secret: str,
+                         envs: tuple[str, str]) -> SourcePermanentError | None:
+    """Credentials HTTP Basic cannot carry as Mixpanel issued them (ASCII), named by env var only.
+
+    Sent as they are, requests fails with a UnicodeEncodeError that quotes the character and its
+    position in the secret, and names no env var; Mixpanel's credentials are plain ASCII, so a
+    character beyond it (a pasted non-breaking space, curly quote or symbol) is a copying mistake."""
+    for value, env, what in ((username, envs[0], "username"), (secret, envs[1], "secret")):
+        if value and not value.isascii():
+            return SourcePermanentError(
+                f"Mixpanel project {project_id}: the service account {what} in env var {env} contains a character "
+                "that is not ASCII; Mixpanel credentials are plain ASCII, so it was mis-copied (a non-breaking "
+                f"space, a curly quote?). Copy it again from Mixpanel's project settings into {env}; no request "
+                "was sent", reason="config")
+    return None
 
 
 def _engage_total(body: dict, what: str) -> int:

@@ -81,6 +81,7 @@ class MixpanelApiSourceResource(MixpanelSourceResource):
                                      on_wait=on_wait("Export API", self.queries_per_hour, self.queries_per_second)),
             engage_budget=RateBudget(self.rate_budget_path("engage"), 60, 5, on_wait=on_wait("Engage API", 60, 5)),
             credentials_hint=f"the env vars {self.username_env} and {self.secret_env} named in pipelines.yaml",
+            credential_envs=(self.username_env, self.secret_env),
         )
         return MixpanelApiSource(client, self.timezone, self.legacy_project_timezone_dates)
 

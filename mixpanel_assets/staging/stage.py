@@ -375,10 +375,19 @@ def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: B
 def check_bad_lines(staged: StagedEvents | StagedTable, max_fraction: float, max_count: int | None, source: str,
                     what: str = "lines are not valid Mixpanel export events") -> None:
     """project.bad_lines, the one rule for events and profiles: `max_count` when set, else
-    `max_fraction` of the lines read; over it, the run fails naming the first bad lines."""
+    `max_fraction` of the lines read; over it, the run fails naming the first bad lines.
+    Also fails when every line is bad: an input with no valid line is not the project's data (an
+    error page, a wrong file), whatever max_count allows, and loading it would replace the window
+    with nothing."""
     if not staged.bad_lines:
         return
     total = staged.lines
+    if staged.bad_lines >= total:
+        examples = "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples)
+        raise BadInputError(
+            f"{source}: all {total} {what}: an input without one valid line cannot be the project's data "
+            f"(an error page, a wrong file?); nothing was written. First lines:\n{examples}"
+        )
     too_many = staged.bad_lines > max_count if max_count is not None else staged.bad_lines > max_fraction * total
     if too_many:
         examples = "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples)
