@@ -38,12 +38,24 @@ class _Model(BaseModel):
 
 
 class ServiceAccountCredentials(_Model):
-    """Names of the env vars carrying a Mixpanel service account (Export + Engage API auth)."""
+    """Names of the env vars carrying a Mixpanel service account (Export + Engage API auth).
+
+    `project_secret_env` instead names the project's API secret: Mixpanel's older auth, deprecated
+    and accepted until 2027-03-03, kept because many existing setups still use it; runs warn."""
 
     username_env: str = "MIXPANEL_SERVICE_ACCOUNT_USERNAME"
     secret_env: str = "MIXPANEL_SERVICE_ACCOUNT_SECRET"
+    project_secret_env: str | None = None
 
-    _check = field_validator("username_env", "secret_env")(env_var_name)
+    _check = field_validator("username_env", "secret_env", "project_secret_env")(env_var_name)
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        both = {"username_env", "secret_env"} & self.model_fields_set
+        if self.project_secret_env is not None and both:
+            raise ValueError(f"project_secret_env and {' and '.join(sorted(both))} name two kinds of credentials; "
+                             "keep the service account (username_env, secret_env) or the project secret, not both")
+        return self
 
 
 class MixpanelApiSource(_Model):

@@ -40,10 +40,7 @@ def source_resource(project: ProjectConfig, base_dir: Path) -> MixpanelSourceRes
     if isinstance(src, ApiSourceConfig):
         return MixpanelApiSourceResource(
             **common,
-            username=dg.EnvVar(src.credentials.username_env),
-            secret=dg.EnvVar(src.credentials.secret_env),
-            username_env=src.credentials.username_env,
-            secret_env=src.credentials.secret_env,
+            **_credentials(src.credentials),
             residency=project.residency,
             legacy_project_timezone_dates=project.legacy_project_timezone_dates,
             export_url=src.export_url,
@@ -62,6 +59,15 @@ def source_resource(project: ProjectConfig, base_dir: Path) -> MixpanelSourceRes
     if isinstance(src, DemoSourceConfig):
         return DemoSourceResource(**common, seed=src.seed, events_per_hour=src.events_per_hour, users=src.users)
     raise TypeError(f"no source resource for project.source of type {type(src).__name__}")
+
+
+def _credentials(credentials) -> dict:
+    """The resource's credential fields: env var references (resolved when a run starts) and names."""
+    if credentials.project_secret_env is not None:
+        return dict(username="", secret=dg.EnvVar(credentials.project_secret_env), username_env="",
+                    secret_env=credentials.project_secret_env, project_secret_auth=True)
+    return dict(username=dg.EnvVar(credentials.username_env), secret=dg.EnvVar(credentials.secret_env),
+                username_env=credentials.username_env, secret_env=credentials.secret_env)
 
 
 def state_store(source: MixpanelSourceResource) -> StateStore:

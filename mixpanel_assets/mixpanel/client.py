@@ -89,7 +89,11 @@ class MixpanelClient:
         backoff_base: float = BACKOFF_BASE_SECONDS,
         credentials_hint: str = "the username/secret env vars named in pipelines.yaml",
         credential_envs: tuple[str, str] = ("(username)", "(secret)"),
+        project_secret_auth: bool = False,
     ):
+        """`project_secret_auth`: `secret` is the project's API secret, sent as the Basic username
+        with an empty password and no `project_id` (Mixpanel's older auth, accepted until
+        2027-03-03); `username` is then unused."""
         if residency not in HOSTS:
             raise ValueError(f"unknown Mixpanel residency {residency!r}; use one of {', '.join(HOSTS)}")
         data_host, query_host = HOSTS[residency]
@@ -101,7 +105,13 @@ class MixpanelClient:
         self.engage_budget = engage_budget or RateBudget(None, 60, 5)
         self.retries = SourceRetries(max_retries, backoff_base, sleep=sleep)
         self.session = requests.Session()
-        self.session.auth = (username, secret)
+        self.project_secret_auth = project_secret_auth
+        if project_secret_auth:
+            username, credential_envs = "", ("", credential_envs[1])
+        self.session.auth = (secret, "") if project_secret_auth else (username, secret)
+        # A project secret identifies its project; a service account needs the project named.
+        self._project_params = {} if project_secret_auth else {"project_id": str(project_id)}
+        self._secret = secret
         self.session.headers["User-Agent"] = "mixpanel-assets"
         self.queries = 0  # HTTP requests sent, retries included
         self.credentials_hint = credentials_hint  # names of env vars, never their values
@@ -119,7 +129,7 @@ class MixpanelClient:
         One attempt: a failure raises (SourceTransientError / SourcePermanentError); retrying
         means calling this again and re-reading the whole body, under `self.retries.call`."""
         params = {
-            "project_id": str(self.project_id),
+            **self._project_params,
             "from_date": query.from_date.isoformat(),
             "to_date": query.to_date.isoformat(),
         }
@@ -133,7 +143,7 @@ class MixpanelClient:
         )
         with response:
             yield from _body_chunks(response, f"{query.describe()} (Mixpanel project {self.project_id})",
-                                    (self.session.auth[1],))
+                                    (self._secret,))
 
     # --- Engage API ---------------------------------------------------------------------------
 
@@ -185,7 +195,7 @@ class MixpanelClient:
         A 200 that is not a page (an error object, no `results` list) is permanent: the same
         request answered the same way, and its text is what the user needs to see."""
         response = self._request("POST", self.engage_url, self.engage_budget, what,
-                                 params={"project_id": str(self.project_id)}, data=data)
+                                 params=dict(self._project_params), data=data)
         try:
             body = response.json()
         except ValueError:
@@ -303,7 +313,7 @@ def _credentials_problem(project_id: int, username: str, secret: str,
     position in the secret, and names no env var; Mixpanel's credentials are plain ASCII, so a
     character beyond it (a pasted non-breaking space, curly quote or symbol) is a copying mistake."""
     for value, env, what in ((username, envs[0], "username"), (secret, envs[1], "secret")):
-        if value and not value.isascii():
+        if value and env and not value.isascii():
             return SourcePermanentError(
                 f"Mixpanel project {project_id}: the service account {what} in env var {env} contains a character "
                 "that is not ASCII; Mixpanel credentials are plain ASCII, so it was mis-copied (a non-breaking "

@@ -44,10 +44,11 @@ class MixpanelSourceResource(dg.ConfigurableResource):
 class MixpanelApiSourceResource(MixpanelSourceResource):
     """The real project, through the Raw Event Export API and the Engage API."""
 
-    username: str  # a dg.EnvVar in the definitions
-    secret: str  # a dg.EnvVar in the definitions
+    username: str  # a dg.EnvVar in the definitions ("" with a project secret)
+    secret: str  # a dg.EnvVar in the definitions: the service account's secret, or the project secret
     username_env: str  # the *names* of the env vars above, for error messages
     secret_env: str
+    project_secret_auth: bool = False  # `secret` is the project's API secret (deprecated by Mixpanel)
     residency: str = "US"
     legacy_project_timezone_dates: bool = False
     export_url: str | None = None
@@ -62,6 +63,11 @@ class MixpanelApiSourceResource(MixpanelSourceResource):
         return Path(self.state_path) / "rate_budget" / f"{api}_{self.project_id}.json"
 
     def open(self, log=None) -> EventSource:
+        if self.project_secret_auth and log is not None:
+            log.warning(f"Mixpanel project {self.project_id} is read with its project secret ({self.secret_env}), which "
+                        "Mixpanel accepts only until 2027-03-03: create a service account in the project's settings "
+                        "and name its env vars in project.source.credentials (username_env, secret_env) instead")
+
         def on_wait(api: str, per_hour: int, per_second: int):
             if log is None:
                 return None
@@ -80,8 +86,11 @@ class MixpanelApiSourceResource(MixpanelSourceResource):
             export_budget=RateBudget(self.rate_budget_path("export"), self.queries_per_hour, self.queries_per_second,
                                      on_wait=on_wait("Export API", self.queries_per_hour, self.queries_per_second)),
             engage_budget=RateBudget(self.rate_budget_path("engage"), 60, 5, on_wait=on_wait("Engage API", 60, 5)),
-            credentials_hint=f"the env vars {self.username_env} and {self.secret_env} named in pipelines.yaml",
+            credentials_hint=(f"the env var {self.secret_env} (the project secret) named in pipelines.yaml"
+                              if self.project_secret_auth else
+                              f"the env vars {self.username_env} and {self.secret_env} named in pipelines.yaml"),
             credential_envs=(self.username_env, self.secret_env),
+            project_secret_auth=self.project_secret_auth,
         )
         return MixpanelApiSource(client, self.timezone, self.legacy_project_timezone_dates)
 
