@@ -22,21 +22,24 @@ import shutil
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mixpanel_assets.mixpanel.errors import BadInputError  # noqa: F401 - raised here, re-exported
-from mixpanel_assets.staging.block_worker import BlockSpec, block_path, write_part
+from mixpanel_assets.staging.block_worker import MAX_FAR_EXAMPLES, BlockSpec, block_path, write_part
 from mixpanel_assets.staging.blocks import BLOCK_BYTES, _Block, _Inputs, _Progress, _run_blocks
 from mixpanel_assets.staging.dedup import Fingerprint, _deduplicate, _KeyBuckets
+from mixpanel_assets.staging.disk import StagingDiskError, write_file  # noqa: F401 - raised here, re-exported
+from mixpanel_assets.staging.fragments import BoundaryJoins, absorb_joined, line_where
 from mixpanel_assets.staging.links import LINK_PARTS, LinkSet, links_dir, merge_links
 from mixpanel_assets.staging.parts import EXTENSIONS, PartFile
-from mixpanel_assets.staging.pool import InlineExecutor, process_pool
-from mixpanel_assets.staging.rows_files import filtered_lines, line_starts
+from mixpanel_assets.staging.pool import InlineExecutor, process_pool, stop_futures
+from mixpanel_assets.staging.rows_files import Segment, filtered_lines, line_starts
 from mixpanel_assets.staging.scratch import scratch_dir
-from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, BlockResult
+from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, BlockResult, epoch_to_datetime
 from mixpanel_assets.windows import PartitionWindow, Window
 
 
@@ -44,16 +47,11 @@ class ExportStreamError(RuntimeError):
     """The source stream was cut or ended with Mixpanel's 'export terminated early' line."""
 
 
-
-
-@dataclass
-class Segment:
-    """One staged block's rows for one window, and which of them are duplicates to drop."""
-
-    path: Path
-    rows: int
-    raw_bytes: int
-    drop_rows: np.ndarray | None = None
+# Rows beyond this many seconds of a run's windows, more than MAX_FAR_SHARE of its lines and more
+# than MIN_FAR_ROWS, fail the run (see _check_outside_window).
+REACH_SECONDS = 2 * 86400
+MAX_FAR_SHARE = 0.01
+MIN_FAR_ROWS = 10
 
 
 @dataclass
@@ -116,10 +114,13 @@ class StagedRows:
             for i, plan in enumerate(plans)
         ]
         parts = []
-        for future in futures:
-            path, rows, raw, size = future.result()
-            if path:
-                parts.append(PartFile(Path(path), rows, raw, size))
+        try:
+            for future in futures:
+                path, rows, raw, size = future.result()
+                if path:
+                    parts.append(PartFile(Path(path), rows, raw, size))
+        finally:
+            stop_futures(futures)  # after a failure, no part is written once the caller cleans up
         return parts
 
     def iter_rows(self) -> Iterator[bytes]:
@@ -186,8 +187,7 @@ def stage_table(lines: Iterable[bytes], table: str, *, staging_root: str | Path 
             return
         data = b"\n".join(buffer) + b"\n"
         path = block_path(staging_dir, 0, len(staged.segments))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        write_file(path, data)
         digest.update(data)
         staged.segments.append(Segment(path, len(buffer), len(data)))
         staged.rows_read += len(buffer)
@@ -217,6 +217,10 @@ class StagedEvents:
     bad_lines: int = 0
     bad_examples: list[tuple[str, str]] = field(default_factory=list)
     outside_window: int = 0
+    rejoined_lines: int = 0  # events whose line came split in two, joined again (fragments.py)
+    millisecond_times: int = 0  # rows whose time was in milliseconds (block_worker.MS_TIMES)
+    far_outside: int = 0  # rows beyond the run's reach: checked by _check_outside_window
+    far_examples: list[tuple[str, float]] = field(default_factory=list)  # (where, time as sent)
     suppressed: int = 0  # rows of users deleted by a GDPR deletion, dropped (gdpr.py)
     source_bytes: int = 0
     queries: int = 0
@@ -260,6 +264,7 @@ def stage_events(
     describe_source: str = "the export",
     progress: Callable[[str], None] | None = None,
     suppressed_distinct_ids: Iterable[str] | None = None,
+    outside_reach: float | None = REACH_SECONDS,
 ) -> StagedEvents:
     """Stream `chunks` (raw export JSON lines) into deduplicated rows for each window.
 
@@ -270,7 +275,9 @@ def stage_events(
     when the input's size is known (local files), an ETA.
 
     Raises ExportStreamError if the stream reports it was cut, BadInputError if malformed lines
-    exceed the policy; in both cases nothing is left on disk.
+    exceed the policy or too many rows lie beyond `outside_reach` seconds of the windows (None:
+    the source may hold rows of any time; see _check_outside_window), StagingDiskError if a staged
+    file cannot be written; in each case the workers are stopped and nothing is left on disk.
     """
     partitions = [w if isinstance(w, PartitionWindow) else None for w in windows]
     windows = [w.window if isinstance(w, PartitionWindow) else w for w in windows]
@@ -292,25 +299,30 @@ def stage_events(
         legacy_timezone=legacy_timezone,
         write_rows=write_rows,
         suppressed_distinct_ids=frozenset(suppressed_distinct_ids) if suppressed_distinct_ids else None,
+        reach=(windows[0].start - outside_reach, max(w.end for w in windows) + outside_reach)
+        if outside_reach is not None and windows else None,
     )
     buckets = _KeyBuckets(staging_dir / "keys", len(windows))
     terminated = False
     inputs = _Inputs(chunks, block_bytes)
     meter = _Progress(progress, describe_source, inputs)
     blocks = 0
+    joins = BoundaryJoins()
     try:
-        for block, result in _run_blocks(inputs, spec, workers):
-            blocks += 1
-            terminated |= result.terminated_early
-            _absorb(staged, buckets, block, result, spec)
-            staged.source_bytes = inputs.source_bytes
-            meter.update(staged)
+        with closing(_run_blocks(inputs, spec, workers)) as results:  # closed: no worker writes after a failure
+            for block, result in results:
+                blocks += 1
+                terminated |= result.terminated_early
+                _absorb(staged, buckets, block, result, spec, joins)
+                staged.source_bytes = inputs.source_bytes
+                meter.update(staged)
         if terminated:
             raise ExportStreamError(
                 f"{describe_source} ended with Mixpanel's 'export terminated early' line after "
                 f"{staged.lines} events; the window is incomplete and nothing was written"
             )
         _check_bad_lines(staged, max_bad_fraction, max_bad_count, describe_source)
+        _check_outside_window(staged, describe_source, outside_reach)
         # Links are merged in the pool while this process deduplicates, unless the input was small
         # enough to be parsed inline (starting worker processes would then cost more than it saves).
         executor = process_pool(workers) if workers > 1 and blocks > 1 else InlineExecutor()
@@ -341,7 +353,8 @@ def _segments_with_blocks(window: StagedWindow):
         yield int(seg.path.stem[1:]), seg
 
 
-def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: BlockResult, spec: BlockSpec) -> None:
+def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: BlockResult, spec: BlockSpec,
+            joins: BoundaryJoins) -> None:
     first_line = block.first_line
     if first_line is None:
         first_line = staged._next_line.get(block.origin, 1)
@@ -350,12 +363,21 @@ def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: B
     staged.bad_lines += result.bad_lines
     staged.outside_window += result.outside_window
     staged.suppressed += result.suppressed
+    staged.rejoined_lines += result.rejoined_lines
+    staged.millisecond_times += result.millisecond_times
+    staged.far_outside += result.far_outside
     room = MAX_REPORTED_BAD_LINES - len(staged.bad_examples)
     if room > 0:
         for index, why in result.bad_examples[:room]:
             line_no = first_line + index
             where = f"{block.origin} line {line_no}" if block.origin else f"line {line_no}"
             staged.bad_examples.append((where, why))
+    for index, time in result.far_examples[:max(0, MAX_REPORTED_BAD_LINES - len(staged.far_examples))]:
+        staged.far_examples.append((line_where(block.origin, first_line + index), time))
+    if result.head_fragment is not None or result.tail_fragment is not None or joins.tail is not None:
+        joined = joins.check(block.block_id, block.origin, first_line, result)
+        if joined is not None:  # its row goes before this block's rows, where the line was
+            absorb_joined(staged, buckets, joined, spec)
     block_id = block.block_id
     for w, window in enumerate(staged.windows):
         rows = result.rows_per_window[w]
@@ -381,6 +403,35 @@ def _check_bad_lines(staged: StagedEvents, max_fraction: float, max_count: int |
             f"{source}: {staged.bad_lines} of {total} lines are not valid Mixpanel export events, more than "
             f"project.bad_lines allows ({limit}); nothing was written. First bad lines:\n{examples}"
         )
+
+
+def _check_outside_window(staged: StagedEvents, source: str, reach: float | None) -> None:
+    """Fail when more rows lie beyond the run's reach than a few strays: their time is misread.
+
+    Rows outside a run's windows are normal and only counted: a query of project-timezone days or
+    a local file named by its date (read for the days either side) holds rows of neighbouring
+    days, and an hourly partition's query a whole day. None of them lies more than REACH_SECONDS
+    (2 days) from the run's windows, so rows beyond that are what a time in another unit
+    (microseconds; milliseconds are recognised, block_worker.MS_TIMES) or a wrong file gives: it
+    hits every row, and the window would be replaced by fewer rows or none. A few such rows are a
+    device with a wrong clock and stay counted. The threshold is more than MAX_FAR_SHARE (1%) of
+    the lines read, and more than MIN_FAR_ROWS (10) so a small window is not failed by two or
+    three strays. Sources whose rows may be of any time (a local file without a date in its name,
+    read for every partition) pass `reach` None and are not checked.
+    """
+    far = staged.far_outside
+    if reach is None or far <= max(MIN_FAR_ROWS, MAX_FAR_SHARE * staged.lines):
+        return
+    windows = staged.windows
+    span = (f"{epoch_to_datetime(windows[0].window.start):%Y-%m-%dT%H:%MZ}.."
+            f"{epoch_to_datetime(max(w.window.end for w in windows)):%Y-%m-%dT%H:%MZ}")
+    examples = "\n".join(f"  {where}: time {time!r}" for where, time in staged.far_examples[:MAX_FAR_EXAMPLES])
+    raise BadInputError(
+        f"{source}: {far:,} of {staged.lines:,} rows have a time more than {reach / 86400:g} days outside the "
+        f"run's windows ({span}), more than {MAX_FAR_SHARE:.0%} of the lines (and more than {MIN_FAR_ROWS}): "
+        "their times are probably in another unit (seconds are expected; milliseconds are recognised) or the "
+        f"source holds other data; nothing was written. First ones:\n{examples}"
+    )
 
 
 def part_extension(fmt: str, compression: str) -> str:
