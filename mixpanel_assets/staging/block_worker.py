@@ -292,7 +292,7 @@ def _outside(time, index: int, spec: BlockSpec, result: BlockResult):
     outside is counted, and as `far_outside` (with its line and time as sent) when it is beyond
     the run's reach, which stage.py checks against its threshold."""
     seconds = time
-    if time > MS_TIMES:
+    if time > MS_TIMES and spec.legacy_timezone is None:  # a legacy project's times were converted already
         seconds = from_ms(time)
         w = _window_of(spec, seconds)
         if w >= 0:

@@ -13,6 +13,10 @@ The three steps, each with memory that does not grow with the size of the day:
 
 Staging on disk also means a destination that fails and is retried reads the staged rows again
 instead of spending another Export API query.
+
+Over ~400 lines because the run's gates sit beside the steps they judge: before anything is
+written, `_check_bad_lines` and `_check_outside_window` decide from the counts the parse step
+gathered, and both read best next to `_absorb`, where those counts are made.
 """
 
 from __future__ import annotations
