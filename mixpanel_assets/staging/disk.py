@@ -51,8 +51,8 @@ def disk_error(exc: OSError, path: Path, size: int) -> StagingDiskError:
     where = f"{free:,} bytes free there" if free is not None else "free space unknown"
     return StagingDiskError(
         f"staging could not write {path}: {reason} ({size:,} bytes to write, {where}). The run stopped its "
-        "workers and removed its staging folder; free space there or point the staging folder "
-        "(TMPDIR, or the source's staging_dir) at a larger disk, then run again"
+        "workers and removed its staging folder; free space there, or point TMPDIR (where staging "
+        "folders are made) at a larger disk, then run again"
     )
 
 
