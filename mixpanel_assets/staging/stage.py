@@ -36,7 +36,7 @@ from mixpanel_assets.mixpanel.errors import BadInputError  # noqa: F401 - raised
 from mixpanel_assets.staging.block_worker import MAX_FAR_EXAMPLES, BlockSpec, block_path, write_part
 from mixpanel_assets.staging.blocks import BLOCK_BYTES, _Block, _Inputs, _Progress, _run_blocks
 from mixpanel_assets.staging.dedup import Fingerprint, _deduplicate, _KeyBuckets
-from mixpanel_assets.staging.disk import StagingDiskError, write_file  # noqa: F401 - raised here, re-exported
+from mixpanel_assets.staging.disk import StagingDiskError, write_file  # noqa: F401 - what staging raises on a failed write
 from mixpanel_assets.staging.fragments import BoundaryJoins, absorb_joined, line_where
 from mixpanel_assets.staging.links import LINK_PARTS, LinkSet, links_dir, merge_links
 from mixpanel_assets.staging.parts import EXTENSIONS, PartFile
