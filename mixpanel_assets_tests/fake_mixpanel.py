@@ -46,6 +46,7 @@ Behaviour worth knowing:
   `cut_mid_line` stops the content mid-line behind clean framing (close-delimited, or chunked with a
   complete gzip member); `html_page` and `json_error_body` answer 200 with what is not JSON lines.
 - `gzip_member_bytes` makes a gzip body several concatenated members, as streaming servers emit.
+- `time_in_ms` answers every export in milliseconds, as an export made with `time_in_ms=true` reads.
 - `today` (default: the date now in the project's timezone, `set_timezone`, default UTC; `now`
   can be replaced) bounds `to_date`; `enforce_rate_limits` turns on 429s at
   3 queries/second and 60/hour per project (Engage: 60/hour), off by default, timed by `clock`.
@@ -304,6 +305,7 @@ class FakeMixpanel:
             self.clock: Callable[[], float] = time.monotonic  # of the rate limits; freeze it for exact tests
             self.now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)  # of "today"
             self.gzip_member_bytes: int | None = None  # start a new gzip member every N body bytes
+            self.time_in_ms: bool = False  # answer in milliseconds whatever `time_in_ms` the request sends
 
     def start(self) -> "FakeMixpanel":
         if self._server is None:
@@ -693,7 +695,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _BadRequest(f"limit must be an integer, got {params['limit']!r}") from None
             if not 0 < limit <= MAX_LIMIT:
                 raise _BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
-        in_ms = params.get("time_in_ms", "").lower() == "true"
+        in_ms = params.get("time_in_ms", "").lower() == "true" or self.fake.time_in_ms
         day = lambda d: (d - dt.date(1970, 1, 1)).days  # noqa: E731
         events = self.fake._select_events(project_id, day(from_date), day(to_date), names, where, limit)
         lines = _export_lines(events, in_ms, faults)

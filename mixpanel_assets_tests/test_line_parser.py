@@ -5,7 +5,8 @@ the row joined from its pieces): the expected results are computed by it, never 
 test. Every test runs a block through `block_worker.parse_block` (which reads lines with
 `events.read_event`) and compares everything a worker returns: row bytes per window, dedup-key
 digests, processing times, no-dedup row indexes, identity links (with their times' types), line,
-outside-window, suppressed and bad-line counts, bad-line examples, the "terminated early" flag.
+outside-window, suppressed, bad-line, rejoined-line and millisecond-time counts, bad-line examples,
+the "terminated early" flag.
 events.py reads a line with its typed reader (msgspec) when it can give exactly the reference's
 result, and with its general reader otherwise; `read_typed` says which lines the typed reader
 takes, and the edge cases pin that down both ways, so the comparisons cannot pass by the typed
@@ -115,6 +116,15 @@ def _ref_links(name: str, props: dict) -> list:
     return links
 
 
+def _ref_seconds(ms):
+    return ms // 1000 if type(ms) is int and ms % 1000 == 0 else ms / 1000
+
+
+def _ref_window(spec: BlockSpec, time) -> int | None:
+    w = bisect.bisect_right(spec.window_starts, time) - 1
+    return None if w < 0 or time >= spec.window_ends[w] else w
+
+
 def reference_block(block: bytes, spec: BlockSpec):
     """What parse_block must return for a block, computed line by line from `_ref_event`."""
     n = len(spec.window_starts)
@@ -122,7 +132,8 @@ def reference_block(block: bytes, spec: BlockSpec):
     links: list[dict] = [{} for _ in range(n)]
     result = BlockResult(rows_per_window=[0] * n, bytes_per_window=[0] * n)
     convert = _legacy_converter(spec.legacy_timezone) if spec.legacy_timezone else None
-    for index, line in enumerate(block.split(b"\n")):
+    parts = block.split(b"\n")
+    for index, line in enumerate(parts):
         if not line or line.isspace():
             continue
         try:
@@ -131,17 +142,32 @@ def reference_block(block: bytes, spec: BlockSpec):
             if line.strip() == b"export terminated early":
                 result.terminated_early = True
                 continue
-            result.lines += 1
-            result.bad_lines += 1
-            if len(result.bad_examples) < 20:
-                result.bad_examples.append((index, f"{exc}: {line[:80]!r}"))
-            continue
+            following = parts[index + 1] if index + 1 < len(parts) else b""
+            try:  # a line split in two: with the next line it makes one event
+                if not following:
+                    raise Refused("no next line") from None
+                name, time, props, properties = _ref_event(line + following)
+                parts[index + 1] = b""
+                result.rejoined_lines += 1
+            except Refused:
+                result.lines += 1
+                result.bad_lines += 1
+                if len(result.bad_examples) < 20:
+                    result.bad_examples.append((index, f"{exc}: {line[:80]!r}"))
+                continue
         result.lines += 1
         if convert is not None:
+            if time > 1e11:  # milliseconds
+                time, result.millisecond_times = _ref_seconds(time), result.millisecond_times + 1
             time = convert(time)
-        w = bisect.bisect_right(spec.window_starts, time) - 1
-        if ((spec.events_filter is not None and name not in spec.events_filter)
-                or w < 0 or time >= spec.window_ends[w]):
+        if spec.events_filter is not None and name not in spec.events_filter:
+            result.outside_window += 1
+            continue
+        w = _ref_window(spec, time)
+        if w is None and convert is None and time > 1e11 and _ref_window(spec, _ref_seconds(time)) is not None:
+            time, result.millisecond_times = _ref_seconds(time), result.millisecond_times + 1
+            w = _ref_window(spec, time)
+        if w is None:
             result.outside_window += 1
             continue
         ids = [_ref_id(props.get(k)) for k in ("$device_id", "distinct_id", "$insert_id", "$user_id")]

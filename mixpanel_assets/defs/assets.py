@@ -161,6 +161,8 @@ def events_asset(pipeline: PipelineConfig, project: ProjectConfig, base_dir: Pat
                 "source": source.description,
                 "lines_read": staged.lines,
                 "bad_lines": staged.bad_lines,
+                "rejoined_lines": staged.rejoined_lines,
+                "millisecond_times": staged.millisecond_times,
                 "rows_outside_window": staged.outside_window,
                 "rows_of_deleted_users_dropped": staged.suppressed,
                 "source_bytes": staged.source_bytes,

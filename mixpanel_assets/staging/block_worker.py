@@ -20,6 +20,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
+from mixpanel_assets.staging.disk import disk_error, write_file
 from mixpanel_assets.staging.links import write_block_links
 from mixpanel_assets.staging.rows_files import filtered_lines
 from mixpanel_assets.transform.events import event_row, identity_links, key_digest, processing_time, read_event
@@ -28,6 +29,14 @@ from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, TERMINATED
 FLAG_NO_DEDUP = 1  # a row without $insert_id: Mixpanel never deduplicates it
 _U64_NATIVE = struct.Struct("=Q")  # what numpy reads back as uint64 (dedup._KeyBuckets)
 _U32_NATIVE = struct.Struct("=I")
+# A `time` above this is milliseconds: 1e11 seconds is the year 5138, when no event was ever sent,
+# and 1e11 milliseconds is 1973-03-03, before any Mixpanel project. Exports made with
+# `time_in_ms=true` (or files written from one) carry such times; the row's `time` is converted to
+# seconds (an integer when the milliseconds are whole seconds, so both exports give the same row
+# and dedup key); its `properties` keep the value as sent. Only rows outside every window are
+# tested (no millisecond time is inside one), so rows in their window pay nothing for it.
+MS_TIMES = 1e11
+MAX_FAR_EXAMPLES = 5  # per block: rows far outside the run's reach, reported by line and time
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,9 @@ class BlockSpec:
     write_rows: bool = True
     collect_links: bool = True
     suppressed_distinct_ids: frozenset[str] | None = None  # deleted users (gdpr.py): rows dropped
+    # [start, end) of the times the source can give for the run (its windows plus a margin,
+    # input_checks.REACH_SECONDS); rows outside it are counted as `far_outside`. None: any time is expected.
+    reach: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -136,9 +148,7 @@ def process_block(source: bytes | FileRange, block_id: int, spec: BlockSpec) -> 
     if spec.write_rows:
         for w, data in enumerate(buffers):
             if data:
-                path = block_path(spec.staging_dir, w, block_id)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
+                write_file(block_path(spec.staging_dir, w, block_id), data)
     for w, window_links in enumerate(links):
         if window_links:
             write_block_links(spec.staging_dir, w, block_id, window_links)
@@ -165,7 +175,8 @@ def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytear
     suppressed_ids = spec.suppressed_distinct_ids
     pack_proc, pack_row = _U64_NATIVE.pack, _U32_NATIVE.pack
     lines = outside = suppressed = 0
-    for index, line in enumerate(block.split(b"\n")):
+    parts = block.split(b"\n")
+    for index, line in enumerate(parts):
         if not line:
             continue
         try:
@@ -176,27 +187,36 @@ def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytear
             if line.strip() == TERMINATED_EARLY:
                 result.terminated_early = True
                 continue
-            lines += 1
-            result.bad_lines += 1
-            if len(result.bad_examples) < MAX_REPORTED_BAD_LINES:
-                result.bad_examples.append((index, f"{exc}: {line[:80]!r}"))
-            continue
+            joined = _rejoin(parts, index, result)
+            if joined is None:
+                lines += 1
+                result.bad_lines += 1
+                if len(result.bad_examples) < MAX_REPORTED_BAD_LINES:
+                    result.bad_examples.append((index, f"{exc}: {line[:80]!r}"))
+                continue
+            name, time, fields, properties = joined
         lines += 1
         if convert is not None:
+            if time > MS_TIMES:
+                time = from_ms(time)
+                result.millisecond_times += 1
             time = convert(time)
         if events_filter is not None and name not in events_filter:
             outside += 1
             continue
         if single:
             if not first_start <= time < first_end:
-                outside += 1
-                continue
-            w = 0
+                time, w = _outside(time, index, spec, result)
+                if w < 0:
+                    continue
+            else:
+                w = 0
         else:
             w = bisect_right(starts, time) - 1
             if w < 0 or time >= ends[w]:
-                outside += 1
-                continue
+                time, w = _outside(time, index, spec, result)
+                if w < 0:
+                    continue
         if suppressed_ids is not None and fields.distinct_id in suppressed_ids:
             suppressed += 1
             continue
@@ -216,7 +236,7 @@ def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytear
                     window_links[link] = time
     result.line_count = block.count(b"\n") + (1 if block and block[-1] != 10 else 0)
     result.lines = lines
-    result.outside_window = outside
+    result.outside_window += outside
     result.suppressed = suppressed
     result.rows_per_window = [len(h) >> 4 for h in hashes]
     result.bytes_per_window = [len(b) if spec.write_rows else 0 for b in buffers]
@@ -224,6 +244,67 @@ def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytear
     result.procs_per_window = [bytes(p) for p in procs]
     result.no_dedup_per_window = [bytes(r) for r in no_dedup]
     return result, buffers, links
+
+
+def _rejoin(parts: list[bytes], index: int, result: BlockResult):
+    """The event that bad line `index` makes with the next line, or None; only ever called for a bad line.
+
+    Mixpanel occasionally splits a line in two (MIXPANEL_SPEC.md section 4; Airbyte's source
+    joins adjacent fragments too). A bad line and the next one are joined when together they read
+    as one event; the next line is then emptied, so the loop skips it. A line that cannot be joined
+    and begins or ends the block is handed to the coordinator (`head_fragment`/`tail_fragment`),
+    which joins it with its neighbour across the block boundary (fragments.py). Joining never takes
+    a good line: a fragment closes brackets its line opened, so it is never a whole event itself.
+    """
+    after = index + 1
+    if after < len(parts) and parts[after]:
+        try:
+            event = read_event(parts[index] + parts[after])
+        except (ValueError, TypeError, OverflowError, RecursionError):  # BadLine is a ValueError
+            event = None
+        if event is not None:
+            parts[after] = b""
+            result.rejoined_lines += 1
+            return event
+    if index == 0:
+        result.head_fragment = parts[0]
+    if after == len(parts) or (after == len(parts) - 1 and not parts[after]):
+        result.tail_fragment = (index, parts[index])
+    return None
+
+
+def from_ms(time):
+    """Milliseconds -> seconds, an integer when whole (see MS_TIMES)."""
+    if time.__class__ is int and time % 1000 == 0:
+        return time // 1000
+    return time / 1000
+
+
+def _window_of(spec: BlockSpec, time) -> int:
+    w = bisect_right(spec.window_starts, time) - 1
+    return w if w >= 0 and time < spec.window_ends[w] else -1
+
+
+def _outside(time, index: int, spec: BlockSpec, result: BlockResult):
+    """(time, window) of a row whose time is in no window, window -1 if it stays outside.
+
+    Off the hot path: a millisecond time (MS_TIMES) is converted and placed again; a row still
+    outside is counted, and as `far_outside` (with its line and time as sent) when it is beyond
+    the run's reach, which stage.py checks against its threshold."""
+    seconds = time
+    if time > MS_TIMES and spec.legacy_timezone is None:  # a legacy project's times were converted already
+        seconds = from_ms(time)
+        w = _window_of(spec, seconds)
+        if w >= 0:
+            result.millisecond_times += 1
+            return seconds, w
+    result.outside_window += 1
+    reach = spec.reach
+    if reach is not None and not reach[0] <= seconds < reach[1]:
+        result.far_outside += 1
+        if len(result.far_examples) < MAX_FAR_EXAMPLES:
+            result.far_examples.append((index, time))
+    return time, -1
 
 
 def write_part(segments: list[tuple[str, object]], out_dir: str, stem: str, index: int, compression: str,
@@ -246,6 +327,9 @@ def write_part(segments: list[tuple[str, object]], out_dir: str, stem: str, inde
             data, rows = filtered_lines(path, drop_rows)
             writer.write_block(data, rows)
         parts = writer.close()
+    except OSError as exc:
+        writer.abort()
+        raise disk_error(exc, Path(out_dir), sum(Path(path).stat().st_size for path, _ in segments)) from exc
     except BaseException:
         writer.abort()
         raise

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from mixpanel_assets.staging.block_worker import BlockSpec, FileRange, process_block
-from mixpanel_assets.staging.pool import process_pool
+from mixpanel_assets.staging.pool import process_pool, stop_futures
 from mixpanel_assets.transform.records import LocalFile, Origin
 
 BLOCK_BYTES = 4 << 20
@@ -122,13 +122,20 @@ def _run_blocks(inputs: Iterable[_Block], spec: BlockSpec, workers: int):
     pool = process_pool(workers)
     in_flight: list[tuple[_Block, Future]] = []
     limit = workers * 2
-    for block in _chain(first, second, blocks):
-        in_flight.append((block, pool.submit(process_block, block.source, block.block_id, spec)))
-        if len(in_flight) >= limit:
+    try:
+        for block in _chain(first, second, blocks):
+            in_flight.append((block, pool.submit(process_block, block.source, block.block_id, spec)))
+            if len(in_flight) >= limit:
+                done, future = in_flight.pop(0)
+                yield done, future.result()
+        while in_flight:
             done, future = in_flight.pop(0)
             yield done, future.result()
-    for done, future in in_flight:
-        yield done, future.result()
+    finally:
+        # A failure here or in the caller (a full disk, too many bad lines, a cut stream): the blocks
+        # still queued are cancelled and the running ones awaited, so none is written after the
+        # caller removed the staging folder (the caller closes this generator: stage.py).
+        stop_futures([future for _, future in in_flight])
 
 
 def _chain(first, second, rest):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mixpanel_assets.staging.block_worker import FLAG_NO_DEDUP
+from mixpanel_assets.staging.disk import write_file
 
 N_BUCKETS = 256  # dedup-key buckets: a 4M-event day is ~16k records (640 KB) per bucket to sort
 _BUCKET_SHIFT = np.uint64(64 - 8)  # log2(N_BUCKETS) top bits of the hash pick the bucket
@@ -72,12 +73,14 @@ class _KeyBuckets:
         self.key_sums = [0] * n_windows  # mod 2**64
         self.max_proc = [0] * n_windows
 
-    def add(self, window: int, block: int, hashes: bytes, procs: bytes, no_dedup: bytes) -> None:
+    def add(self, window: int, block: int, hashes: bytes, procs: bytes, no_dedup: bytes, first_row: int = 0) -> None:
+        """Records of a block's rows in a window; `first_row` > 0 adds rows after those already added
+        for that block (an event rejoined across a block boundary, fragments.py)."""
         digests = np.frombuffer(hashes, dtype=_DIGEST_DTYPE)
         records = np.empty(len(digests), dtype=_BUCKET_DTYPE)
         records["hi"], records["lo"] = digests["hi"], digests["lo"]
         records["proc"] = np.frombuffer(procs, dtype=np.uint64)
-        records["row"] = np.arange(len(digests), dtype=np.uint32)
+        records["row"] = np.arange(first_row, first_row + len(digests), dtype=np.uint32)
         records["flags"] = 0
         if no_dedup:
             records["flags"][np.frombuffer(no_dedup, dtype=np.uint32)] = FLAG_NO_DEDUP
@@ -103,8 +106,7 @@ class _KeyBuckets:
         records = np.take(records.view(_RECORD_BYTES), order)  # as opaque 40-byte items: 6x a structured gather
         bounds = np.searchsorted(bucket_of[order], np.arange(N_BUCKETS + 1))
         for b in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
-            with open(self.directory / f"bucket{b:03d}.bin", "ab") as f:
-                f.write(records[bounds[b]:bounds[b + 1]].data)
+            write_file(self.directory / f"bucket{b:03d}.bin", records[bounds[b]:bounds[b + 1]].tobytes(), append=True)
 
     def buckets(self) -> Iterator[np.ndarray]:
         self.flush()

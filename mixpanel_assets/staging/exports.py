@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from mixpanel_assets.mixpanel.errors import SourceStreamError
 from mixpanel_assets.mixpanel.sources import EventSource, Span
 from mixpanel_assets.schema import IDENTITY_COLUMNS
+from mixpanel_assets.staging.input_checks import REACH_SECONDS, check_bad_lines
 from mixpanel_assets.staging.scratch import scratch_folder
 from mixpanel_assets.staging.stage import (
     BadInputError,
     ExportStreamError,
     StagedEvents,
     StagedTable,
-    check_bad_lines,
     stage_events,
     stage_table,
 )
@@ -80,6 +80,7 @@ def stage_source(source: EventSource, spans, windows: list[Window], keys: list[s
                 describe_source=describe,
                 progress=progress,
                 suppressed_distinct_ids=spec.suppressed_distinct_ids,
+                outside_reach=REACH_SECONDS if source.bounds_event_times() else None,
             )
         except ExportStreamError as exc:  # staging saw Mixpanel's 'terminated early' line
             raise SourceStreamError(str(exc)) from exc

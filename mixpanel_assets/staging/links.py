@@ -17,6 +17,8 @@ from pathlib import Path
 import orjson
 import xxhash
 
+from mixpanel_assets.staging.disk import write_file
+
 LINK_PARTS = 8  # a window's links are merged in this many hash partitions: memory is 1/8 of them
 _LINK_HEADER = struct.Struct(f"<{LINK_PARTS + 1}Q")  # where each partition's pickle starts in a block's file
 
@@ -31,10 +33,11 @@ def links_dir(staging_dir: str | Path, window_index: int) -> Path:
     return Path(staging_dir) / "links" / f"w{window_index:05d}" / "blocks"
 
 
-def write_block_links(staging_dir: str, window_index: int, block_id: int, links: dict) -> None:
+def write_block_links(staging_dir: str, window_index: int, block_id: int, links: dict, tag: str = "") -> None:
     """One file per block holding LINK_PARTS pickles (one per hash partition) behind an offset
     header: each merge task reads only its partition, and a block creates one file, not eight
-    (file creation is a large part of the kernel time of an export)."""
+    (file creation is a large part of the kernel time of an export). `tag` names a second file of
+    the same block (an event rejoined across its boundary, fragments.py)."""
     parts: list[dict] = [{} for _ in range(LINK_PARTS)]
     for link, seen_at in links.items():
         parts[_link_part(link)][link] = seen_at
@@ -42,9 +45,8 @@ def write_block_links(staging_dir: str, window_index: int, block_id: int, links:
     offsets = [_LINK_HEADER.size]
     for blob in blobs:
         offsets.append(offsets[-1] + len(blob))
-    directory = links_dir(staging_dir, window_index)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"b{block_id:07d}.pickles").write_bytes(b"".join([_LINK_HEADER.pack(*offsets), *blobs]))
+    path = links_dir(staging_dir, window_index) / f"b{block_id:07d}{tag}.pickles"
+    write_file(path, b"".join([_LINK_HEADER.pack(*offsets), *blobs]))
 
 
 def merge_links(staging_dir: str, window_index: int, part: int) -> tuple[str, int]:

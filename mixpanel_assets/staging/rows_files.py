@@ -6,7 +6,19 @@ Shared by the part writers (block_worker.write_part for JSON, parquet_parts for 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Segment:
+    """One staged block's rows for one window, and which of them are duplicates to drop."""
+
+    path: Path
+    rows: int
+    raw_bytes: int
+    drop_rows: Any = None  # numpy row numbers (this module stays importable without numpy)
 
 
 def line_starts(data: bytes):

@@ -13,6 +13,9 @@ The three steps, each with memory that does not grow with the size of the day:
 
 Staging on disk also means a destination that fails and is retried reads the staged rows again
 instead of spending another Export API query.
+
+Before anything is written, the gates in input_checks.py judge the counts the parse step
+gathered (bad lines, rows far outside the windows).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import shutil
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,10 +35,13 @@ from mixpanel_assets.mixpanel.errors import BadInputError  # noqa: F401 - raised
 from mixpanel_assets.staging.block_worker import BlockSpec, block_path, write_part
 from mixpanel_assets.staging.blocks import BLOCK_BYTES, _Block, _Inputs, _Progress, _run_blocks
 from mixpanel_assets.staging.dedup import Fingerprint, _deduplicate, _KeyBuckets
+from mixpanel_assets.staging.disk import StagingDiskError, write_file  # noqa: F401 - what staging raises on a failed write
+from mixpanel_assets.staging.fragments import BoundaryJoins, absorb_joined, line_where
+from mixpanel_assets.staging.input_checks import REACH_SECONDS, check_bad_lines, check_outside_window
 from mixpanel_assets.staging.links import LINK_PARTS, LinkSet, links_dir, merge_links
 from mixpanel_assets.staging.parts import EXTENSIONS, PartFile
-from mixpanel_assets.staging.pool import InlineExecutor, process_pool
-from mixpanel_assets.staging.rows_files import filtered_lines, line_starts
+from mixpanel_assets.staging.pool import InlineExecutor, process_pool, stop_futures
+from mixpanel_assets.staging.rows_files import Segment, filtered_lines, line_starts
 from mixpanel_assets.staging.scratch import scratch_dir
 from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, BlockResult
 from mixpanel_assets.windows import PartitionWindow, Window
@@ -42,18 +49,6 @@ from mixpanel_assets.windows import PartitionWindow, Window
 
 class ExportStreamError(RuntimeError):
     """The source stream was cut or ended with Mixpanel's 'export terminated early' line."""
-
-
-
-
-@dataclass
-class Segment:
-    """One staged block's rows for one window, and which of them are duplicates to drop."""
-
-    path: Path
-    rows: int
-    raw_bytes: int
-    drop_rows: np.ndarray | None = None
 
 
 @dataclass
@@ -116,10 +111,13 @@ class StagedRows:
             for i, plan in enumerate(plans)
         ]
         parts = []
-        for future in futures:
-            path, rows, raw, size = future.result()
-            if path:
-                parts.append(PartFile(Path(path), rows, raw, size))
+        try:
+            for future in futures:
+                path, rows, raw, size = future.result()
+                if path:
+                    parts.append(PartFile(Path(path), rows, raw, size))
+        finally:
+            stop_futures(futures)  # after a failure, no part is written once the caller cleans up
         return parts
 
     def iter_rows(self) -> Iterator[bytes]:
@@ -189,8 +187,7 @@ def stage_table(lines: Iterable[bytes], table: str, *, staging_root: str | Path 
             return
         data = b"\n".join(buffer) + b"\n"
         path = block_path(staging_dir, 0, len(staged.segments))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        write_file(path, data)
         digest.update(data)
         staged.segments.append(Segment(path, len(buffer), len(data)))
         staged.rows_read += len(buffer)
@@ -220,6 +217,10 @@ class StagedEvents:
     bad_lines: int = 0
     bad_examples: list[tuple[str, str]] = field(default_factory=list)
     outside_window: int = 0
+    rejoined_lines: int = 0  # events whose line came split in two, joined again (fragments.py)
+    millisecond_times: int = 0  # rows whose time was in milliseconds (block_worker.MS_TIMES)
+    far_outside: int = 0  # rows beyond the run's reach: checked by _check_outside_window
+    far_examples: list[tuple[str, float]] = field(default_factory=list)  # (where, time as sent)
     suppressed: int = 0  # rows of users deleted by a GDPR deletion, dropped (gdpr.py)
     source_bytes: int = 0
     queries: int = 0
@@ -263,6 +264,7 @@ def stage_events(
     describe_source: str = "the export",
     progress: Callable[[str], None] | None = None,
     suppressed_distinct_ids: Iterable[str] | None = None,
+    outside_reach: float | None = REACH_SECONDS,
 ) -> StagedEvents:
     """Stream `chunks` (raw export JSON lines) into deduplicated rows for each window.
 
@@ -273,7 +275,9 @@ def stage_events(
     when the input's size is known (local files), an ETA.
 
     Raises ExportStreamError if the stream reports it was cut, BadInputError if malformed lines
-    exceed the policy; in both cases nothing is left on disk.
+    exceed the policy or too many rows lie beyond `outside_reach` seconds of the windows (None:
+    the source may hold rows of any time; see _check_outside_window), StagingDiskError if a staged
+    file cannot be written; in each case the workers are stopped and nothing is left on disk.
     """
     partitions = [w if isinstance(w, PartitionWindow) else None for w in windows]
     windows = [w.window if isinstance(w, PartitionWindow) else w for w in windows]
@@ -295,25 +299,30 @@ def stage_events(
         legacy_timezone=legacy_timezone,
         write_rows=write_rows,
         suppressed_distinct_ids=frozenset(suppressed_distinct_ids) if suppressed_distinct_ids else None,
+        reach=(windows[0].start - outside_reach, max(w.end for w in windows) + outside_reach)
+        if outside_reach is not None and windows else None,
     )
     buckets = _KeyBuckets(staging_dir / "keys", len(windows))
     terminated = False
     inputs = _Inputs(chunks, block_bytes)
     meter = _Progress(progress, describe_source, inputs)
     blocks = 0
+    joins = BoundaryJoins()
     try:
-        for block, result in _run_blocks(inputs, spec, workers):
-            blocks += 1
-            terminated |= result.terminated_early
-            _absorb(staged, buckets, block, result, spec)
-            staged.source_bytes = inputs.source_bytes
-            meter.update(staged)
+        with closing(_run_blocks(inputs, spec, workers)) as results:  # closed: no worker writes after a failure
+            for block, result in results:
+                blocks += 1
+                terminated |= result.terminated_early
+                _absorb(staged, buckets, block, result, spec, joins)
+                staged.source_bytes = inputs.source_bytes
+                meter.update(staged)
         if terminated:
             raise ExportStreamError(
                 f"{describe_source} ended with Mixpanel's 'export terminated early' line after "
                 f"{staged.lines} events; the window is incomplete and nothing was written"
             )
         check_bad_lines(staged, max_bad_fraction, max_bad_count, describe_source)
+        check_outside_window(staged, describe_source, outside_reach)
         # Links are merged in the pool while this process deduplicates, unless the input was small
         # enough to be parsed inline (starting worker processes would then cost more than it saves).
         executor = process_pool(workers) if workers > 1 and blocks > 1 else InlineExecutor()
@@ -344,7 +353,8 @@ def _segments_with_blocks(window: StagedWindow):
         yield int(seg.path.stem[1:]), seg
 
 
-def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: BlockResult, spec: BlockSpec) -> None:
+def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: BlockResult, spec: BlockSpec,
+            joins: BoundaryJoins) -> None:
     first_line = block.first_line
     if first_line is None:
         first_line = staged._next_line.get(block.origin, 1)
@@ -353,12 +363,21 @@ def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: B
     staged.bad_lines += result.bad_lines
     staged.outside_window += result.outside_window
     staged.suppressed += result.suppressed
+    staged.rejoined_lines += result.rejoined_lines
+    staged.millisecond_times += result.millisecond_times
+    staged.far_outside += result.far_outside
     room = MAX_REPORTED_BAD_LINES - len(staged.bad_examples)
     if room > 0:
         for index, why in result.bad_examples[:room]:
             line_no = first_line + index
             where = f"{block.origin} line {line_no}" if block.origin else f"line {line_no}"
             staged.bad_examples.append((where, why))
+    for index, time in result.far_examples[:max(0, MAX_REPORTED_BAD_LINES - len(staged.far_examples))]:
+        staged.far_examples.append((line_where(block.origin, first_line + index), time))
+    if result.head_fragment is not None or result.tail_fragment is not None or joins.tail is not None:
+        joined = joins.check(block.block_id, block.origin, first_line, result)
+        if joined is not None:  # its row goes before this block's rows, where the line was
+            absorb_joined(staged, buckets, joined, spec)
     block_id = block.block_id
     for w, window in enumerate(staged.windows):
         rows = result.rows_per_window[w]
@@ -370,32 +389,6 @@ def _absorb(staged: StagedEvents, buckets: _KeyBuckets, block: _Block, result: B
         )
         buckets.add(w, block_id, result.hashes_per_window[w], result.procs_per_window[w],
                     result.no_dedup_per_window[w])
-
-
-def check_bad_lines(staged: StagedEvents | StagedTable, max_fraction: float, max_count: int | None, source: str,
-                    what: str = "lines are not valid Mixpanel export events") -> None:
-    """project.bad_lines, the one rule for events and profiles: `max_count` when set, else
-    `max_fraction` of the lines read; over it, the run fails naming the first bad lines.
-    Also fails when every line is bad: an input with no valid line is not the project's data (an
-    error page, a wrong file), whatever max_count allows, and loading it would replace the window
-    with nothing."""
-    if not staged.bad_lines:
-        return
-    total = staged.lines
-    if staged.bad_lines >= total:
-        examples = "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples)
-        raise BadInputError(
-            f"{source}: all {total} {what}: an input without one valid line cannot be the project's data "
-            f"(an error page, a wrong file?); nothing was written. First lines:\n{examples}"
-        )
-    too_many = staged.bad_lines > max_count if max_count is not None else staged.bad_lines > max_fraction * total
-    if too_many:
-        examples = "\n".join(f"  {where}: {why}" for where, why in staged.bad_examples)
-        limit = f"max_count {max_count}" if max_count is not None else f"max_fraction {max_fraction}"
-        raise BadInputError(
-            f"{source}: {staged.bad_lines} of {total} {what}, more than "
-            f"project.bad_lines allows ({limit}); nothing was written. First bad lines:\n{examples}"
-        )
 
 
 def part_extension(fmt: str, compression: str) -> str:

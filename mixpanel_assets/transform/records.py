@@ -59,6 +59,15 @@ class BlockResult:
     bad_examples: list[tuple[int, str]] = field(default_factory=list)  # (line index in the block, why)
     # Identity links ((kind, a, b) -> earliest time) go to staging files, merged per window at the end.
     terminated_early: bool = False
+    rejoined_lines: int = 0  # events whose line came split in two, joined again
+    millisecond_times: int = 0  # rows whose time was in milliseconds (block_worker.MS_TIMES)
+    far_outside: int = 0  # rows outside the run's reach (BlockSpec.reach), a part of outside_window
+    far_examples: list[tuple[int, float]] = field(default_factory=list)  # (line index in the block, time as sent)
+    # A bad first or last line that may be half of a line split across the block boundary; the
+    # coordinator joins it with the neighbouring block's (staging/fragments.py). A hand-off, not
+    # what the block holds: left out of comparisons.
+    head_fragment: bytes | None = field(default=None, compare=False)
+    tail_fragment: tuple[int, bytes] | None = field(default=None, compare=False)  # (line index in the block, bytes)
 
 
 def id_str(value) -> str | None:
