@@ -41,10 +41,11 @@ def definitions(directory: Path, project: dict, pipelines: list[dict], today: dt
 
 
 def run_partition(defs: dg.Definitions, job: str, instance: dg.DagsterInstance, partition_key: str | None = None,
-                  range_: tuple[str, str] | None = None, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
-    tags = {}
+                  range_: tuple[str, str] | None = None, raise_on_error: bool = True,
+                  tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
+    tags = dict(tags or {})
     if range_:
-        tags = {"dagster/asset_partition_range_start": range_[0], "dagster/asset_partition_range_end": range_[1]}
+        tags.update({"dagster/asset_partition_range_start": range_[0], "dagster/asset_partition_range_end": range_[1]})
     return defs.resolve_job_def(job).execute_in_process(
         partition_key=partition_key, instance=instance, tags=tags, raise_on_error=raise_on_error
     )

@@ -18,6 +18,7 @@ import pytest
 
 from mixpanel_assets.config import ConfigError
 from mixpanel_assets.defs.build import build_definitions
+from mixpanel_assets.destinations.io_managers import ALLOW_SHRINK_TAG
 from mixpanel_assets_tests.helpers import (
     TODAY,
     dedup_expected,
@@ -207,7 +208,8 @@ def test_events_far_in_the_future_or_outside_the_window_are_counted_not_written(
 
 
 @pytest.mark.parametrize("empty", ["no_file", "empty_file", "blank_lines"])
-def test_an_empty_day_replaces_the_window_with_zero_rows(tmp_path, source, instance, empty):
+def test_an_empty_day_replaces_the_window_with_zero_rows_only_when_the_run_allows_the_shrink(
+        tmp_path, source, instance, empty):
     write_day(source, good_lines(30))
     defs = defs_for(tmp_path, source)
     run_partition(defs, "files_job", instance, DAY)
@@ -217,13 +219,18 @@ def test_an_empty_day_replaces_the_window_with_zero_rows(tmp_path, source, insta
         write_day(source, [])
     elif empty == "blank_lines":
         write_day(source, [b"", b"   ", b""])
-    result = run_partition(defs, "files_job", instance, DAY)
-    assert materialization(result)["dagster/partition_row_count"] == 0
     folder = folder_of(tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    # The shrink guard: emptying a window that held rows is what a source answering short looks like.
+    refused = run_partition(defs, "files_job", instance, DAY, raise_on_error=False)
+    assert not refused.success and {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    allow = {ALLOW_SHRINK_TAG: "true"}
+    result = run_partition(defs, "files_job", instance, DAY, tags=allow)
+    assert materialization(result)["dagster/partition_row_count"] == 0
     manifest = orjson.loads((folder / "manifest.json").read_bytes())
     assert manifest["rows"] == 0 and manifest["parts"] == [] and (folder / "complete").exists()
     assert not [p for p in folder.iterdir() if p.name.startswith("part-")]
-    run_partition(defs, "db_job", instance, DAY)
+    run_partition(defs, "db_job", instance, DAY, tags=allow)
     assert db_rows(tmp_path) == []
 
 
