@@ -47,6 +47,8 @@ def window_tail(end: float) -> tuple[float, float]:
     or by the staged double (Snowflake, the part files) finds exactly the rows the export put there.
     Only times within half a microsecond of a window's end move (by less than that).
     """
+    if not math.isfinite(end):  # an unbounded window has no last microsecond
+        return end, end
     target = epoch_micros(end)
     first = (target - 0.5) / 1e6
     while epoch_micros(first) >= target:
