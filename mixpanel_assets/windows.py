@@ -8,6 +8,7 @@ A partition is a window of project-local time; `time` values stay UTC (DESIGN.md
 from __future__ import annotations
 
 import datetime as dt
+import math
 import zoneinfo
 from dataclasses import dataclass
 
@@ -18,6 +19,43 @@ class Window:
 
     start: float
     end: float
+
+
+def epoch_micros(seconds: float) -> int:
+    """A `time` as every destination stores it: whole microseconds, `seconds * 1e6` in double precision
+    rounded half away from zero. DuckDB (`round`), BigQuery and Snowflake (`ROUND`) round the same
+    product the same way; Parquet's round-half-even differs only on exact ties, never at a window bound.
+    """
+    scaled = abs(seconds * 1e6)
+    whole = math.floor(scaled)
+    if scaled - whole >= 0.5:  # exact: `whole` is within a factor 2 of `scaled` (or 0)
+        whole += 1
+    return whole if seconds >= 0 else -whole
+
+
+def window_tail(end: float) -> tuple[float, float]:
+    """(first, last) for a window ending at `end` (whole seconds): the times in [first, end) belong to
+    the window but would be stored as `end`'s microsecond, i.e. in the next window; they are stored
+    as `last`, the window's last microsecond, instead.
+
+    The one rule for window membership: a row belongs to the window its time, as Mixpanel sent it,
+    falls in, compared exactly with the window's bounds. That is how Mixpanel picks the day whose
+    export query returns an event, so a row is never in a window whose query does not return it (a
+    row rounded into the next day would be lost by a one-day run: outside its window in the query
+    that returned it, and absent from the next day's). The stored value is then kept inside that
+    window, so a warehouse counting or replacing the window by its stored `time` (DuckDB, BigQuery)
+    or by the staged double (Snowflake, the part files) finds exactly the rows the export put there.
+    Only times within half a microsecond of a window's end move (by less than that).
+    """
+    if not math.isfinite(end):  # an unbounded window has no last microsecond
+        return end, end
+    target = epoch_micros(end)
+    first = (target - 0.5) / 1e6
+    while epoch_micros(first) >= target:
+        first = math.nextafter(first, -math.inf)
+    while epoch_micros(first) < target:
+        first = math.nextafter(first, math.inf)
+    return first, (target - 1) / 1e6
 
 
 @dataclass(frozen=True)

@@ -846,7 +846,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, record: RecordedRequest, status: int, body: object, headers: dict[str, str] | None = None) -> None:
         if isinstance(body, (dict, list)):
-            data, ctype = orjson.dumps(body), "application/json"
+            try:
+                data = orjson.dumps(body)
+            except TypeError:  # nested past orjson's 255 levels: a profile Mixpanel could still hold
+                data = json.dumps(body).encode()
+            ctype = "application/json"
         else:
             data, ctype = str(body or "").encode(), "text/plain; charset=utf-8"
         headers = dict(headers or {})

@@ -111,8 +111,10 @@ def _ref_links(name: str, props: dict) -> list:
     if name == "$create_alias" and props.get("alias") is not None and props.get("distinct_id") is not None:
         links.append(("alias", _ref_id(props["alias"]), _ref_id(props["distinct_id"])))
     ids = props.get("$distinct_ids")
-    if name == "$merge" and isinstance(ids, list) and len(ids) >= 2:
-        links += [("merge", _ref_id(ids[0]), _ref_id(other)) for other in ids[1:]]
+    if name == "$merge" and isinstance(ids, list):
+        ids = [i for i in ids if i is not None]  # a null links nothing (it used to fail the block: issue 12)
+        if len(ids) >= 2:
+            links += [("merge", _ref_id(ids[0]), _ref_id(other)) for other in ids[1:]]
     return links
 
 

@@ -118,10 +118,25 @@ class MixpanelApiSource(EventSource):
 
     def profile_lines(self):
         for profile in self.client.profiles():
-            yield orjson.dumps(profile)
+            try:
+                yield orjson.dumps(profile)
+            except TypeError:  # nested past orjson's 255 levels: written as text, refused by profile_row
+                yield _deep_profile_line(profile)
 
     def close(self) -> None:
         self.client.close()
+
+
+def _deep_profile_line(profile) -> bytes:
+    """A profile orjson cannot write, as a line profile_row reads and refuses with its reason: one
+    profile must never fail the whole table (the stdlib writer goes deeper; past its own limit, the
+    line says why it is not the profile)."""
+    import json
+
+    try:
+        return json.dumps(profile, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    except (RecursionError, ValueError, TypeError):
+        return b"<a profile nested too deep to write: more than 255 levels>"
 
 
 _DATE_IN_NAME = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})")

@@ -23,8 +23,16 @@ from pathlib import Path
 from mixpanel_assets.staging.disk import disk_error, write_file
 from mixpanel_assets.staging.links import write_block_links
 from mixpanel_assets.staging.rows_files import filtered_lines
-from mixpanel_assets.transform.events import event_row, identity_links, key_digest, processing_time, read_event
+from mixpanel_assets.transform.events import (
+    event_row,
+    identity_links,
+    key_digest,
+    processing_time,
+    read_event,
+    refusal,
+)
 from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, TERMINATED_EARLY, BadLine, BlockResult
+from mixpanel_assets.windows import window_tail
 
 FLAG_NO_DEDUP = 1  # a row without $insert_id: Mixpanel never deduplicates it
 _U64_NATIVE = struct.Struct("=Q")  # what numpy reads back as uint64 (dedup._KeyBuckets)
@@ -74,8 +82,11 @@ def _legacy_converter(timezone: str):
     tz = zoneinfo.ZoneInfo(timezone)
 
     def convert(local_epoch):
-        naive = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=local_epoch)
-        offset = naive.replace(tzinfo=tz).utcoffset().total_seconds()
+        try:
+            naive = dt.datetime(1970, 1, 1) + dt.timedelta(seconds=local_epoch)
+            offset = naive.replace(tzinfo=tz).utcoffset().total_seconds()
+        except (OverflowError, ValueError):  # not a date a time zone has (years 1-9999)
+            raise BadLine(f"properties.time {local_epoch!r} is not a time in {timezone} (years 1 to 9999)") from None
         result = local_epoch - offset
         return int(result) if isinstance(local_epoch, int) and result == int(result) else result
 
@@ -161,6 +172,12 @@ def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytear
     n_windows = len(starts)
     single = n_windows == 1
     first_start, first_end = starts[0], ends[0]
+    # A time in a window's last half microsecond is stored as that window's last microsecond, not
+    # rounded into the next window (windows.window_tail); checked only once a time fails the window
+    # test, so good lines pay nothing for it.
+    tails = [window_tail(end) for end in ends]
+    limits, lasts = [first for first, _ in tails], [last for _, last in tails]
+    first_limit = limits[0]
     # Rows are appended to one buffer per window rather than kept as a list of bytes objects: each
     # row then reuses memory that is warm in the cache instead of claiming new memory (3x slower).
     buffers = [bytearray() for _ in range(n_windows)]
@@ -196,41 +213,53 @@ def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytear
                 continue
             name, time, fields, properties = joined
         lines += 1
-        if convert is not None:
-            if time > MS_TIMES:
-                time = from_ms(time)
-                result.millisecond_times += 1
-            time = convert(time)
-        if events_filter is not None and name not in events_filter:
-            outside += 1
-            continue
-        if single:
-            if not first_start <= time < first_end:
-                time, w = _outside(time, index, spec, result)
-                if w < 0:
-                    continue
+        try:  # any other line that cannot become a row is a bad line too; the try costs good lines nothing
+            if convert is not None:
+                if time > MS_TIMES:
+                    time = from_ms(time)
+                    result.millisecond_times += 1
+                time = convert(time)
+            if events_filter is not None and name not in events_filter:
+                outside += 1
+                continue
+            if single:
+                if first_start <= time < first_limit:
+                    w = 0
+                elif first_start <= time < first_end:
+                    time, w = lasts[0], 0
+                else:
+                    time, w = _outside(time, index, spec, result)
+                    if w < 0:
+                        continue
             else:
-                w = 0
-        else:
-            w = bisect_right(starts, time) - 1
-            if w < 0 or time >= ends[w]:
-                time, w = _outside(time, index, spec, result)
-                if w < 0:
-                    continue
-        if suppressed_ids is not None and fields.distinct_id in suppressed_ids:
-            suppressed += 1
+                w = bisect_right(starts, time) - 1
+                if w < 0 or time >= limits[w]:
+                    if w >= 0 and time < ends[w]:
+                        time = lasts[w]
+                    else:
+                        time, w = _outside(time, index, spec, result)
+                        if w < 0:
+                            continue
+            if suppressed_ids is not None and fields.distinct_id in suppressed_ids:
+                suppressed += 1
+                continue
+            row = event_row(name, time, fields, properties)
+            digest = key_digest(name, time, fields)
+            event_links = identity_links(name, fields) if collect_links else None
+        except Exception as exc:  # noqa: BLE001 - counted and reported with its reason, like any bad line
+            _refuse(result, index, line, exc)
             continue
         window_hashes = hashes[w]
         if fields.insert_id is None:
             no_dedup[w] += pack_row(len(window_hashes) >> 4)
         buffer = buffers[w]
-        buffer += event_row(name, time, fields, properties)
+        buffer += row
         buffer += b"\n"
-        window_hashes += key_digest(name, time, fields)
+        window_hashes += digest
         procs[w] += pack_proc(processing_time(fields))
-        if collect_links:
+        if event_links:
             window_links = links[w]
-            for link in identity_links(name, fields):
+            for link in event_links:
                 seen = window_links.get(link)
                 if seen is None or time < seen:
                     window_links[link] = time
@@ -290,7 +319,7 @@ def _outside(time, index: int, spec: BlockSpec, result: BlockResult):
 
     Off the hot path: a millisecond time (MS_TIMES) is converted and placed again; a row still
     outside is counted, and as `far_outside` (with its line and time as sent) when it is beyond
-    the run's reach, which stage.py checks against its threshold."""
+    the run's reach, which input_checks.py checks against its threshold."""
     seconds = time
     if time > MS_TIMES and spec.legacy_timezone is None:  # a legacy project's times were converted already
         seconds = from_ms(time)
@@ -305,6 +334,15 @@ def _outside(time, index: int, spec: BlockSpec, result: BlockResult):
         if len(result.far_examples) < MAX_FAR_EXAMPLES:
             result.far_examples.append((index, time))
     return time, -1
+
+
+def _refuse(result: BlockResult, index: int, line: bytes, exc: Exception) -> None:
+    """Count a line whose row could not be made as a bad line (the rare path: a call is fine here)."""
+    if isinstance(exc, MemoryError):
+        raise exc
+    result.bad_lines += 1
+    if len(result.bad_examples) < MAX_REPORTED_BAD_LINES:
+        result.bad_examples.append((index, f"{refusal(exc)}: {line[:80]!r}"))
 
 
 def write_part(segments: list[tuple[str, object]], out_dir: str, stem: str, index: int, compression: str,

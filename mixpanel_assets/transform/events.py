@@ -50,6 +50,7 @@ _digest = xxhash.xxh3_128_digest
 _U64 = 1 << 64
 _I64_MIN = -(1 << 63)
 _CLOSE_BRACE = ord("}")
+_MAX_DEPTH = 255  # orjson writes no deeper (it reads up to 1,024)
 
 
 class _Line(msgspec.Struct, gc=False):
@@ -87,8 +88,21 @@ _MAX_PREFIXES = 4096
 
 def read_event(line: bytes) -> tuple[str, int | float, _Fields, bytes]:
     """(event name, time as in the line, the fields rows are made of, the properties JSON); raises
-    BadLine with the reason a line is not a Mixpanel export event."""
+    BadLine with the reason a line is not a Mixpanel export event, and nothing else."""
     return read_typed(line) or _read_general(line)
+
+
+def refusal(exc: Exception) -> str:
+    """Why a line that raised `exc` while becoming a row is a bad line (parse_block counts it as one:
+    one line never fails a partition). Only called on that rare path, so good lines pay nothing."""
+    if isinstance(exc, BadLine):
+        return str(exc)
+    text = str(exc)
+    if isinstance(exc, RecursionError) or "Recursion limit" in text:
+        return f"nested more than {_MAX_DEPTH} levels deep, deeper than a row can be written"
+    if isinstance(exc, OverflowError):
+        return f"a value is out of range ({text})"
+    return f"cannot be made into a row ({type(exc).__name__}: {text})"
 
 
 def read_typed(line: bytes) -> tuple[str, int | float, _Fields, bytes] | None:
@@ -136,6 +150,13 @@ def _read_general(line: bytes) -> tuple[str, int | float, _Fields, bytes]:
         raise BadLine("missing properties.time")
     if time.__class__ is not int and time.__class__ is not float:
         raise BadLine(f"properties.time is not a number: {str(time)[:40]!r}")
+    try:
+        return _general_fields(line, event, name, props, time)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:  # an id or the properties too deep to write
+        raise BadLine(refusal(exc)) from None
+
+
+def _general_fields(line: bytes, event: dict, name: str, props: dict, time) -> tuple[str, int | float, _Fields, bytes]:
     properties = None
     if len(event) == 2:
         prefix = b'{"event":' + _dumps(name) + b',"properties":'
@@ -202,6 +223,8 @@ def identity_links(name: str, fields: _Fields) -> list[tuple[str, str, str]]:
                 links.append((LINK_ALIAS, fields.alias, distinct))
         elif name == "$merge":
             ids = fields.distinct_ids
+            if ids is not None and None in ids:  # a null says nothing about who merged
+                ids = [i for i in ids if i is not None]
             if ids is not None and len(ids) >= 2:
                 first = ids[0]
                 for other in ids[1:]:

@@ -90,15 +90,18 @@ def profile_row(line: bytes) -> tuple[str, bytes]:
         raise BadLine(f"not valid JSON ({exc})") from None
     if profile.__class__ is not dict:
         raise BadLine("not a JSON object")
-    distinct_id = id_str(profile.get("$distinct_id"))
-    if distinct_id is None:
-        raise BadLine("profile without $distinct_id")
-    props = profile.get("$properties")
-    if props is None:
-        props = {}
-    if props.__class__ is not dict:
-        raise BadLine("profile $properties is not an object")
-    return distinct_id, b'{"distinct_id":' + _dumps(distinct_id) + b',"properties":' + _dumps(props) + b"}"
+    try:
+        distinct_id = id_str(profile.get("$distinct_id"))
+        if distinct_id is None:
+            raise BadLine("profile without $distinct_id")
+        props = profile.get("$properties")
+        if props is None:
+            props = {}
+        if props.__class__ is not dict:
+            raise BadLine("profile $properties is not an object")
+        return distinct_id, b'{"distinct_id":' + _dumps(distinct_id) + b',"properties":' + _dumps(props) + b"}"
+    except (TypeError, OverflowError, RecursionError) as exc:  # orjson writes 255 levels, reads 1,024
+        raise BadLine(f"nested more than 255 levels deep, deeper than a row can be written ({exc})") from None
 
 
 def identity_row(distinct_id: str, resolved: str) -> bytes:
