@@ -143,7 +143,9 @@ LEGACY_TIMES = {
     "huge positive": "1000000000000000000000000000000",
     "largest unsigned 64-bit": str((1 << 64) - 1),
     "largest double": "1.7976931348623157e308",
-    "year 10000": "253402300800",
+    # A time above 1e11 is read as milliseconds (block_worker.MS_TIMES), so year 10000 in seconds
+    # would be a 1978 time: in milliseconds it is year 10000 again.
+    "year 10000": "253402300800000",
 }
 
 
