@@ -111,8 +111,11 @@ class RunnerProcess:
         self.marker = home / "paused"
         args = [str(config), job, DAY, str(home)] + ([pause_at, str(self.marker)] if pause_at else [])
         self.log = open(home / "runner.log", "wb")
+        # The run's temp folder is this test's (private_tmp), so no other run on the machine sweeps it.
+        env = {**os.environ, "TMPDIR": tempfile.gettempdir()}
         self.proc = subprocess.Popen([sys.executable, "-m", "mixpanel_assets_tests.partition_runner", *args],
-                                     cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=env)
 
     def output(self) -> str:
         self.log.flush()
@@ -128,6 +131,19 @@ class RunnerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=60)
         self.log.close()
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch) -> Path:
+    """A temp folder of this test's own, for its runs and their scratch folders: a run sweeps the
+    scratch folders of dead processes from its temp folder (staging/scratch.py), so in a shared
+    /tmp another run (a parallel test, another checkout's suite) would sweep a killed run's
+    folders before this test looks at them."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
 
 
 def scratch_folders_of(pid: int) -> list[Path]:
@@ -245,7 +261,7 @@ def _set_late_event_check(db: Path, reject: bool) -> None:
     ("before_commit", "db_job", "v1"),
 ])
 def test_a_run_killed_inside_the_destination_write_leaves_one_whole_version_and_a_rerun_is_exact(
-        tmp_path, source, instance, pause_at, job, sees):
+        tmp_path, source, instance, pause_at, job, sees, private_tmp):
     config = pipelines_file(tmp_path, source)
     defs = build_definitions(config, today=TODAY)
     read = (lambda: duckdb_version(tmp_path / "wh.duckdb")) if job == "db_job" else (
