@@ -70,8 +70,11 @@ debian-test-packages:
 
 setup-test: setup node_modules/.bin/azurite-blob .venv-bq/.installed debian-test-packages
 
+# Two workers, one test file each at a time (--dist loadfile): the suite waits on servers and
+# subprocesses as much as it computes, and a file's session fixtures then start once per worker.
+TEST_WORKERS ?= 2
 test: setup-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[bench]"
