@@ -134,13 +134,15 @@ class RunnerProcess:
 
 
 @pytest.fixture
-def private_tmp(tmp_path, monkeypatch) -> Path:
+def private_tmp(monkeypatch) -> Path:
     """A temp folder of this test's own, for its runs and their scratch folders: a run sweeps the
     scratch folders of dead processes from its temp folder (staging/scratch.py), so in a shared
     /tmp another run (a parallel test, another checkout's suite) would sweep a killed run's
-    folders before this test looks at them."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
+    folders before this test looks at them. Short, right under /tmp: the run's worker pool puts
+    its forkserver socket there, and a Unix socket path may not exceed 107 bytes. Not removed
+    afterwards: the test process's forkserver, started here, keeps its socket in it (its own
+    `pymp-*` folder in it goes when the process exits); the killed run's scratch is swept by the rerun."""
+    folder = Path(tempfile.mkdtemp(prefix="mpf-"))
     monkeypatch.setenv("TMPDIR", str(folder))
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder

@@ -15,6 +15,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from mixpanel_assets.destinations.io_managers import ALLOW_SHRINK_TAG
 from mixpanel_assets_tests.helpers import definitions, epoch, event_line, run_partition
 
 DAY = "2024-11-22"
@@ -169,11 +170,11 @@ def write_days(source, days: dict[str, Flows]) -> None:
         (source / f"{day}.jsonl").write_bytes(b"\n".join(flows.lines) + b"\n")
 
 
-def export_identity(defs, instance, *days: str) -> dict:
+def export_identity(defs, instance, *days: str, tags: dict[str, str] | None = None) -> dict:
     """Export the events of `days`, then the identity mapping; returns the mapping's metadata."""
     for day in days:
         run_partition(defs, "events_job", instance, day)
-    result = run_partition(defs, "identity_job", instance)
+    result = run_partition(defs, "identity_job", instance, tags=tags)
     (materialization,) = result.asset_materializations_for_node("identity__mp_identity_mappings_data")
     return {k: v.value for k, v in materialization.metadata.items()}
 
@@ -301,7 +302,11 @@ def test_a_reexported_day_replaces_its_links_so_a_vanished_link_leaves_the_mappi
     after.simplified("R", device="D1")
     after.simplified("R", user="R1")
     write_days(tmp_path / "source", {DAY: after})
-    metadata = export_identity(defs, instance, DAY)
+    # The mapping empties: the shrink guard refuses that unless the run allows it.
+    run_partition(defs, "events_job", instance, DAY)
+    assert not run_partition(defs, "identity_job", instance, raise_on_error=False).success
+    assert mapping_of(tmp_path / "wh.duckdb", "R") == {"$device:R.D1": "R.R1"}
+    metadata = export_identity(defs, instance, tags={ALLOW_SHRINK_TAG: "true"})
     assert mapping_of(tmp_path / "wh.duckdb", "R") == {}
     assert users_of(tmp_path / "wh.duckdb", "R") == (2, 2)
     assert metadata["links"] == 0
