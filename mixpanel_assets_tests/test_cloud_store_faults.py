@@ -19,7 +19,7 @@ from mixpanel_assets.staging.stage import stage_events
 from mixpanel_assets.windows import PartitionWindow, Window
 from mixpanel_assets_tests.emulators.fixtures import unique_name
 from mixpanel_assets_tests.emulators.servers import MOTO_REGION, start_moto
-from mixpanel_assets_tests.emulators.stores import store_for
+from mixpanel_assets_tests.emulators.stores import DelegatingBucket, store_for
 from mixpanel_assets_tests.helpers import definitions, epoch, event_line, run_partition
 
 PROJECT_ID = 99
@@ -46,31 +46,17 @@ def window() -> PartitionWindow:
     return PartitionWindow("2024-11-22", start, start + dt.timedelta(days=1), start, "daily")
 
 
-class FailsMidWindow(Bucket):
+class FailsMidWindow(DelegatingBucket):
     """The real adapter for the first `after` part uploads; later uploads go, through the same
     real client library and server, to a bucket that does not exist, which the server refuses."""
 
     def __init__(self, real: Bucket, vanished: Bucket, after: int):
-        self.real, self.vanished, self.after, self.uploads = real, vanished, after, 0
+        super().__init__(real)
+        self.vanished, self.after, self.uploads = vanished, after, 0
 
     def upload_file(self, key, path):
         self.uploads += 1
         (self.real if self.uploads <= self.after else self.vanished).upload_file(key, path)
-
-    def uri(self, key):
-        return self.real.uri(key)
-
-    def put_bytes(self, key, data):
-        self.real.put_bytes(key, data)
-
-    def get_bytes(self, key):
-        return self.real.get_bytes(key)
-
-    def list_files(self, folder):
-        return self.real.list_files(folder)
-
-    def delete(self, keys):
-        self.real.delete(keys)
 
 
 def export(bucket: Bucket, lines: list[bytes], tmp_path):

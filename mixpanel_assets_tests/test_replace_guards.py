@@ -33,7 +33,7 @@ from mixpanel_assets.staging.stage import stage_events, stage_table
 from mixpanel_assets.transform.records import profile_row
 from mixpanel_assets.windows import PartitionWindow, Window
 from mixpanel_assets_tests.emulators.fixtures import unique_name
-from mixpanel_assets_tests.emulators.stores import store_for
+from mixpanel_assets_tests.emulators.stores import DelegatingBucket, store_for
 from mixpanel_assets_tests.helpers import definitions, epoch, event_line, events_pipeline, local_project
 
 PROJECT_ID = 77
@@ -57,33 +57,16 @@ def staged(tmp_path: Path, lines: list[bytes]):
                         staging_root=tmp_path, block_bytes=64 << 10, workers=1)
 
 
-class Slowed(Bucket):
+class Slowed(DelegatingBucket):
     """A real store whose part uploads take `delay` seconds longer, as over a slow link."""
 
     def __init__(self, real: Bucket, delay: float):
-        self.real, self.delay = real, delay
+        super().__init__(real)
+        self.delay = delay
 
     def upload_file(self, key, path):
         time.sleep(self.delay)
         self.real.upload_file(key, path)
-
-    def uri(self, key):
-        return self.real.uri(key)
-
-    def put_bytes(self, key, data):
-        self.real.put_bytes(key, data)
-
-    def create_if_absent(self, key, data):
-        return self.real.create_if_absent(key, data)
-
-    def get_bytes(self, key):
-        return self.real.get_bytes(key)
-
-    def list_files(self, folder):
-        return self.real.list_files(folder)
-
-    def delete(self, keys):
-        self.real.delete(keys)
 
 
 def object_destination(bucket: Bucket, run_id: str, wait: float = 120.0) -> ObjectStoreDestination:

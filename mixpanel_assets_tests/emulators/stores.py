@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mixpanel_assets.destinations.objects.store import Bucket
 from mixpanel_assets_tests.emulators.servers import (
     MOTO_KEY_ID,
     MOTO_REGION,
@@ -128,3 +129,32 @@ def store_for(kind: str, request) -> Store:
     if kind == "azure":
         return AzureStore(request.getfixturevalue("azurite_server"))
     raise ValueError(kind)
+
+
+class DelegatingBucket(Bucket):
+    """A real store seen through a wrapper: every call goes to `real`, so a fault test overrides
+    only the one call it changes (a slow or failing upload) and the rest is the real adapter."""
+
+    def __init__(self, real: Bucket):
+        self.real = real
+
+    def uri(self, key):
+        return self.real.uri(key)
+
+    def upload_file(self, key, path):
+        self.real.upload_file(key, path)
+
+    def put_bytes(self, key, data):
+        self.real.put_bytes(key, data)
+
+    def create_if_absent(self, key, data):
+        return self.real.create_if_absent(key, data)
+
+    def get_bytes(self, key):
+        return self.real.get_bytes(key)
+
+    def list_files(self, folder):
+        return self.real.list_files(folder)
+
+    def delete(self, keys):
+        self.real.delete(keys)
