@@ -287,6 +287,12 @@ EDGE_CASES = [
     (line('{"time":%d,"$distinct_ids":"a"}' % T, "$merge"), False),
     (line('{"time":%d,"$anon_id":5,"$identified_id":"u"}' % T, "$identify"), False),
     (line('{"time":%d}' % T, "a\tb"), False),  # a raw control character
+    # a name holding the sequence the typed reader cuts at: never cut there
+    (line('{"time":%d}' % T, 'a\\",\\"properties\\":{'), True),
+    (line('{"time":%d}' % T, 'a\\\\'), True),  # an escaped backslash ends the name
+    (b'{"event":"a\\","properties":{","properties":{"time":%d}}' % T, False),  # not JSON: the name never ends
+    (line('{"time":%d},"event":"F"' % T), False),  # a key after the properties
+    (line('{"time":%d},"properties":{"time":5}' % T), False),  # a repeated properties key
     # ids we output: escaped or not strings
     *[(line('{"time":%d,"%s":"a\\u00e9"}' % (T, key)), True)
       for key in ("distinct_id", "$device_id", "$user_id", "$insert_id", "$distinct_id_before_identity")],

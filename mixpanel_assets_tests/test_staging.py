@@ -112,7 +112,22 @@ def test_blocks_are_cut_at_line_ends_whatever_the_chunking():
         blocks = list(split_blocks(pieces, block_bytes=500))
         assert b"".join(b for _, _, _, b in blocks) == data
         assert all(b.endswith(b"\n") for _, _, _, b in blocks)
-        assert [n for _, _, n, _ in blocks] == [1 + sum(b.count(b"\n") for *_, b in blocks[:i]) for i in range(len(blocks))]
+        # Only the first block says where it starts; staging numbers the others from the workers' counts.
+        assert [n for _, _, n, _ in blocks] == [1] + [None] * (len(blocks) - 1)
+
+
+def test_a_bad_line_deep_in_a_stream_is_named_by_its_line_number(tmp_path):
+    from mixpanel_assets.transform.records import Origin
+
+    good = event_line("E", DAY, "u", "i") + b"\n"
+    lines = [good] * 999
+    lines[700] = b"broken\n"
+    chunks = [Origin("the stream")] + [b"".join(lines[i:i + 10]) for i in range(0, len(lines), 10)]
+    for workers in (1, 2):
+        staged = stage_events(chunks, WHOLE_DAY, ["d"], staging_root=tmp_path, max_bad_fraction=0.5,
+                              block_bytes=len(good) * 37, workers=workers)
+        assert staged.bad_examples[0][0] == "the stream line 701"
+        staged.cleanup()
 
 
 def test_each_input_restarts_line_numbers_so_bad_lines_name_their_file(tmp_path):

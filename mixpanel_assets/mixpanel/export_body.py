@@ -42,7 +42,7 @@ class ExportBody:
     def feed(self, chunk: bytes) -> bytes:
         """Account for `chunk`; return what may go on to staging now (b"" while the head is held)."""
         self.size += len(chunk)
-        self.tail = (self.tail + chunk)[-256:]
+        self.tail = chunk[-256:] if len(chunk) >= 256 else (self.tail + chunk)[-256:]  # never copies a whole chunk
         if self._head is None:
             return chunk
         self._head += chunk

@@ -27,51 +27,52 @@ def split_blocks(chunks: Iterable, block_bytes: int = BLOCK_BYTES) -> Iterator[t
 
     Cut points depend only on the byte stream, so the same data always gives the same blocks.
     An `Origin` item in `chunks` starts a new input: line numbers restart at 1 and no block spans
-    two inputs. A `LocalFile` item becomes FileRange blocks at fixed byte offsets of the file, with
-    first_line_no None: their line numbers are known once the blocks before them are parsed.
+    two inputs. A `LocalFile` item becomes FileRange blocks at fixed byte offsets of the file.
+    Only an input's first block says its first line (1); the others say None, as their numbers are
+    known once the blocks before them are parsed (each worker counts its block's lines anyway), so
+    the coordinator, which every byte of a stream passes, never scans a block for newlines.
+    Stream bytes are gathered in one buffer, copied once into it and once out as the block.
     """
-    pending: list[bytes] = []
-    pending_size = 0
+    pending = bytearray()
     block_id = 0
-    line_no = 1
+    first: int | None = 1
     origin = ""
+
+    def emit(data: bytes):
+        nonlocal block_id, first
+        item = (block_id, origin, first, data)
+        block_id += 1
+        first = None
+        return item
+
     for chunk in chunks:
         if isinstance(chunk, (Origin, LocalFile)):
             if pending:
-                data = b"".join(pending)
-                if not data.endswith(b"\n"):
-                    data += b"\n"
-                yield block_id, origin, line_no, data
-                block_id += 1
-                pending, pending_size = [], 0
+                if not pending.endswith(b"\n"):
+                    pending += b"\n"
+                yield emit(bytes(pending))
+                pending = bytearray()
             if isinstance(chunk, Origin):
-                origin, line_no = str(chunk), 1
+                origin, first = str(chunk), 1
                 continue
             size = os.path.getsize(chunk.path)
             for start in range(0, size, block_bytes):
                 yield block_id, chunk.name, None, FileRange(chunk.path, start, min(start + block_bytes, size))
                 block_id += 1
-            origin, line_no = "", 1
+            origin, first = "", 1
             continue
         if not chunk:
             continue
-        pending.append(chunk)
-        pending_size += len(chunk)
-        while pending_size >= block_bytes:
-            data = b"".join(pending)
-            cut = data.find(b"\n", block_bytes - 1) + 1
+        pending += chunk
+        while len(pending) >= block_bytes:
+            cut = pending.find(b"\n", block_bytes - 1) + 1
             if cut == 0:
-                pending, pending_size = [data], len(data)
                 break
-            block, rest = data[:cut], data[cut:]
-            yield block_id, origin, line_no, block
-            block_id += 1
-            line_no += block.count(b"\n")
-            pending, pending_size = ([rest], len(rest)) if rest else ([], 0)
+            block = bytes(pending[:cut])
+            del pending[:cut]
+            yield emit(block)
     if pending:
-        data = b"".join(pending)
-        if data:
-            yield block_id, origin, line_no, data
+        yield emit(bytes(pending))
 
 
 @dataclass
