@@ -71,7 +71,7 @@ class Tree:
     """A checkout whose `mixpanel_assets` the runs import (PYTHONPATH), and how its rows are labelled."""
 
     path: Path
-    label: str  # "ours", or "before the rebuild (<commit>)"
+    label: str  # "ours", or "before (<commit>)"
 
 
 def _short_commit(path: Path) -> str:
@@ -171,7 +171,7 @@ def main() -> int:
     parser.add_argument("--skip", default="",
                         help="comma-separated: local,stream,parquet,orjson_loop,orjson_stream,duckdb,polars,dlt,pigz")
     parser.add_argument("--skip-baselines", action="store_true", help="only our runs (and --before's)")
-    parser.add_argument("--before", type=Path, help="another checkout (C extension built) run beside this one")
+    parser.add_argument("--before", type=Path, help="another checkout (e.g. the previous commit, in a git worktree) run beside this one")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds before a run is stopped")
     parser.add_argument("--data-dir", type=Path, default=HERE / "data")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave benchmarks/README.md alone")
@@ -195,7 +195,7 @@ def main() -> int:
         before = args.before.resolve()
         if not (before / "mixpanel_assets").is_dir():
             parser.error(f"--before {args.before}: no mixpanel_assets package there")
-        trees.append(Tree(before, f"before the rebuild ({_short_commit(before)})"))
+        trees.append(Tree(before, f"before ({_short_commit(before)})"))
     command = "make bench" if os.environ.get("MAKELEVEL") else "python " + " ".join([
         "benchmarks/run.py", *sys.argv[1:]])
     inputs = {size: generate(size, args.data_dir) for size in sizes}
