@@ -169,7 +169,8 @@ class _HandOff:
         path = os.path.join(self.folder, f"in-{block.block_id:06d}.jsonl")
         write_file(Path(path), block.source)
         self.paths[block.block_id] = path
-        return FileRange(path, 0, len(block.source))
+        block.source = FileRange(path, 0, len(block.source))  # the bytes are not held while it waits
+        return block.source
 
     def done(self, block: _Block) -> None:
         path = self.paths.pop(block.block_id, None)
