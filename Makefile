@@ -9,7 +9,7 @@ PORT ?= 3000
 UI_LOG_LEVEL ?= error
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: setup run demo ui test setup-test check clean debian-test-packages bench
+.PHONY: setup run demo ui test setup-test check clean debian-test-packages bench profile
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,9 @@ $(VENV)/.bench-installed: pyproject.toml | $(VENV)/.installed
 bench: setup $(VENV)/.bench-installed  ## export speed/memory vs baselines -> benchmarks/README.md (not part of make test); BEFORE=<checkout> adds its rows
 	@command -v pigz >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pigz >/dev/null; }
 	$(BIN)/python benchmarks/run.py $(if $(BEFORE),--before $(BEFORE)) $(BENCH_ARGS)
+
+profile: setup $(VENV)/.bench-installed  ## where the 1M-event job's CPU time goes (py-spy), by stage and process -> benchmarks/README.md
+	$(BIN)/python benchmarks/profile_job.py --readme $(PROFILE_ARGS)
 
 clean:  ## back to the checkout as cloned: venvs, node_modules, run outputs, caches, build outputs, benchmark data
 	rm -rf $(VENV) .venv-bq node_modules .dagster_home export warehouse.duckdb warehouse.duckdb.lock .mixpanel_assets \
