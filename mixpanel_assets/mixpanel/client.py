@@ -39,6 +39,7 @@ from mixpanel_assets.mixpanel.errors import (
 )
 from mixpanel_assets.mixpanel.export_body import ExportBody
 from mixpanel_assets.mixpanel.rate_budget import RateBudget
+from mixpanel_assets.mixpanel.read_ahead import read_ahead
 from mixpanel_assets.mixpanel.retry import BACKOFF_BASE_SECONDS, DEFAULT_MAX_RETRIES, SourceRetries, retry_after_seconds
 
 HOSTS = {
@@ -141,9 +142,9 @@ class MixpanelClient:
             "GET", self.export_url, self.export_budget, query.describe(), params=params,
             headers={"Accept-Encoding": "gzip"}, stream=True,
         )
-        with response:
-            yield from _body_chunks(response, f"{query.describe()} (Mixpanel project {self.project_id})",
-                                    (self._secret,))
+        with response:  # read and gunzipped on a thread of its own (read_ahead.py)
+            yield from read_ahead(_body_chunks(response, f"{query.describe()} (Mixpanel project {self.project_id})",
+                                               (self._secret,)), name="mixpanel-export-body")
 
     # --- Engage API ---------------------------------------------------------------------------
 
