@@ -124,8 +124,10 @@ def test_duplicates_extra_rows_and_schema_drift_in_duckdb_fail_the_checks(tmp_pa
     assert schema.metadata["found_columns"].value[-1] == ["user_id", "INTEGER"]
 
 
-def test_a_part_file_outside_the_manifest_or_listed_twice_fails_the_folder_checks(tmp_path, source, instance):
-    defs = with_check_job(definitions(tmp_path, project(source), [HOURLY_FILES]), "hourly_files")
+@pytest.mark.parametrize("read_back", [True, False], ids=["read_back", "manifest"])
+def test_a_part_file_outside_the_manifest_or_listed_twice_fails_the_folder_checks(tmp_path, source, instance, read_back):
+    pipeline = {**HOURLY_FILES, "checks": {"read_back": read_back}}
+    defs = with_check_job(definitions(tmp_path, project(source), [pipeline]), "hourly_files")
     key = f"{DAY}-13:00"
     defs.resolve_job_def("hourly_files_job").execute_in_process(instance=instance, partition_key=key)
     folder = tmp_path / "bucket" / str(PROJECT_ID) / "mp_master_event" / "2024" / "11" / "22" / "13"
@@ -141,8 +143,13 @@ def test_a_part_file_outside_the_manifest_or_listed_twice_fails_the_folder_check
     manifest["parts"].append({**manifest["parts"][0], "name": "part-0000000000-00001.json.gz"})
     (folder / "manifest.json").write_text(json.dumps(manifest))
     found = evaluations(run_checks(defs, "hourly_files", instance, key))
-    assert found[(ROW_COUNT, key)].description == "10 rows in the destination, 5 expected"
+    if read_back:
+        assert found[(ROW_COUNT, key)].description == "10 rows in the destination, 5 expected"
+    else:  # the manifest's own total no longer adds up either, and that is said too
+        assert found[(ROW_COUNT, key)].description == (
+            "10 rows in the destination, 5 expected; manifest.json says 5 rows, its parts hold 10")
     assert found[(NO_DUPLICATES, key)].metadata["duplicate_keys"].value == 5
+    assert found[(ROW_COUNT, key)].metadata["method"].value == ("read_back" if read_back else "manifest")
 
 
 def test_people_and_identity_tables_are_checked_for_counts_and_unique_ids(tmp_path, source, instance):
