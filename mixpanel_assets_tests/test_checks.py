@@ -100,6 +100,9 @@ def test_an_export_run_records_its_checks_on_each_partition_it_wrote(tmp_path, s
         (check, f"{DAY}-{h:02d}:00"): ("SUCCEEDED", True) for check in EVENT_CHECKS for h in range(24)}
     row_count = evaluations(daily)[(ROW_COUNT, str(DAY))]
     assert row_count.metadata["destination_rows"].value == row_count.metadata["source_rows"].value == 24 * 5
+    assert row_count.metadata["method"].value == "read_back"  # DuckDB: one query over the stored rows
+    hourly = instance.get_latest_asset_check_evaluation_record(check_keys("hourly_parquet")[0])
+    assert hourly.event.dagster_event.event_specific_data.metadata["method"].value == "manifest"
 
 
 def test_duplicates_extra_rows_and_schema_drift_in_duckdb_fail_the_checks(tmp_path, source, instance):
@@ -162,6 +165,9 @@ def test_people_and_identity_tables_are_checked_for_counts_and_unique_ids(tmp_pa
         keys = check_keys(name, table, (TABLE_ROW_COUNT, UNIQUE_IDS, SCHEMA))
         assert {k.name: instance.get_latest_asset_check_evaluation_record(k).status.value for k in keys} == {
             TABLE_ROW_COUNT: "SUCCEEDED", UNIQUE_IDS: "SUCCEEDED", SCHEMA: "SUCCEEDED"}, name
+        record = instance.get_latest_asset_check_evaluation_record(keys[1])
+        method = record.event.dagster_event.event_specific_data.metadata["method"].value
+        assert method == ("manifest" if name == "people_files" else "read_back"), name
 
     with duckdb.connect(str(tmp_path / "wh.duckdb")) as conn:
         conn.execute("INSERT INTO mp_people_data SELECT * FROM mp_people_data WHERE distinct_id = 'u1'")
