@@ -80,7 +80,7 @@ def lines(version: int, n: int = 2000) -> list[bytes]:
 
 
 def window() -> PartitionWindow:
-    start = dt.datetime(2024, 11, 22, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2024, 11, 22, tzinfo=dt.UTC)
     return PartitionWindow("2024-11-22", start, start + dt.timedelta(days=1), start, "daily")
 
 

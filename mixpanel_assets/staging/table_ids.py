@@ -17,7 +17,10 @@ from array import array
 import numpy as np
 import xxhash
 
-_NEXT_KEY = {"mp_people_data": b',"properties":', "mp_identity_mappings_data": b',"resolved_distinct_id":'}
+from mixpanel_assets.schema import IDENTITY_TABLE, PEOPLE_TABLE, columns
+
+# The key after distinct_id in each table's rows (records.py writes them in schema order).
+_NEXT_KEY = {table: b',"' + columns(table)[1][0].encode() + b'":' for table in (PEOPLE_TABLE, IDENTITY_TABLE)}
 _hash = xxhash.xxh3_64_intdigest
 
 
@@ -39,4 +42,4 @@ class IdCounter:
         values = np.frombuffer(self.hashes, dtype=np.uint64) if self.hashes else np.empty(0, np.uint64)
         ordered = np.sort(values)
         repeated = ordered[1:][ordered[1:] == ordered[:-1]]
-        return int(len(np.unique(repeated)))
+        return len(np.unique(repeated))

@@ -18,8 +18,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from mixpanel_assets.destinations.base import EventWindowReadback, TableReadback
-from mixpanel_assets.destinations.base import DestinationError
+from mixpanel_assets.destinations.base import DestinationError, EventWindowReadback, TableReadback
 from mixpanel_assets.schema import EVENTS_TABLE
 
 MANIFEST = "manifest.json"

@@ -29,6 +29,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from mixpanel_assets.destinations.configs import HTTP_URL, ObjectStoreConfig, env_secret, env_var_name, object_location
+from mixpanel_assets.destinations.objects.at_rest import StoredFile
 from mixpanel_assets.destinations.objects.cloud import (
     BucketAccessError,
     ObjectStoreError,
@@ -36,7 +37,6 @@ from mixpanel_assets.destinations.objects.cloud import (
     first_line,
     open_object_store,
 )
-from mixpanel_assets.destinations.objects.at_rest import StoredFile
 from mixpanel_assets.destinations.objects.store import Bucket
 
 

@@ -33,6 +33,7 @@ from mixpanel_assets.destinations.configs import (
     env_var_name,
     object_location,
 )
+from mixpanel_assets.destinations.objects.at_rest import StoredFile
 from mixpanel_assets.destinations.objects.cloud import (
     BucketAccessError,
     ObjectStoreError,
@@ -40,7 +41,6 @@ from mixpanel_assets.destinations.objects.cloud import (
     first_line,
     open_object_store,
 )
-from mixpanel_assets.destinations.objects.at_rest import StoredFile
 from mixpanel_assets.destinations.objects.store import Bucket
 
 
