@@ -181,6 +181,18 @@ class SyncWindow(_Model):
     probe_interval_hours: Float = Field(6, gt=0, le=24 * 366)  # how often the source is asked for fingerprints
 
 
+class ChecksSettings(_Model):
+    """How the asset checks prove what the destination holds (object stores; warehouses always
+    answer with one query). By default an object-store folder is proved from its manifest and one
+    listing of the folder (destinations/objects/at_rest.py), no part downloaded; `read_back: true`
+    downloads and re-parses every part of every checked partition, and `read_back_share` does that
+    for a share of evaluations, picked by a hash of the run id and the partition key (so repeated
+    runs cover different partitions, and one run's choice is reproducible)."""
+
+    read_back: Bool = False
+    read_back_share: Float = Field(0.0, ge=0.0, le=1.0)
+
+
 class PipelineConfig(_Model):
     name: str
     data_source: Literal["events", "people", "identity"]
@@ -200,6 +212,7 @@ class PipelineConfig(_Model):
     # nor empty one, since a source that answered short looks exactly like that. 1 turns it off;
     # the run tag mixpanel_assets/allow_shrink=true lifts it for one run (destinations/io_managers.py).
     max_shrink: Float = Field(0.5, ge=0.0, le=1.0)
+    checks: ChecksSettings = ChecksSettings()
 
     @field_validator("name")
     @classmethod

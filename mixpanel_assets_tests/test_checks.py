@@ -100,6 +100,9 @@ def test_an_export_run_records_its_checks_on_each_partition_it_wrote(tmp_path, s
         (check, f"{DAY}-{h:02d}:00"): ("SUCCEEDED", True) for check in EVENT_CHECKS for h in range(24)}
     row_count = evaluations(daily)[(ROW_COUNT, str(DAY))]
     assert row_count.metadata["destination_rows"].value == row_count.metadata["source_rows"].value == 24 * 5
+    assert row_count.metadata["method"].value == "read_back"  # DuckDB: one query over the stored rows
+    hourly = instance.get_latest_asset_check_evaluation_record(check_keys("hourly_parquet")[0])
+    assert hourly.event.dagster_event.event_specific_data.metadata["method"].value == "manifest"
 
 
 def test_duplicates_extra_rows_and_schema_drift_in_duckdb_fail_the_checks(tmp_path, source, instance):
@@ -124,8 +127,10 @@ def test_duplicates_extra_rows_and_schema_drift_in_duckdb_fail_the_checks(tmp_pa
     assert schema.metadata["found_columns"].value[-1] == ["user_id", "INTEGER"]
 
 
-def test_a_part_file_outside_the_manifest_or_listed_twice_fails_the_folder_checks(tmp_path, source, instance):
-    defs = with_check_job(definitions(tmp_path, project(source), [HOURLY_FILES]), "hourly_files")
+@pytest.mark.parametrize("read_back", [True, False], ids=["read_back", "manifest"])
+def test_a_part_file_outside_the_manifest_or_listed_twice_fails_the_folder_checks(tmp_path, source, instance, read_back):
+    pipeline = {**HOURLY_FILES, "checks": {"read_back": read_back}}
+    defs = with_check_job(definitions(tmp_path, project(source), [pipeline]), "hourly_files")
     key = f"{DAY}-13:00"
     defs.resolve_job_def("hourly_files_job").execute_in_process(instance=instance, partition_key=key)
     folder = tmp_path / "bucket" / str(PROJECT_ID) / "mp_master_event" / "2024" / "11" / "22" / "13"
@@ -141,8 +146,13 @@ def test_a_part_file_outside_the_manifest_or_listed_twice_fails_the_folder_check
     manifest["parts"].append({**manifest["parts"][0], "name": "part-0000000000-00001.json.gz"})
     (folder / "manifest.json").write_text(json.dumps(manifest))
     found = evaluations(run_checks(defs, "hourly_files", instance, key))
-    assert found[(ROW_COUNT, key)].description == "10 rows in the destination, 5 expected"
+    if read_back:
+        assert found[(ROW_COUNT, key)].description == "10 rows in the destination, 5 expected"
+    else:  # the manifest's own total no longer adds up either, and that is said too
+        assert found[(ROW_COUNT, key)].description == (
+            "10 rows in the destination, 5 expected; manifest.json says 5 rows, its parts hold 10")
     assert found[(NO_DUPLICATES, key)].metadata["duplicate_keys"].value == 5
+    assert found[(ROW_COUNT, key)].metadata["method"].value == ("read_back" if read_back else "manifest")
 
 
 def test_people_and_identity_tables_are_checked_for_counts_and_unique_ids(tmp_path, source, instance):
@@ -155,6 +165,9 @@ def test_people_and_identity_tables_are_checked_for_counts_and_unique_ids(tmp_pa
         keys = check_keys(name, table, (TABLE_ROW_COUNT, UNIQUE_IDS, SCHEMA))
         assert {k.name: instance.get_latest_asset_check_evaluation_record(k).status.value for k in keys} == {
             TABLE_ROW_COUNT: "SUCCEEDED", UNIQUE_IDS: "SUCCEEDED", SCHEMA: "SUCCEEDED"}, name
+        record = instance.get_latest_asset_check_evaluation_record(keys[1])
+        method = record.event.dagster_event.event_specific_data.metadata["method"].value
+        assert method == ("manifest" if name == "people_files" else "read_back"), name
 
     with duckdb.connect(str(tmp_path / "wh.duckdb")) as conn:
         conn.execute("INSERT INTO mp_people_data SELECT * FROM mp_people_data WHERE distinct_id = 'u1'")

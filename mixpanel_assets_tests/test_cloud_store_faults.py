@@ -54,9 +54,9 @@ class FailsMidWindow(DelegatingBucket):
         super().__init__(real)
         self.vanished, self.after, self.uploads = vanished, after, 0
 
-    def upload_file(self, key, path):
+    def upload_file(self, key, path, md5=None):
         self.uploads += 1
-        (self.real if self.uploads <= self.after else self.vanished).upload_file(key, path)
+        (self.real if self.uploads <= self.after else self.vanished).upload_file(key, path, md5=md5)
 
 
 def export(bucket: Bucket, lines: list[bytes], tmp_path):

@@ -25,7 +25,7 @@ writes golden/*.json (sorted keys); without it the tests compare, and a missing 
 If a part name, a fingerprint or a byte must change ON PURPOSE, re-record with the env var and say
 why in the commit message; an unexplained diff in golden/ is a regression.
 
-Byte-level fields (`file_sha256`, `file_size`, manifest part `bytes`, `bytes_written`) depend on
+Byte-level fields (`file_sha256`, `file_size`, manifest part `bytes`, `md5` and `stored`, `bytes_written`) depend on
 the compressor or Parquet writer as well as on our code: pyarrow writes its version into every
 Parquet file, and ISA-L / zstd output can change between library versions. Each case records the
 versions its bytes depend on; when an installed version differs, those fields are skipped (with a
@@ -77,7 +77,8 @@ BYTE_LIBRARIES = {
     "tokyo_daily_json_gzip": ("isal",),
     "identity_original_local": ("isal",),
 }
-BYTE_LEVEL_KEYS = {"file_sha256", "file_size", "bytes", "bytes_written"}
+# "md5" and "stored" (a manifest part's checksums) are digests of the file's bytes, like file_sha256.
+BYTE_LEVEL_KEYS = {"file_sha256", "file_size", "bytes", "bytes_written", "md5", "stored"}
 # Metadata keys that differ on every run by nature: none today, everything a run reports is recorded.
 UNSTABLE_METADATA: frozenset[str] = frozenset()
 UNSTABLE_MANIFEST = {"exported_at"}  # the manifest's write time

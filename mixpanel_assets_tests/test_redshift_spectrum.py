@@ -178,6 +178,8 @@ def test_the_asset_checks_read_back_every_export_and_pass(exported):
                    if e.check_name in read_back]
     assert {e.check_name for e in evaluations} == read_back
     assert [(e.asset_key.to_user_string(), e.check_name, e.description) for e in evaluations if not e.passed] == []
+    # Spectrum's data is its S3 files: proved from their manifests and listings, like the s3 destination.
+    assert {e.metadata["method"].value for e in evaluations} == {"manifest"}
 
 def test_the_natural_queries_have_the_expected_answers_over_the_catalog(exported):
     kept = kept_events(exported.lines, DAY_UTC)

@@ -64,9 +64,9 @@ class Slowed(DelegatingBucket):
         super().__init__(real)
         self.delay = delay
 
-    def upload_file(self, key, path):
+    def upload_file(self, key, path, md5=None):
         time.sleep(self.delay)
-        self.real.upload_file(key, path)
+        self.real.upload_file(key, path, md5=md5)
 
 
 def object_destination(bucket: Bucket, run_id: str, wait: float = 120.0) -> ObjectStoreDestination:

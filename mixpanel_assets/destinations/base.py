@@ -73,6 +73,10 @@ class EventWindowReadback:
     duplicate_rows: int  # rows beyond the first copy of those keys
     columns: list[tuple[str, str]]  # (name, logical type: STRING | JSON | TIMESTAMP | what was found instead)
     problems: list[str] = field(default_factory=list)  # anything else a reader would trip over
+    # How it was proved: "read_back" (rows read from the destination: parts re-parsed, or SQL over
+    # the stored rows) or "manifest" (objects/at_rest.py: the writer's record and one listing).
+    method: str = "read_back"
+    note: str = ""  # why a cheaper method was not used, when it was asked for
 
 
 @dataclass
@@ -84,6 +88,8 @@ class TableReadback:
     duplicate_ids: int  # distinct_id values stored more than once
     columns: list[tuple[str, str]]
     problems: list[str] = field(default_factory=list)
+    method: str = "read_back"  # as EventWindowReadback's
+    note: str = ""
 
 
 @dataclass
@@ -122,8 +128,11 @@ class Destination(ABC):
         `fingerprint` is the staged window's source fingerprint token, recorded with the export."""
 
     @abstractmethod
-    def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
-        """Replace a whole table (mp_people_data or mp_identity_mappings_data) with the rows of `parts`."""
+    def write_table(self, parts: list[PartFile], table: str, digest: str,
+                    duplicate_ids: int | None = None) -> WriteResult:
+        """Replace a whole table (mp_people_data or mp_identity_mappings_data) with the rows of `parts`;
+        `duplicate_ids` is how many distinct_id values staging saw more than once (None: not counted),
+        for destinations that record it beside the data (object stores' manifests)."""
 
     def current_rows(self, window: PartitionWindow | None = None, table: str = EVENTS_TABLE) -> int | None:
         """The rows readers see now in `window` (events) or in `table`, for the shrink guard
@@ -150,6 +159,16 @@ class Destination(ABC):
         """Read back mp_people_data or mp_identity_mappings_data: rows, distinct_id values stored
         more than once, columns (schema.PEOPLE_COLUMNS / IDENTITY_COLUMNS) and problems."""
         raise self.unsupported("read_table")
+
+    def check_event_window(self, window: PartitionWindow, read_back: bool = False) -> EventWindowReadback:
+        """What the asset checks judge for `window`. Destinations that can prove it without reading
+        the rows (object stores: their manifest and one listing) override this and do so unless
+        `read_back`; a warehouse's read-back is already one pushed-down query, so it is the default."""
+        return self.read_event_window(window)
+
+    def check_table(self, table: str, read_back: bool = False) -> TableReadback:
+        """check_event_window's counterpart for mp_people_data / mp_identity_mappings_data."""
+        return self.read_table(table)
 
     def delete_event_rows(self, distinct_ids: frozenset[str], windows: list[PartitionWindow], work_dir: Path,
                           dry_run: bool = False) -> list[Removal]:

@@ -172,7 +172,7 @@ def write_staged_table(destination: Destination, staged: StagedTable, work_dir: 
     parts = staged.write_parts(work_dir, fmt=fmt.fmt, compression=fmt.compression, max_bytes=fmt.max_bytes,
                                workers=workers, table=staged.table)
     try:
-        return destination.write_table(parts, staged.table, staged.digest)
+        return destination.write_table(parts, staged.table, staged.digest, staged.duplicate_ids)
     finally:
         for part in parts:
             part.path.unlink(missing_ok=True)

@@ -346,8 +346,8 @@ def _refuse(result: BlockResult, index: int, line: bytes, exc: Exception) -> Non
 
 
 def write_part(segments: list[tuple[str, object]], out_dir: str, stem: str, index: int, compression: str,
-               fmt: str = "json", table: str = "mp_master_event") -> tuple[str, int, int, int]:
-    """Write one part from consecutive staged blocks; returns (path, rows, uncompressed bytes, size).
+               fmt: str = "json", table: str = "mp_master_event") -> tuple[str, int, int, int, str]:
+    """Write one part from consecutive staged blocks; returns (path, rows, uncompressed bytes, size, md5).
 
     The staged blocks' boundaries do not show in the output: JsonPartWriter compresses fixed-size
     chunks of the part's content (parts.COMPRESS_CHUNK), so a part is byte-identical whichever run
@@ -372,6 +372,6 @@ def write_part(segments: list[tuple[str, object]], out_dir: str, stem: str, inde
         writer.abort()
         raise
     if not parts:
-        return "", 0, 0, 0
+        return "", 0, 0, 0, ""
     part = parts[0]
-    return str(part.path), part.rows, part.raw_bytes, part.size
+    return str(part.path), part.rows, part.raw_bytes, part.size, part.md5

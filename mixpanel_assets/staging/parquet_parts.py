@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from mixpanel_assets.schema import parquet_json_type as _json_type
 from mixpanel_assets.schema import parquet_schema as schema_for
+from mixpanel_assets.staging.parts import file_md5
 from mixpanel_assets.staging.rows_files import filtered_lines
 
 ROW_GROUP_BYTES = 64 << 20  # uncompressed JSON per row group: large enough for scans, small enough for memory
@@ -107,11 +108,12 @@ def _writer_options(compression: str) -> dict:
 
 
 def write_parquet_part(segments: list[tuple[str, object]], out_dir: str, stem: str, index: int, compression: str,
-                       table: str) -> tuple[str, int, int, int]:
-    """Write one Parquet part from consecutive staged blocks; returns (path, rows, JSON bytes, size).
+                       table: str) -> tuple[str, int, int, int, str]:
+    """Write one Parquet part from consecutive staged blocks; returns (path, rows, JSON bytes, size, md5).
 
     Same contract as block_worker.write_part for JSON: duplicates listed in each segment's drop
-    rows are left out, and an empty result writes no file and returns ("", 0, 0, 0).
+    rows are left out, and an empty result writes no file and returns ("", 0, 0, 0, ""). The MD5 is
+    of the finished file (pyarrow writes it, and hashing one part is a fraction of encoding it).
     """
     schema = schema_for(table)
     to_batch = _COLUMNS[table]
@@ -153,5 +155,5 @@ def write_parquet_part(segments: list[tuple[str, object]], out_dir: str, stem: s
         path.unlink(missing_ok=True)
         raise
     if writer is None:
-        return "", 0, 0, 0
-    return str(path), rows, raw, path.stat().st_size
+        return "", 0, 0, 0, ""
+    return str(path), rows, raw, path.stat().st_size, file_md5(path)

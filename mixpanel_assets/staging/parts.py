@@ -9,6 +9,7 @@ which is what makes gzip output cost less than parsing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,9 @@ class PartFile:
     rows: int
     raw_bytes: int  # uncompressed JSON bytes of the rows
     size: int  # bytes of the file as written (compressed)
+    # Hex MD5 of the file's bytes as written: what the destinations compare with their store's own
+    # checksum, so the asset checks can prove the parts at rest without downloading them.
+    md5: str = ""
 
     @property
     def name(self) -> str:
@@ -84,6 +88,7 @@ class JsonPartWriter:
     def _open(self) -> None:
         path = self.out_dir / f"{self.stem}-{self.index:05d}{self.ext}"
         self._file = open(path, "wb")
+        self._md5 = hashlib.md5()
         self._path = path
         self._compressor = _Compressor(self.compression)
         self._pending = b""
@@ -98,22 +103,27 @@ class JsonPartWriter:
             if len(block) < offset:
                 self._pending += block
                 return
-            self._file.write(self._compressor.compress(self._pending + view[:offset]))
+            self._write(self._compressor.compress(self._pending + view[:offset]))
         whole = offset + (len(block) - offset) // COMPRESS_CHUNK * COMPRESS_CHUNK
         for start in range(offset, whole, COMPRESS_CHUNK):
-            self._file.write(self._compressor.compress(view[start:start + COMPRESS_CHUNK]))
+            self._write(self._compressor.compress(view[start:start + COMPRESS_CHUNK]))
         self._pending = bytes(view[whole:])
+
+    def _write(self, data: bytes) -> None:
+        """Hash what goes to disk as it goes: the part's MD5 costs no second read of the file."""
+        self._md5.update(data)
+        self._file.write(data)
 
     def _close_current(self) -> None:
         if self._file is None:
             return
         if self._pending:
-            self._file.write(self._compressor.compress(self._pending))
+            self._write(self._compressor.compress(self._pending))
             self._pending = b""
-        self._file.write(self._compressor.flush())
+        self._write(self._compressor.flush())
         size = self._file.tell()
         self._file.close()
-        self.parts.append(PartFile(self._path, self._rows, self._raw, size))
+        self.parts.append(PartFile(self._path, self._rows, self._raw, size, self._md5.hexdigest()))
         self._file = None
         self.index += 1
 
@@ -155,6 +165,15 @@ def iter_part_lines(path: Path, chunk_size: int = 1 << 20):
             yield from chunk[:cut].splitlines()
         if rest:
             yield rest
+
+
+def file_md5(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Hex MD5 of a finished file (Parquet parts, rewritten parts), read in chunks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def remove_quietly(path: Path) -> None:

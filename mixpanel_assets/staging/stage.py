@@ -43,6 +43,7 @@ from mixpanel_assets.staging.parts import EXTENSIONS, PartFile
 from mixpanel_assets.staging.pool import InlineExecutor, process_pool, stop_futures
 from mixpanel_assets.staging.rows_files import Segment, filtered_lines, line_starts
 from mixpanel_assets.staging.scratch import scratch_dir
+from mixpanel_assets.staging.table_ids import IdCounter
 from mixpanel_assets.transform.records import MAX_REPORTED_BAD_LINES, BlockResult
 from mixpanel_assets.windows import PartitionWindow, Window
 
@@ -113,9 +114,9 @@ class StagedRows:
         parts = []
         try:
             for future in futures:
-                path, rows, raw, size = future.result()
+                path, rows, raw, size, md5 = future.result()
                 if path:
-                    parts.append(PartFile(Path(path), rows, raw, size))
+                    parts.append(PartFile(Path(path), rows, raw, size, md5))
         finally:
             stop_futures(futures)  # after a failure, no part is written once the caller cleans up
         return parts
@@ -163,6 +164,7 @@ class StagedTable(StagedRows):
     lines: int = 0  # source lines read (profiles), for the bad-line rule (`check_bad_lines`)
     bad_lines: int = 0
     bad_examples: list[tuple[str, str]] = field(default_factory=list)
+    duplicate_ids: int | None = None  # distinct_id values staged more than once (table_ids.py)
 
     def content_token(self) -> str:
         return f"{self.table}-{self.rows}-{self.digest}"
@@ -177,7 +179,7 @@ def stage_table(lines: Iterable[bytes], table: str, *, staging_root: str | Path 
     """Stage already-transformed row lines of a whole table in blocks (bounded memory)."""
     staging_dir = scratch_dir(table, staging_root)
     staged = StagedTable(table=table, staging_dir=staging_dir)
-    digest = hashlib.sha1()
+    digest, ids = hashlib.sha1(), IdCounter(table)
     buffer: list[bytes] = []
     size = 0
 
@@ -185,6 +187,7 @@ def stage_table(lines: Iterable[bytes], table: str, *, staging_root: str | Path 
         nonlocal buffer, size
         if not buffer:
             return
+        ids.add(buffer)
         data = b"\n".join(buffer) + b"\n"
         path = block_path(staging_dir, 0, len(staged.segments))
         write_file(path, data)
@@ -203,7 +206,7 @@ def stage_table(lines: Iterable[bytes], table: str, *, staging_root: str | Path 
     except BaseException:
         staged.cleanup()
         raise
-    staged.digest = digest.hexdigest()
+    staged.digest, staged.duplicate_ids = digest.hexdigest(), ids.duplicates()
     return staged
 
 

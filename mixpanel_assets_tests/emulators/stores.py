@@ -141,8 +141,17 @@ class DelegatingBucket(Bucket):
     def uri(self, key):
         return self.real.uri(key)
 
-    def upload_file(self, key, path):
-        self.real.upload_file(key, path)
+    def upload_file(self, key, path, md5=None):
+        self.real.upload_file(key, path, md5=md5)
+
+    def download_file(self, key, path):
+        return self.real.download_file(key, path)
+
+    def stat_files(self, folder):
+        return self.real.stat_files(folder)
+
+    def expected_checksum(self, path, md5):
+        return self.real.expected_checksum(path, md5)
 
     def put_bytes(self, key, data):
         self.real.put_bytes(key, data)

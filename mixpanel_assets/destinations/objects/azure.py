@@ -10,10 +10,18 @@ client open across its windows and needs staged block uploads: above `max_single
 part is sent as blocks of `max_block_size` read from the file, then committed as one blob.
 
 The identity needs Storage Blob Data Contributor on the container (Mixpanel asks for the same).
+
+Checksums: the service computes a blob's Content-MD5 only for a single Put Blob, not for blobs
+committed from blocks. So a part small enough for one put gets the service's own MD5 (a real
+check of the bytes received), while a larger one carries the MD5 of the local file, sent by us as
+its Content-MD5 property. `stat_files` lists that Content-MD5 as the checksum (base64) and the
+blob's ETag beside it: the ETag changes whenever the blob is written again, whatever its bytes,
+so the checks catch a part overwritten after the manifest even where Content-MD5 is only our claim.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from pathlib import Path
 from typing import Literal
@@ -21,6 +29,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from mixpanel_assets.destinations.configs import HTTP_URL, ObjectStoreConfig, env_secret, env_var_name, object_location
+from mixpanel_assets.destinations.objects.at_rest import StoredFile
 from mixpanel_assets.destinations.objects.cloud import (
     BucketAccessError,
     ObjectStoreError,
@@ -119,8 +128,10 @@ _DENIED = {"AuthorizationPermissionMismatch", "AuthorizationSourceIPMismatch", "
 
 
 class AzureBlobBucket(Bucket):
-    def __init__(self, service, container: str, *, credentials_from: str = "DefaultAzureCredential"):
+    def __init__(self, service, container: str, *, credentials_from: str = "DefaultAzureCredential",
+                 max_single_put: int = MAX_SINGLE_PUT):
         self.service = service
+        self.max_single_put = max_single_put
         self.container_name = container
         self.container = service.get_container_client(container)
         self.account = service.account_name
@@ -147,7 +158,7 @@ class AzureBlobBucket(Bucket):
                 f"the Azure credentials from {credentials_from} for container {container!r} are malformed "
                 "(a connection string needs AccountName, AccountKey or SharedAccessSignature, and endpoints)"
             ) from None
-        return cls(service, container, credentials_from=credentials_from)
+        return cls(service, container, credentials_from=credentials_from, max_single_put=max_single_put_size)
 
     def uri(self, key: str) -> str:
         return f"az://{self.container_name}/{key}"
@@ -155,13 +166,16 @@ class AzureBlobBucket(Bucket):
     def describe(self) -> str:
         return f"Azure container {self.container_name} in storage account {self.account}"
 
-    def upload_file(self, key: str, path: Path) -> None:
+    def upload_file(self, key: str, path: Path, md5: str | None = None) -> None:
         from azure.storage.blob import ContentSettings
 
         size = Path(path).stat().st_size
+        settings = ContentSettings(content_type=content_type(key))
+        if md5 and size > self.max_single_put:
+            settings.content_md5 = bytearray(bytes.fromhex(md5))  # blocks: the service computes none
         with self._errors("write", key), open(path, "rb") as stream:
             self.container.upload_blob(key, stream, length=size, overwrite=True, max_concurrency=UPLOAD_CONCURRENCY,
-                                       content_settings=ContentSettings(content_type=content_type(key)))
+                                       content_settings=settings)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         from azure.storage.blob import ContentSettings
@@ -214,6 +228,22 @@ class AzureBlobBucket(Bucket):
         with self._errors("list", folder):
             items = self.container.walk_blobs(name_starts_with=folder, delimiter="/")
             return sorted(item.name for item in items if not isinstance(item, BlobPrefix))
+
+    def stat_files(self, folder: str) -> dict[str, StoredFile]:
+        from azure.storage.blob import BlobPrefix
+
+        stats = {}
+        with self._errors("list", folder):
+            for item in self.container.walk_blobs(name_starts_with=folder, delimiter="/"):
+                if isinstance(item, BlobPrefix):
+                    continue
+                md5 = item.content_settings.content_md5 if item.content_settings else None
+                stats[item.name] = StoredFile(int(item.size), base64.b64encode(bytes(md5)).decode() if md5 else None,
+                                              "content-md5", etag=item.etag)
+        return stats
+
+    def expected_checksum(self, path: Path, md5: str) -> str | None:
+        return base64.b64encode(bytes.fromhex(md5)).decode()
 
     def delete(self, keys: list[str]) -> None:
         from azure.core.exceptions import ResourceNotFoundError

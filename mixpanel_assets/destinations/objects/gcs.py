@@ -8,10 +8,14 @@ never sits in memory and a dropped connection resumes instead of starting over.
 
 The identity needs Storage Object Admin on the bucket (Mixpanel asks for the same role):
 storage.objects.create/get/list/delete.
+
+Checksums: GCS computes and lists each object's MD5 (base64) and CRC32C, resumable uploads
+included; only composite objects lack the MD5, and then the CRC32C is what is listed.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 from pathlib import Path
@@ -27,6 +31,7 @@ from mixpanel_assets.destinations.configs import (
     env_var_name,
     object_location,
 )
+from mixpanel_assets.destinations.objects.at_rest import StoredFile
 from mixpanel_assets.destinations.objects.cloud import (
     BucketAccessError,
     ObjectStoreError,
@@ -119,7 +124,7 @@ class GCSBucket(Bucket):
     def describe(self) -> str:
         return f"GCS bucket {self.bucket_name}"
 
-    def upload_file(self, key: str, path: Path) -> None:
+    def upload_file(self, key: str, path: Path, md5: str | None = None) -> None:
         size = Path(path).stat().st_size
         # chunk_size switches the client to a resumable session that reads the file chunk by chunk.
         blob = self.bucket.blob(key, chunk_size=self.chunk_size if size > self.chunk_size else None)
@@ -170,6 +175,15 @@ class GCSBucket(Bucket):
         with self._errors("list", folder):
             blobs = self.client.list_blobs(self.bucket_name, prefix=folder, delimiter="/")
             return sorted(b.name for b in blobs)
+
+    def stat_files(self, folder: str) -> dict[str, StoredFile]:
+        with self._errors("list", folder):
+            blobs = self.client.list_blobs(self.bucket_name, prefix=folder, delimiter="/")
+            return {b.name: StoredFile(int(b.size or 0), b.md5_hash, "md5-base64") if b.md5_hash
+                    else StoredFile(int(b.size or 0), b.crc32c, "crc32c") for b in blobs}
+
+    def expected_checksum(self, path: Path, md5: str) -> str | None:
+        return base64.b64encode(bytes.fromhex(md5)).decode()
 
     def delete(self, keys: list[str]) -> None:
         from google.api_core.exceptions import NotFound

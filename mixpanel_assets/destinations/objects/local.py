@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 from mixpanel_assets.destinations.configs import ObjectStoreConfig, Text, path_segments, resolve_under
+from mixpanel_assets.destinations.objects.at_rest import StoredFile
 from mixpanel_assets.destinations.objects.store import Bucket, ObjectStoreDestination
+from mixpanel_assets.staging.parts import file_md5
 
 
 class LocalDestinationConfig(ObjectStoreConfig):
@@ -82,7 +84,7 @@ class LocalBucket(Bucket):
         target.parent.mkdir(parents=True, exist_ok=True)
         return target, target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
-    def upload_file(self, key: str, path: Path) -> None:
+    def upload_file(self, key: str, path: Path, md5: str | None = None) -> None:
         target, tmp = self._tmp(key)
         try:
             try:
@@ -135,6 +137,21 @@ class LocalBucket(Bucket):
         if not directory.is_dir():
             return []
         return sorted(folder + p.name for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def stat_files(self, folder: str) -> dict[str, StoredFile]:
+        """A filesystem keeps no checksum: the file is the store, so its MD5 is hashed from it (one
+        sequential read per part, no copy), which is what proves the bytes at rest."""
+        stats = {}
+        for key in self.list_files(folder):
+            path = self._path(key)
+            try:
+                stats[key] = StoredFile(path.stat().st_size, file_md5(path), "md5")
+            except FileNotFoundError:
+                continue  # removed since the listing: as if not listed
+        return stats
+
+    def expected_checksum(self, path: Path, md5: str) -> str | None:
+        return md5
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:

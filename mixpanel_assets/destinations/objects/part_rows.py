@@ -21,7 +21,7 @@ import xxhash
 
 from mixpanel_assets.mixpanel.sources import read_file_chunks
 from mixpanel_assets.schema import COLUMNS, DEDUP_KEY, EVENTS_TABLE, INSERT_ID, USER_COLUMNS
-from mixpanel_assets.staging.parts import JsonPartWriter, PartFile, iter_part_lines
+from mixpanel_assets.staging.parts import JsonPartWriter, PartFile, file_md5, iter_part_lines
 
 MAX_PATTERNS = 256  # above this many ids, every line of a part is parsed instead of searched for first
 _loads = orjson.loads
@@ -313,7 +313,7 @@ def rewrite_parquet_part(path: Path, table: str, distinct_ids: frozenset[str], o
     row_group = parquet.metadata.row_group(0).num_rows if parquet.metadata.num_row_groups else kept.num_rows
     pq.write_table(kept, out, compression="none" if codec == "uncompressed" else codec,
                    row_group_size=max(row_group, 1))
-    return PartFile(out, kept.num_rows, 0, out.stat().st_size), removed
+    return PartFile(out, kept.num_rows, 0, out.stat().st_size, file_md5(out)), removed
 
 
 def part_matches(path: Path, table: str, distinct_ids: frozenset[str]) -> int:
@@ -327,3 +327,46 @@ def rewrite_part(path: Path, table: str, distinct_ids: frozenset[str], out_dir: 
     if is_parquet(path.name):
         return rewrite_parquet_part(path, table, distinct_ids, out_dir, stem, index)
     return rewrite_json_part(path, table, distinct_ids, out_dir, stem, index)
+
+
+def read_back_folder(bucket, folder: str, table: str, manifest: dict | None):
+    """The deep check of a folder: every part readers should see (the manifest's) downloaded one at
+    a time and re-parsed, counting rows, duplicate keys and columns; problems name what disagrees."""
+    import tempfile
+
+    from mixpanel_assets.destinations.base import EventWindowReadback, TableReadback
+
+    readback = Readback(table)
+    keys = _current_parts(bucket, folder, manifest, readback.problems)
+    with tempfile.TemporaryDirectory(prefix="mp-readback-") as tmp:
+        for key in keys:
+            local = Path(tmp) / key.rsplit("/", 1)[-1]
+            if not bucket.download_file(key, local):
+                readback.problems.append(f"{bucket.uri(key)} disappeared while it was read")
+                continue
+            read_part(local, readback)
+            local.unlink()
+    duplicate_keys, duplicate_rows = readback.keys.duplicates()
+    columns = readback.columns()
+    location = bucket.uri(folder)
+    if table == EVENTS_TABLE:
+        return EventWindowReadback(location, readback.rows, duplicate_keys, duplicate_rows, columns, readback.problems)
+    return TableReadback(location, readback.rows, duplicate_keys, columns, readback.problems)
+
+
+def _current_parts(bucket, folder: str, manifest: dict | None, problems: list[str]) -> list[str]:
+    """The part files readers should see (the manifest's), noting where the folder disagrees."""
+    listed = bucket.list_files(folder)
+    in_folder = [k for k in listed if k.rsplit("/", 1)[-1].startswith("part-")]
+    if manifest is None:
+        if in_folder:
+            problems.append(f"{bucket.uri(folder)} has part files but no manifest.json")
+        return in_folder
+    named = [folder + p["name"] for p in manifest.get("parts", [])]
+    missing = sorted(set(named) - set(listed))
+    stale = sorted(set(in_folder) - set(named))
+    if missing:
+        problems.append(f"{len(missing)} part files listed in manifest.json are missing: {missing[:3]}")
+    if stale:
+        problems.append(f"{len(stale)} part files not in manifest.json (readers of part-* would count them): {stale[:3]}")
+    return [k for k in named if k not in missing]

@@ -5,6 +5,12 @@ optional STS AssumeRole when `role_arn` is set. Parts go through boto3's managed
 `multipart_threshold` a part is uploaded in `multipart_chunksize` pieces read from the file, so a
 1 GB part never sits in memory. Every object carries the configured server-side encryption.
 
+Checksums: S3 lists each object's ETag. For a single PUT it is the MD5 of the bytes; for a
+multipart upload it is md5(concatenated MD5s of the parts) + "-N", so the threshold and chunk size
+are set here explicitly (and boto3's classic transfer manager is asked for) so that
+`expected_checksum` can predict the ETag from the local file. With SSE-KMS (or SSE-C) the ETag is
+not an MD5: it is then recorded as listed but not compared with the bytes at write time.
+
 The IAM permissions needed are Mixpanel's own list: s3:ListBucket on the bucket and s3:PutObject,
 s3:GetObject, s3:DeleteObject on its objects (plus kms:GenerateDataKey/Decrypt with aws:kms).
 """
@@ -12,6 +18,7 @@ s3:GetObject, s3:DeleteObject on its objects (plus kms:GenerateDataKey/Decrypt w
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -26,6 +33,7 @@ from mixpanel_assets.destinations.configs import (
     env_var_name,
     object_location,
 )
+from mixpanel_assets.destinations.objects.at_rest import StoredFile
 from mixpanel_assets.destinations.objects.cloud import (
     BucketAccessError,
     ObjectStoreError,
@@ -165,11 +173,11 @@ class S3Bucket(Bucket):
         encryption = f", SSE {self.extra['ServerSideEncryption']}" if self.extra else ""
         return f"S3 bucket {self.bucket}{encryption}"
 
-    def upload_file(self, key: str, path: Path) -> None:
+    def upload_file(self, key: str, path: Path, md5: str | None = None) -> None:
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(multipart_threshold=self._threshold, multipart_chunksize=self._chunksize,
-                                max_concurrency=4, use_threads=True)
+                                max_concurrency=4, use_threads=True, preferred_transfer_client="classic")
         with self._errors("PutObject", key):
             self.client.upload_file(str(path), self.bucket, key, Config=config,
                                     ExtraArgs={**self.extra, "ContentType": content_type(key)})
@@ -226,6 +234,32 @@ class S3Bucket(Bucket):
             for page in pages:
                 keys.extend(item["Key"] for item in page.get("Contents", ()))
         return sorted(keys)
+
+    def stat_files(self, folder: str) -> dict[str, StoredFile]:
+        stats = {}
+        with self._errors("ListBucket", folder):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=folder, Delimiter="/")
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    stats[item["Key"]] = StoredFile(int(item["Size"]), item.get("ETag"), "etag")
+        return stats
+
+    def expected_checksum(self, path: Path, md5: str) -> str | None:
+        """The ETag S3 will list for `path` uploaded by upload_file (quoted, as listed)."""
+        if self.extra.get("ServerSideEncryption") == "aws:kms":
+            return None
+        size = Path(path).stat().st_size
+        if size < self._threshold:
+            return f'"{md5}"'
+        from s3transfer.utils import ChunksizeAdjuster
+
+        chunk = ChunksizeAdjuster().adjust_chunksize(self._chunksize, size)  # what the transfer manager will use
+        digests = []
+        with open(path, "rb") as f:
+            while data := f.read(chunk):
+                digests.append(hashlib.md5(data).digest())
+        return f'"{hashlib.md5(b"".join(digests)).hexdigest()}-{len(digests)}"'
 
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), DELETE_BATCH):

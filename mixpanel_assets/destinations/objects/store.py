@@ -13,6 +13,11 @@ Replacing a folder follows one protocol on every store, so readers never lose da
 4. write the empty `complete` marker (as Mixpanel's raw pipelines did).
 A failure before step 2 leaves the previous parts and manifest untouched. The whole swap runs under
 the folder's lease (lease.py), so two runs of one partition never interleave their steps.
+
+Between steps 1 and 2 one listing of the folder (`Bucket.stat_files`) proves every new part is
+there with the size and the store checksum its local bytes predict; the manifest records both our
+MD5 and the store's checksum per part, which is what lets the asset checks prove a folder without
+downloading it (at_rest.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from mixpanel_assets.destinations.base import (
     WriteResult,
     utc_now_iso,
 )
+from mixpanel_assets.destinations.objects.at_rest import StoredFile, verify_uploads
 from mixpanel_assets.destinations.objects.lease import (
     LEASE_TTL_S,
     LEASE_WAIT_S,
@@ -36,7 +42,8 @@ from mixpanel_assets.destinations.objects.lease import (
     LeaseLost,
     is_lease_key,
 )
-from mixpanel_assets.staging.parts import PartFile
+from mixpanel_assets.schema import columns
+from mixpanel_assets.staging.parts import PartFile, file_md5
 from mixpanel_assets.windows import PartitionWindow
 
 MANIFEST = "manifest.json"
@@ -50,8 +57,20 @@ class Bucket(ABC):
     def uri(self, key: str) -> str: ...
 
     @abstractmethod
-    def upload_file(self, key: str, path: Path) -> None:
-        """Upload a local file; large files go in parts (multipart/blocks/resumable)."""
+    def upload_file(self, key: str, path: Path, md5: str | None = None) -> None:
+        """Upload a local file; large files go in parts (multipart/blocks/resumable). `md5` is the
+        file's hex MD5 when the caller knows it (stores that keep no MD5 of a block upload get it)."""
+
+    @abstractmethod
+    def stat_files(self, folder: str) -> dict[str, StoredFile]:
+        """Size and store checksum of every object directly inside `folder`, by key, from ONE
+        listing of the folder (no object is read, except on the local store, whose files are hashed)."""
+
+    def expected_checksum(self, path: Path, md5: str) -> str | None:
+        """The checksum `stat_files` will list once the local file at `path` (hex MD5 `md5`) is
+        uploaded by `upload_file`; None when the store's checksum does not follow from the bytes
+        (then only the size is compared at write time). Called before the upload."""
+        return None
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None: ...
@@ -124,17 +143,23 @@ class ObjectStoreDestination(Destination):
         return self.table_folder(EVENTS_TABLE) + "/".join(window.folder_parts()) + "/"
 
     def write_event_window(self, parts: list[PartFile], window: PartitionWindow, fingerprint: str) -> WriteResult:
+        # Parts come from staging, which removed every row whose dedup key it had already kept
+        # (staging/dedup.py), so the writer can state the count of duplicate keys it wrote.
         manifest = {
             "partition_key": window.partition_key,
             "window_start": window.start.isoformat(),
             "window_end": window.end.isoformat(),
             "fingerprint": fingerprint,
+            "duplicate_keys": 0,
         }
         return self._replace_folder(self.window_folder(window), parts, EVENTS_TABLE, manifest,
                                     f"partition {window.partition_key}")
 
-    def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
-        return self._replace_folder(self.table_folder(table), parts, table, {}, table)
+    def write_table(self, parts: list[PartFile], table: str, digest: str,
+                    duplicate_ids: int | None = None) -> WriteResult:
+        # Recorded only when staging counted them: an unknown count makes the checks read back.
+        extra = {} if duplicate_ids is None else {"duplicate_ids": duplicate_ids}
+        return self._replace_folder(self.table_folder(table), parts, table, extra, table)
 
     def lease(self, folder: str, what: str) -> FolderLease:
         """The folder's single-writer lease (lease.py), named after this run."""
@@ -175,16 +200,21 @@ class ObjectStoreDestination(Destination):
             "pipeline": self.pipeline,
             "format": self.fmt,
             "compression": self.compression,
+            "columns": [list(c) for c in columns(table)],
             "rows": sum(p.rows for p in parts),
-            "parts": [{"name": p.name, "rows": p.rows, "bytes": p.size} for p in parts],
+            "parts": [],
             "exported_at": utc_now_iso(),
             **extra,
         }
         try:
+            md5s, expected = {}, {}
             for part in parts:
                 key = folder + part.name
-                self.bucket.upload_file(key, part.path)
+                md5s[part.name] = md5 = part.md5 or file_md5(part.path)
+                expected[part.name] = self.bucket.expected_checksum(part.path, md5)  # before: local moves it
+                self.bucket.upload_file(key, part.path, md5=md5)
                 new_keys.append(key)
+            manifest["parts"] = verify_uploads(self.bucket, folder, parts, md5s, expected, self.pipeline)
             lease.confirm()
             self.bucket.put_bytes(folder + MANIFEST, json.dumps(manifest, indent=1).encode())
         except LeaseLost:
@@ -227,46 +257,32 @@ class ObjectStoreDestination(Destination):
     def read_table(self, table: str):
         return self._read_back(self.table_folder(table), table)
 
+    def check_event_window(self, window: PartitionWindow, read_back: bool = False):
+        return self._check(self.window_folder(window), EVENTS_TABLE, read_back)
+
+    def check_table(self, table: str, read_back: bool = False):
+        return self._check(self.table_folder(table), table, read_back)
+
+    def _check(self, folder: str, table: str, read_back: bool):
+        """The manifest and one listing (at_rest.py) unless a read-back is asked for or the folder's
+        manifest cannot prove it (written before checksums): then every part is read back."""
+        from mixpanel_assets.destinations.objects.at_rest import fallback_reason, prove_folder
+
+        note = ""
+        if not read_back:
+            manifest = self.read_manifest(folder)
+            note = fallback_reason(manifest, table) or ""
+            if not note:
+                return prove_folder(self.bucket, folder, table, manifest)
+            note += ": read back instead"
+        readback = self._read_back(folder, table)
+        readback.note = note
+        return readback
+
     def _read_back(self, folder: str, table: str):
-        import tempfile
+        from mixpanel_assets.destinations.objects.part_rows import read_back_folder
 
-        from mixpanel_assets.destinations.base import EventWindowReadback, TableReadback
-        from mixpanel_assets.destinations.objects.part_rows import Readback, read_part
-
-        readback = Readback(table)
-        keys = self._current_parts(folder, readback.problems)
-        with tempfile.TemporaryDirectory(prefix="mp-readback-") as tmp:
-            for key in keys:
-                local = self._download(key, Path(tmp))
-                if local is None:
-                    readback.problems.append(f"{self.bucket.uri(key)} disappeared while it was read")
-                    continue
-                read_part(local, readback)
-                local.unlink()
-        duplicate_keys, duplicate_rows = readback.keys.duplicates()
-        columns = readback.columns()
-        location = self.bucket.uri(folder)
-        if table == EVENTS_TABLE:
-            return EventWindowReadback(location, readback.rows, duplicate_keys, duplicate_rows, columns, readback.problems)
-        return TableReadback(location, readback.rows, duplicate_keys, columns, readback.problems)
-
-    def _current_parts(self, folder: str, problems: list[str]) -> list[str]:
-        """The part files readers should see (the manifest's), noting where the folder disagrees."""
-        listed = self.bucket.list_files(folder)
-        in_folder = [k for k in listed if k.rsplit("/", 1)[-1].startswith("part-")]
-        manifest = self.read_manifest(folder)
-        if manifest is None:
-            if in_folder:
-                problems.append(f"{self.bucket.uri(folder)} has part files but no {MANIFEST}")
-            return in_folder
-        named = [folder + p["name"] for p in manifest.get("parts", [])]
-        missing = sorted(set(named) - set(listed))
-        stale = sorted(set(in_folder) - set(named))
-        if missing:
-            problems.append(f"{len(missing)} part files listed in {MANIFEST} are missing: {missing[:3]}")
-        if stale:
-            problems.append(f"{len(stale)} part files not in {MANIFEST} (readers of part-* would count them): {stale[:3]}")
-        return [k for k in named if k not in missing]
+        return read_back_folder(self.bucket, folder, table, self.read_manifest(folder))
 
     def _download(self, key: str, directory: Path) -> Path | None:
         local = directory / key.rsplit("/", 1)[-1]
@@ -334,11 +350,18 @@ class ObjectStoreDestination(Destination):
                     kept.append({"name": part.name, "rows": part.rows, "bytes": part.size})
             if not removed or dry_run:
                 return removed
+            md5s, expected = {}, {}
             for key, part in uploads:
-                self.bucket.upload_file(key, part.path)
-            manifest["parts"] = kept
+                md5s[part.name] = md5 = part.md5 or file_md5(part.path)
+                expected[part.name] = self.bucket.expected_checksum(part.path, md5)
+                self.bucket.upload_file(key, part.path, md5=md5)
+            written = [part for _, part in uploads]
+            verified = {e["name"]: e for e in verify_uploads(self.bucket, folder, written, md5s, expected, self.pipeline)}
+            manifest["parts"] = kept = [verified.get(e["name"], e) for e in kept]
             if all(e.get("rows") is not None for e in kept):
                 manifest["rows"] = sum(e["rows"] for e in kept)
+            if manifest.get("duplicate_ids"):  # the repeated ids may be among the removed: count unknown now
+                del manifest["duplicate_ids"]
             manifest.setdefault("gdpr_deletions", []).append({"deleted_at": utc_now_iso(), "rows_removed": removed})
             self.bucket.put_bytes(folder + MANIFEST, json.dumps(manifest, indent=1).encode())
             self.bucket.delete(replaced)

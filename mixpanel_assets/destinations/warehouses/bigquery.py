@@ -332,7 +332,8 @@ class BigQueryDestination(BigQueryAdmin, Destination):
 
     # --- people and identity mappings --------------------------------------------------------
 
-    def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
+    def write_table(self, parts: list[PartFile], table: str, digest: str,
+                    duplicate_ids: int | None = None) -> WriteResult:
         rows = sum(p.rows for p in parts)
         view = f"{table}_view"
         new = f"{table}_{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:6]}"

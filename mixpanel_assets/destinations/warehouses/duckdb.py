@@ -250,7 +250,8 @@ class DuckDBDestination(Destination):
             self._log(conn, EVENTS_TABLE, window.partition_key, start, end, loaded, fingerprint)
         return WriteResult(location=f"duckdb://{self.path}/{table}", rows=loaded, removed=int(removed))
 
-    def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
+    def write_table(self, parts: list[PartFile], table: str, digest: str,
+                    duplicate_ids: int | None = None) -> WriteResult:
         files, rows = [str(p.path) for p in parts], sum(p.rows for p in parts)
         target = f"{self.schema}.{table}"
         columns, names = _TABLE_COLUMNS[table]

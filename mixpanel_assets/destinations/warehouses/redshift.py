@@ -116,8 +116,17 @@ class HiddenMarkersBucket(Bucket):
     def describe(self) -> str:
         return self.inner.describe()
 
-    def upload_file(self, key: str, path: Path) -> None:
-        self.inner.upload_file(self._stored(key), path)
+    def upload_file(self, key: str, path: Path, md5: str | None = None) -> None:
+        self.inner.upload_file(self._stored(key), path, md5=md5)
+
+    def download_file(self, key: str, path: Path) -> bool:
+        return self.inner.download_file(self._stored(key), path)
+
+    def stat_files(self, folder: str):
+        return {self._shown(k): v for k, v in self.inner.stat_files(folder).items()}
+
+    def expected_checksum(self, path: Path, md5: str) -> str | None:
+        return self.inner.expected_checksum(path, md5)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.inner.put_bytes(self._stored(key), data)
@@ -243,9 +252,10 @@ class RedshiftSpectrumDestination(Destination):
         self._ensure_external_schema(EVENTS_TABLE)
         return result
 
-    def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
+    def write_table(self, parts: list[PartFile], table: str, digest: str,
+                    duplicate_ids: int | None = None) -> WriteResult:
         self._ensure_table(table)
-        result = self.store.write_table(parts, table, digest)
+        result = self.store.write_table(parts, table, digest, duplicate_ids)
         self._ensure_external_schema(table)
         return result
 
@@ -256,6 +266,12 @@ class RedshiftSpectrumDestination(Destination):
 
     def read_table(self, table: str):
         return self.store.read_table(table)
+
+    def check_event_window(self, window: PartitionWindow, read_back: bool = False):
+        return self.store.check_event_window(window, read_back)
+
+    def check_table(self, table: str, read_back: bool = False):
+        return self.store.check_table(table, read_back)
 
     def delete_event_rows(self, distinct_ids, windows, work_dir, dry_run=False):
         return self.store.delete_event_rows(distinct_ids, windows, work_dir, dry_run)

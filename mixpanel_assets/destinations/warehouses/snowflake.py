@@ -242,7 +242,8 @@ class SnowflakeDestination(Destination):
 
     # --- people and identity mappings --------------------------------------------------------
 
-    def write_table(self, parts: list[PartFile], table: str, digest: str) -> WriteResult:
+    def write_table(self, parts: list[PartFile], table: str, digest: str,
+                    duplicate_ids: int | None = None) -> WriteResult:
         name = NAMES[table]
         columns, select = _FROM_LOAD[table]
         rows = sum(p.rows for p in parts)
