@@ -50,6 +50,7 @@ HOSTS = {
 EXPORT_PATH = "/api/2.0/export"
 ENGAGE_PATH = "/api/query/engage"
 CHUNK = 1 << 20
+READ_AHEAD_CHUNKS = 2  # decompressed chunks (~4 MB each) read ahead of staging: enough to overlap, little memory
 ENGAGE_PAGE_SIZE = 1000
 ENGAGE_SHORT_READ_RETRIES = 1  # an Engage read short of its `total` is read again once, whole
 
@@ -144,7 +145,7 @@ class MixpanelClient:
         )
         with response:  # read and gunzipped on a thread of its own (read_ahead.py)
             yield from read_ahead(_body_chunks(response, f"{query.describe()} (Mixpanel project {self.project_id})",
-                                               (self._secret,)), name="mixpanel-export-body")
+                                               (self._secret,)), depth=READ_AHEAD_CHUNKS, name="mixpanel-export-body")
 
     # --- Engage API ---------------------------------------------------------------------------
 

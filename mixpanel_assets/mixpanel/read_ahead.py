@@ -3,7 +3,7 @@
 Why: reading the socket and gunzipping with ISA-L both release the GIL, but on the coordinator's
 own thread they run in series with cutting blocks, handing them to the parse workers and taking
 their results back, so every megabyte read is time the workers may wait for their next block. On
-a thread of their own they overlap with that work. The queue is short (a few MB), so memory stays
+a thread of their own they overlap with that work. The queue is short (two chunks), so memory stays
 flat, and the body's checks (export_body.py) run on that thread unchanged: whatever they raise is
 raised again, as itself, where the body is consumed.
 """
