@@ -42,6 +42,7 @@ from mixpanel_assets.staging.parquet_columns import (
     numbers_to_array,
     string_array,
 )
+from mixpanel_assets.staging.pool import trim_heap
 from mixpanel_assets.staging.rows_files import filtered_lines
 
 # Uncompressed JSON per row group (~17,000 events, ~4 MB of zstd Parquet). Smaller groups hold less
@@ -180,15 +181,13 @@ def write_parquet_part(segments: list[tuple[str, object]], out_dir: str, stem: s
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = None
     rows = raw = 0
-    group: list[bytes] = []
-    group_bytes = 0
+    group = bytearray()  # the row group's rows, copied in once from the staged blocks
 
     def flush() -> None:
-        nonlocal writer, group, group_bytes
+        nonlocal writer, group
         if not group:
             return
-        data = group[0] if len(group) == 1 else b"".join(group)
-        group, group_bytes = [], 0
+        data, group = group, bytearray()
         batch = _batch(data, table, schema)
         del data
         if writer is None:
@@ -203,17 +202,18 @@ def write_parquet_part(segments: list[tuple[str, object]], out_dir: str, stem: s
                     continue
                 rows += count
                 raw += len(data)
+                view = memoryview(data)
                 start = 0
                 while start < len(data):
-                    room = ROW_GROUP_BYTES - group_bytes
+                    room = ROW_GROUP_BYTES - len(group)
                     if len(data) - start < room:
-                        group.append(data if start == 0 else data[start:])
-                        group_bytes += len(data) - start
+                        group += view[start:]
                         break
                     cut = data.index(b"\n", start + room - 1) + 1  # the group ends with the row holding its last byte
-                    group.append(data[start:cut])
+                    group += view[start:cut]
                     flush()
                     start = cut
+                view.release()
                 del data
             flush()
             if writer is not None:
@@ -223,6 +223,8 @@ def write_parquet_part(segments: list[tuple[str, object]], out_dir: str, stem: s
                 writer.close()
             path.unlink(missing_ok=True)
             raise
+        finally:
+            trim_heap()
     if writer is None:
         return "", 0, 0, 0
     return str(path), rows, raw, path.stat().st_size

@@ -193,24 +193,28 @@ def _read_parquet(path: Path, rb: Readback) -> None:
 
 def _add_event_keys(batch, wanted: list[str], keys: KeyCounter) -> None:
     """Mixpanel's dedup key of each row that has an insert_id (rows without one are never duplicates)."""
-    import pyarrow.compute as pc
-
     if INSERT_ID not in wanted:
-        return
-    batch = batch.filter(pc.is_valid(batch.column(INSERT_ID)))
-    if not batch.num_rows:
         return
     nulls = [None] * batch.num_rows
     columns = []
     for name in DEDUP_KEY:
         if name not in wanted:
             columns.append(nulls)
-            continue
-        column = batch.column(name)
-        if name == "time":
-            column = column.cast("int64")
-        columns.append(column.to_pylist())
-    _add_keys(keys, zip(*columns))  # tuples encode as the JSON arrays KeyCounter.add hashes
+        elif name == "time":
+            columns.append(_int64_view(batch.column(name)).to_pylist())  # microseconds, as ints
+        else:
+            columns.append(batch.column(name).to_pylist())
+    # Tuples encode as the JSON arrays KeyCounter.add hashes.
+    at = DEDUP_KEY.index(INSERT_ID)
+    _add_keys(keys, (key for key in zip(*columns) if key[at] is not None))
+
+
+def _int64_view(column):
+    """A timestamp column's int64 values, sharing its buffers: no cast (pyarrow.compute is ~8 MB to
+    import) and no datetime objects (their to_pylist imports pandas)."""
+    import pyarrow as pa
+
+    return pa.Array.from_buffers(pa.int64(), len(column), column.buffers()[:2], offset=column.offset)
 
 
 def _add_keys(keys: KeyCounter, values) -> None:
