@@ -44,7 +44,9 @@ def staged_event_row(name: str, time, distinct: str | None, insert: str | None, 
 
 
 def random_rows(rng: random.Random, values: list, count: int) -> list[bytes]:
-    pick = lambda: rng.choice(values + [None])  # noqa: E731
+    def pick():
+        return rng.choice(values + [None])
+
     rows = []
     for _ in range(count):
         props = {"nested": {"properties": {"time": 1}, "time": pick()}, "list": [pick(), 1.5, None],
