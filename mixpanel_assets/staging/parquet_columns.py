@@ -92,18 +92,18 @@ class _Rows:
     def expect(self, positions: np.ndarray, text: bytes) -> None:
         self.ok &= (self.at(positions, len(text)) == np.frombuffer(text, dtype=np.uint8)).all(axis=1)
 
-    def next_quote(self, pos: np.ndarray) -> np.ndarray:
-        """The first quote at or after `pos` in each row: looked for WINDOW bytes at a time in all the
-        rows still searching, then (an id over ~4 windows long) with a byte search, row by row."""
-        return self._quote(pos, 1)
+    def next_quote(self, pos: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        """The first quote at or after `pos` in the `wanted` rows: looked for WINDOW bytes at a time in
+        all the rows still searching, then (an id over ~4 windows long) with a byte search, row by row."""
+        return self._quote(pos, wanted, 1)
 
-    def prev_quote(self, pos: np.ndarray) -> np.ndarray:
-        """The last quote at or before `pos` in each row (next_quote, backwards)."""
-        return self._quote(pos, -1)
+    def prev_quote(self, pos: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+        """The last quote at or before `pos` in the `wanted` rows (next_quote, backwards)."""
+        return self._quote(pos, wanted, -1)
 
-    def _quote(self, pos: np.ndarray, step: int) -> np.ndarray:
+    def _quote(self, pos: np.ndarray, wanted: np.ndarray, step: int) -> np.ndarray:
         quote = np.full(len(pos), -1, dtype=np.int64)
-        todo = np.flatnonzero(self.ok)
+        todo = np.flatnonzero(self.ok & wanted)
         for window in range(_WINDOWS):
             if not len(todo):
                 break
@@ -125,14 +125,14 @@ class _Rows:
             else:
                 quote[i] = self.data.rfind(b'"', int(self.starts[i]), max(at - _WINDOWS * WINDOW + 1, 0))
         inside = (quote > self.starts) & (quote < self.ends)
-        self.ok &= inside & ((quote >= pos) if step > 0 else (quote <= pos))
+        self.ok &= ~wanted | (inside & ((quote >= pos) if step > 0 else (quote <= pos)))
         return quote
 
     def string_forward(self, pos: np.ndarray) -> tuple[np.ndarray, tuple]:
         """A string or null value starting at `pos`: (the position after it, its span)."""
         is_str = self.at(pos)[:, 0] == _QUOTE
         self.ok &= is_str | (self.at(pos, 4) == _NULL).all(axis=1)
-        close = self.next_quote(np.where(is_str, pos + 1, pos))  # a null row's answer is not used
+        close = self.next_quote(pos + 1, is_str)
         begin = np.where(is_str, pos + 1, pos)
         end = np.where(is_str, close, pos)
         return np.where(is_str, close + 1, pos + 4), (begin, end, is_str)
@@ -142,14 +142,14 @@ class _Rows:
         last = end_ - 1
         is_str = self.at(last)[:, 0] == _QUOTE
         self.ok &= is_str | (self.at(end_ - 4, 4) == _NULL).all(axis=1)
-        opening = self.prev_quote(np.where(is_str, last - 1, last))
+        opening = self.prev_quote(last - 1, is_str)
         begin = np.where(is_str, opening + 1, end_)
         end = np.where(is_str, last, end_)
         return np.where(is_str, opening, end_ - 4), (begin, end, is_str)
 
     def number_backward(self, end_: np.ndarray) -> tuple[np.ndarray, tuple]:
         """A number ending just before `end_`: it starts after the `":` closing its key (numbers hold no quote)."""
-        begin = self.prev_quote(end_ - 1) + 2
+        begin = self.prev_quote(end_ - 1, np.ones(len(end_), dtype=bool)) + 2
         self.ok &= end_ > begin
         return begin, (begin, end_, np.ones(len(end_), dtype=bool))
 
