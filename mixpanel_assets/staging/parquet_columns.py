@@ -38,7 +38,8 @@ import pyarrow as pa
 from mixpanel_assets.schema import JSON, STRING, TIMESTAMP, columns
 
 _NEWLINE, _QUOTE, _BACKSLASH, _OPEN, _CLOSE = 10, 34, 92, 123, 125
-_NULL = np.frombuffer(b"null", dtype=np.uint8)
+_NULL = np.uint64(int.from_bytes(b"null", "little"))
+_MASK4 = np.uint64(0xFFFFFFFF)
 _MAX_OFFSET = (1 << 31) - 1  # Arrow's string type has 32-bit offsets
 WINDOW = 48  # bytes looked at, all rows at once, for the quote closing an id (a UUID is 36)
 _WINDOWS = 4  # windows tried before a row's quote is looked for with a byte search
@@ -89,8 +90,33 @@ class _Rows:
             out[edge] = np.take(self.u8, positions[edge][:, None] + np.arange(width), mode="clip")
         return out
 
+    def word(self, positions: np.ndarray) -> np.ndarray:
+        """The 8 bytes at each position as one little-endian uint64 (zero bytes past either end).
+
+        One 8-byte load per row from a view of the group at every byte offset: comparing keys this
+        way costs a fraction of gathering them byte by byte."""
+        u8 = self.u8
+        last = len(u8) - 8
+        if last < 0:
+            padded = np.zeros(8, dtype=np.uint8)
+            padded[:len(u8)] = u8
+            u8, last = padded, 0
+        words = np.ndarray((last + 1,), dtype="<u8", buffer=u8, strides=(1,))
+        safe = np.clip(positions, 0, last)
+        out = words[safe]
+        shift = positions - safe  # > 0 past the end, < 0 before the start
+        if shift.any():
+            right = np.clip(shift, 0, 8).astype(np.uint64) * np.uint64(8)
+            left = np.clip(-shift, 0, 8).astype(np.uint64) * np.uint64(8)
+            out = np.where(right >= 64, np.uint64(0), out >> np.minimum(right, np.uint64(56)))
+            out = np.where(left >= 64, np.uint64(0), out << np.minimum(left, np.uint64(56)))
+        return out
+
     def expect(self, positions: np.ndarray, text: bytes) -> None:
-        self.ok &= (self.at(positions, len(text)) == np.frombuffer(text, dtype=np.uint8)).all(axis=1)
+        for k in range(0, len(text), 8):
+            chunk = text[k:k + 8]
+            mask = np.uint64((1 << (8 * len(chunk))) - 1)
+            self.ok &= (self.word(positions + k) & mask) == np.uint64(int.from_bytes(chunk, "little"))
 
     def next_quote(self, pos: np.ndarray, wanted: np.ndarray) -> np.ndarray:
         """The first quote at or after `pos` in the `wanted` rows: looked for WINDOW bytes at a time in
@@ -131,7 +157,7 @@ class _Rows:
     def string_forward(self, pos: np.ndarray) -> tuple[np.ndarray, tuple]:
         """A string or null value starting at `pos`: (the position after it, its span)."""
         is_str = self.at(pos)[:, 0] == _QUOTE
-        self.ok &= is_str | (self.at(pos, 4) == _NULL).all(axis=1)
+        self.ok &= is_str | ((self.word(pos) & _MASK4) == _NULL)
         close = self.next_quote(pos + 1, is_str)
         begin = np.where(is_str, pos + 1, pos)
         end = np.where(is_str, close, pos)
@@ -141,7 +167,7 @@ class _Rows:
         """A string or null value ending just before `end_`: (the position where it starts, its span)."""
         last = end_ - 1
         is_str = self.at(last)[:, 0] == _QUOTE
-        self.ok &= is_str | (self.at(end_ - 4, 4) == _NULL).all(axis=1)
+        self.ok &= is_str | ((self.word(end_ - 4) & _MASK4) == _NULL)
         opening = self.prev_quote(last - 1, is_str)
         begin = np.where(is_str, opening + 1, end_)
         end = np.where(is_str, last, end_)
