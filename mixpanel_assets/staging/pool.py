@@ -87,6 +87,20 @@ def _init_worker(coordinator_pid: int) -> None:
     threading.Thread(target=watch, name="coordinator-watch", daemon=True).start()
 
 
+def trim_heap() -> None:
+    """Give the heap's free pages back to the OS (glibc `malloc_trim`; elsewhere nothing).
+
+    For a worker that just wrote a Parquet part: its row groups' buffers were freed, but freed
+    heap memory stays resident until trimmed, and a pool's workers live on between exports
+    (91 -> 83 MB RSS for a worker after a 256 MB part, 2026-12)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def stop_futures(futures: Iterable[Future]) -> None:
     """Cancel the tasks not started and wait for the running ones to end.
 
