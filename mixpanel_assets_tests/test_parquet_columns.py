@@ -183,7 +183,7 @@ def test_writing_and_reading_back_a_part_never_imports_pandas(tmp_path):
 import sys
 from pathlib import Path
 from mixpanel_assets.staging.stage import stage_events
-from mixpanel_assets.destinations.objects.part_rows import Readback, read_part
+from mixpanel_assets.destinations.objects.read_back import Readback, read_part
 from mixpanel_assets.windows import Window
 from mixpanel_assets_tests.helpers import event_line
 day = Window({DAY.start}, {DAY.end})

@@ -105,8 +105,7 @@ class StagedRows:
                     max_bytes: int = 256 << 20, workers: int = 1, table: str = "mp_master_event") -> list[PartFile]:
         """Compress the kept rows into part files of ~max_bytes (uncompressed) each, in parallel."""
         plans = self.part_plans(max_bytes)
-        # Parquet goes to the workers even as one part: the run process then neither loads the
-        # writer nor keeps its freed memory (its malloc has no fixed mmap threshold, pool.py).
+        # Parquet even as one part: the run process neither loads the writer nor keeps its freed memory.
         pooled = len(plans) > 1 or (fmt == "parquet" and plans)
         executor: Executor = process_pool(workers) if pooled else InlineExecutor()
         stem = self.part_stem(fmt)

@@ -280,7 +280,7 @@ class ObjectStoreDestination(Destination):
         return readback
 
     def _read_back(self, folder: str, table: str):
-        from mixpanel_assets.destinations.objects.part_rows import read_back_folder
+        from mixpanel_assets.destinations.objects.read_back import read_back_folder
 
         return read_back_folder(self.bucket, folder, table, self.read_manifest(folder))
 
