@@ -39,7 +39,6 @@ from mixpanel_assets.mixpanel.errors import (
 )
 from mixpanel_assets.mixpanel.export_body import ExportBody
 from mixpanel_assets.mixpanel.rate_budget import RateBudget
-from mixpanel_assets.mixpanel.read_ahead import read_ahead
 from mixpanel_assets.mixpanel.retry import BACKOFF_BASE_SECONDS, DEFAULT_MAX_RETRIES, SourceRetries, retry_after_seconds
 
 HOSTS = {
@@ -50,7 +49,6 @@ HOSTS = {
 EXPORT_PATH = "/api/2.0/export"
 ENGAGE_PATH = "/api/query/engage"
 CHUNK = 1 << 20
-READ_AHEAD_CHUNKS = 2  # decompressed chunks (~4 MB each) read ahead of staging: enough to overlap, little memory
 ENGAGE_PAGE_SIZE = 1000
 ENGAGE_SHORT_READ_RETRIES = 1  # an Engage read short of its `total` is read again once, whole
 
@@ -143,9 +141,9 @@ class MixpanelClient:
             "GET", self.export_url, self.export_budget, query.describe(), params=params,
             headers={"Accept-Encoding": "gzip"}, stream=True,
         )
-        with response:  # read and gunzipped on a thread of its own (read_ahead.py)
-            yield from read_ahead(_body_chunks(response, f"{query.describe()} (Mixpanel project {self.project_id})",
-                                               (self._secret,)), depth=READ_AHEAD_CHUNKS, name="mixpanel-export-body")
+        with response:
+            yield from _body_chunks(response, f"{query.describe()} (Mixpanel project {self.project_id})",
+                                    (self._secret,))
 
     # --- Engage API ---------------------------------------------------------------------------
 
