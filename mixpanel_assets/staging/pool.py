@@ -48,6 +48,7 @@ def process_pool(workers: int) -> Executor:
     key = (os.getpid(), workers)
     pool = _pools.get(key)
     if pool is None:
+        fixed_mmap_threshold()  # the run process handing out blocks: see the function
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=_init_worker,
                                    initargs=(os.getpid(),))
         _pools[key] = pool
@@ -66,12 +67,7 @@ def _init_worker(coordinator_pid: int) -> None:
     machine). A worker whose run process was killed (OOM, SIGKILL, a lost node) would otherwise
     wait forever on its task queue.
     """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MB
-    except (OSError, AttributeError):
-        pass
+    fixed_mmap_threshold()
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")  # read when pyarrow is imported; a user's choice stands
 
     def watch() -> None:
@@ -85,6 +81,21 @@ def _init_worker(coordinator_pid: int) -> None:
                 pass
 
     threading.Thread(target=watch, name="coordinator-watch", daemon=True).start()
+
+
+def fixed_mmap_threshold() -> None:
+    """Buffers of 1 MB and more get their own mappings, returned to the OS when freed (glibc
+    `mallopt(M_MMAP_THRESHOLD)`; elsewhere nothing). Without it glibc raises the threshold after the
+    first large free, and the 4 MB blocks and key records that come and go for every block of an
+    export then reuse and fragment the heap, whose high-water mark stays resident. Set in the
+    workers, and in the run process once it stages events: its RSS grew ~10 MB per million events
+    without it (179 -> 219 MB over a 4M-event stream)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MB
+    except (OSError, AttributeError):
+        pass
 
 
 def trim_heap() -> None:
