@@ -263,7 +263,7 @@ def parse_block(block: bytes, spec: BlockSpec) -> tuple[BlockResult, list[bytear
                 seen = window_links.get(link)
                 if seen is None or time < seen:
                     window_links[link] = time
-    result.line_count = len(parts) - (1 if block and block[-1] == 10 else 0) if block else 0  # the split counted them
+    result.line_count = len(parts) - block.endswith(b"\n") if block else 0  # the split counted them
     result.lines = lines
     result.outside_window += outside
     result.suppressed = suppressed

@@ -270,20 +270,29 @@ def _take(buffer: pa.Buffer, begin: np.ndarray, end: np.ndarray, valid: np.ndarr
         raise Irregular(f"not UTF-8 ({exc})") from None
 
 
-def string_array(values: list) -> pa.Array:
-    """A string array from Python strings and Nones, without `pa.array` (which imports pandas)."""
-    n = len(values)
-    valid = np.fromiter((v is not None for v in values), dtype=bool, count=n)
-    encoded = [v.encode() for v in values if v is not None]
+def bytes_array(arrow_type: pa.DataType, encoded: list[bytes], valid: np.ndarray | None = None) -> pa.Array:
+    """A binary or string array over `encoded` (the non-null values, in order), null where `valid` is
+    False, built from one buffer and its offsets: without `pa.array` (which imports pandas)."""
+    n = len(encoded) if valid is None else len(valid)
     lengths = np.zeros(n, dtype=np.int64)
-    lengths[valid] = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    found = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    if valid is None:
+        lengths[:] = found
+    else:
+        lengths[valid] = found
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     if offsets[-1] > _MAX_OFFSET:
-        raise ValueError(f"{offsets[-1]:,} bytes of strings in one row group: over Arrow's 2 GiB")
-    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(offsets.astype(np.int32)),
-                                                  pa.py_buffer(b"".join(encoded))])
+        raise ValueError(f"{offsets[-1]:,} bytes of values in one row group: over Arrow's 2 GiB")
+    validity = None if valid is None or valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(arrow_type, n, [validity, pa.py_buffer(offsets.astype(np.int32)),
+                                                 pa.py_buffer(b"".join(encoded))])
+
+
+def string_array(values: list) -> pa.Array:
+    """A string array from Python strings and Nones (valid UTF-8 already: no check needed)."""
+    valid = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+    return bytes_array(pa.string(), [v.encode() for v in values if v is not None], valid)
 
 
 def numbers_to_array(values: np.ndarray, arrow_type: pa.DataType) -> pa.Array:

@@ -36,6 +36,7 @@ from mixpanel_assets.schema import parquet_json_type as _json_type
 from mixpanel_assets.schema import parquet_schema as schema_for
 from mixpanel_assets.staging.parquet_columns import (
     Irregular,
+    bytes_array,
     cut_columns,
     layout,
     malloc_pool,
@@ -93,15 +94,8 @@ def _batch(data: bytes, table: str, schema: pa.Schema) -> pa.RecordBatch:
 
 
 def _bytes_json_array(values: list[bytes]) -> pa.Array:
-    """JSON texts (bytes) as the JSON column, validated as UTF-8, without `pa.array`."""
-    lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-    offsets = np.zeros(len(values) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if offsets[-1] >= 1 << 31:
-        raise ValueError(f"{offsets[-1]:,} bytes of JSON in one row group: over Arrow's 2 GiB")
-    storage = pa.Array.from_buffers(pa.binary(), len(values), [None, pa.py_buffer(offsets.astype(np.int32)),
-                                                                pa.py_buffer(b"".join(values))])
-    return _json_array(storage.cast(pa.string()))
+    """JSON texts (bytes) as the JSON column, validated as UTF-8 by the cast."""
+    return _json_array(bytes_array(pa.binary(), values).cast(pa.string()))
 
 
 def _event_columns(lines: list[bytes], schema: pa.Schema) -> pa.RecordBatch:

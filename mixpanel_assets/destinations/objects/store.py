@@ -210,9 +210,7 @@ class ObjectStoreDestination(Destination):
             md5s, expected = {}, {}
             for part in parts:
                 key = folder + part.name
-                md5s[part.name] = md5 = part.md5 or file_md5(part.path)
-                expected[part.name] = self.bucket.expected_checksum(part.path, md5)  # before: local moves it
-                self.bucket.upload_file(key, part.path, md5=md5)
+                self._upload_part(key, part, md5s, expected)
                 new_keys.append(key)
             manifest["parts"] = verify_uploads(self.bucket, folder, parts, md5s, expected, self.pipeline)
             lease.confirm()
@@ -234,6 +232,13 @@ class ObjectStoreDestination(Destination):
             uris=[self.bucket.uri(k) for k in new_keys],
             removed=len(stale),
         )
+
+    def _upload_part(self, key: str, part: PartFile, md5s: dict[str, str], expected: dict[str, str | None]) -> None:
+        """Upload one part, noting its MD5 and the checksum its store should list for it (asked before
+        the upload: the local store moves the file), for verify_uploads."""
+        md5s[part.name] = md5 = part.md5 or file_md5(part.path)
+        expected[part.name] = self.bucket.expected_checksum(part.path, md5)
+        self.bucket.upload_file(key, part.path, md5=md5)
 
     def _undo_uploads(self, folder: str, keys: list[str], restore_complete: bool) -> None:
         """Best effort only: the upload error that brought us here is the one to report."""
@@ -352,9 +357,7 @@ class ObjectStoreDestination(Destination):
                 return removed
             md5s, expected = {}, {}
             for key, part in uploads:
-                md5s[part.name] = md5 = part.md5 or file_md5(part.path)
-                expected[part.name] = self.bucket.expected_checksum(part.path, md5)
-                self.bucket.upload_file(key, part.path, md5=md5)
+                self._upload_part(key, part, md5s, expected)
             written = [part for _, part in uploads]
             verified = {e["name"]: e for e in verify_uploads(self.bucket, folder, written, md5s, expected, self.pipeline)}
             manifest["parts"] = kept = [verified.get(e["name"], e) for e in kept]
